@@ -5,15 +5,16 @@ Contract
 A scheme maps source indices (0..N-1 of a :class:`~droneseg.classes.ClassTable`) to K target
 classes 0..K-1 and ``IGNORE_INDEX`` (255) for ignored pixels. ``decode`` writes targets back in
 source numbering (a single-source target as that source; a group as its first listed source; the
-``rest`` group as ``unlabeled``), so predictions open in any tool that reads the dataset.
+``rest`` group as the first remaining class in table order), so predictions open in any tool that
+reads the dataset, and ``encode(decode(t)) == t`` for every target.
 ``luma`` is the one non-lookup scheme: the target is whether the mask colour's luminance is
 above the image's mean (the original project's 1-class mode); it has no source mapping.
 
 >>> s = SCHEMES["six"](ClassTable.builtin())
 >>> s.names
 ('paved-area', 'dirt', 'grass', 'roof', 'water', 'other')
->>> s.decode(s.encode(np.array([[1, 4, 9]], np.uint8))).tolist()
-[[1, 0, 9]]
+>>> s.decode(s.encode(np.array([[1, 6, 9]], np.uint8))).tolist()  # rocks is 'other', written as gravel
+[[1, 4, 9]]
 """
 
 from __future__ import annotations
@@ -163,6 +164,7 @@ def build_scheme(spec: SchemeSpec, table: ClassTable, origin: str = "scheme") ->
     unclaimed = [i for i in range(len(table)) if i not in claimed]
     if rest_target is not None:
         lut[unclaimed] = rest_target
+        write_as[rest_target] = unclaimed[0] if unclaimed else 0
     elif unclaimed:
         raise DataError(
             f"{origin}: source classes {[table.names[i] for i in unclaimed]} are neither mapped nor ignored "

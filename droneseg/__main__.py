@@ -1,0 +1,3 @@
+from droneseg.cli import main
+
+main()

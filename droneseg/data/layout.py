@@ -1,0 +1,189 @@
+"""Finding image/mask pairs on disk.
+
+Contract
+--------
+``find_layout`` returns a :class:`Layout`: the pairs (matched by file stem, never by sorted position),
+the class table, and the pairing problems (image without mask, mask without image, stray files),
+one line each naming the file. It reads no pixels: that is ``check`` and ``cache``'s job.
+
+Layouts understood:
+* Kaggle: ``original_images/``, ``label_images_semantic/`` (index) and/or ``RGB_color_image_masks/``
+  (colour), ``class_dict_seg.csv``; also nested one or two folders deep, as the Kaggle archive unpacks.
+* TU Graz: ``training_set/images/``, ``training_set/gt/semantic/label_images/`` (colour), ``class_dict.csv``.
+* Two folders given explicitly (``images=``, ``masks=``); the mask kind is read from the first mask.
+
+>>> Path("000.jpg").stem == Path("000.png").stem
+True
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from droneseg.classes import ClassTable, DataError
+from droneseg.io import IMAGE_SUFFIXES, MaskKind, open_image
+
+KAGGLE_IMAGES = "original_images"
+KAGGLE_INDEX = "label_images_semantic"
+KAGGLE_RGB = "RGB_color_image_masks"
+TUGRAZ_IMAGES = "training_set/images"
+TUGRAZ_MASKS = "training_set/gt/semantic/label_images"
+TABLE_NAMES = ("class_dict_seg.csv", "class_dict.csv")
+_SEARCH_DEPTH = 3
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One photo and its mask (mask None only for unlabelled photos)."""
+
+    id: str
+    image: Path
+    mask: Path | None
+    mask_kind: MaskKind
+
+
+@dataclass
+class Layout:
+    kind: str  # "kaggle", "tugraz" or "folders"
+    root: Path
+    table: ClassTable
+    table_path: Path | None
+    samples: list[Sample]
+    problems: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        table = self.table_path.name if self.table_path else "built-in (no class table file found)"
+        kinds = sorted({s.mask_kind for s in self.samples})
+        return f"{self.kind} layout at {self.root}: {len(self.samples)} pairs, class table {table}, masks {'/'.join(kinds) or '-'}"
+
+    def by_id(self) -> dict[str, Sample]:
+        return {s.id: s for s in self.samples}
+
+
+def _files(folder: Path, suffixes: tuple[str, ...], problems: list[str]) -> dict[str, Path]:
+    """Stem -> file for image files in ``folder``; other non-hidden files are reported as stray."""
+    out: dict[str, Path] = {}
+    for p in sorted(folder.iterdir()):
+        if p.name.startswith(".") or p.is_dir():
+            continue
+        if p.suffix.lower() not in suffixes:
+            problems.append(f"{p}: stray file (not {', '.join(suffixes)})")
+        elif p.stem in out:
+            problems.append(f"{p}: same stem as {out[p.stem].name}")
+        else:
+            out[p.stem] = p
+    return out
+
+
+def _find_dir(root: Path, rel: str) -> Path | None:
+    """``root/rel``, or the one folder ending in ``rel`` that holds files, a few levels down."""
+    direct = root / rel
+    if direct.is_dir() and any(p.is_file() for p in direct.iterdir()):
+        return direct
+    hits = []
+    for depth in range(1, _SEARCH_DEPTH + 1):
+        pattern = "/".join(["*"] * depth) + "/" + rel
+        hits += [p for p in root.glob(pattern) if p.is_dir() and any(q.is_file() for q in p.iterdir())]
+    if len(hits) > 1:
+        raise DataError(f"{root}: several '{rel}' folders ({', '.join(str(h) for h in hits[:3])}); pass one explicitly")
+    return hits[0] if hits else (direct if direct.is_dir() else None)
+
+
+def _find_table(*folders: Path) -> tuple[ClassTable, Path | None]:
+    for folder in folders:
+        for depth in range(_SEARCH_DEPTH + 1):
+            for name in TABLE_NAMES:
+                for p in sorted(folder.glob("/".join(["*"] * depth + [name]))):
+                    return ClassTable.from_csv(p), p
+    return ClassTable.builtin(), None
+
+
+def _pair(
+    images: dict[str, Path], masks: list[tuple[dict[str, Path], MaskKind]], problems: list[str]
+) -> list[Sample]:
+    samples = []
+    for stem, img in images.items():
+        found = next(((m[stem], kind) for m, kind in masks if stem in m), None)
+        if found is None:
+            problems.append(f"{img}: image without mask")
+            continue
+        samples.append(Sample(stem, img, found[0], found[1]))
+    for m, _ in masks:
+        problems += [f"{p}: mask without image" for stem, p in m.items() if stem not in images]
+    return samples
+
+
+def _mask_kind_of(path: Path) -> MaskKind:
+    with open_image(path) as im:
+        return "rgb" if im.mode in ("RGB", "RGBA") else "index"
+
+
+def find_layout(
+    root: str | Path | None = None,
+    images: str | Path | None = None,
+    masks: str | Path | None = None,
+    table: str | Path | None = None,
+) -> Layout:
+    """Locate pairs in ``root`` (Kaggle or TU Graz layout) or in explicit ``images``/``masks`` folders."""
+    problems: list[str] = []
+    if images is not None or masks is not None:
+        if images is None or masks is None:
+            raise DataError("give both --images and --masks, or a dataset folder")
+        images, masks = Path(images), Path(masks)
+        for d in (images, masks):
+            if not d.is_dir():
+                raise DataError(f"{d}: not a folder")
+        cls_table, table_path = (ClassTable.from_csv(table), Path(table)) if table else _find_table(masks, masks.parent)
+        mask_files = _files(masks, (".png", ".tif", ".tiff"), problems)
+        kind: MaskKind = _mask_kind_of(next(iter(mask_files.values()))) if mask_files else "index"
+        img_files = _files(images, IMAGE_SUFFIXES, problems)
+        samples = _pair(img_files, [(mask_files, kind)], problems)
+        return Layout("folders", images.parent, cls_table, table_path, samples, problems)
+
+    if root is None:
+        raise DataError("give a dataset folder, or --images and --masks")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    kaggle_images = _find_dir(root, KAGGLE_IMAGES)
+    tugraz_images = _find_dir(root, TUGRAZ_IMAGES)
+    if kaggle_images is not None:
+        kind_name = "kaggle"
+        img_dir = kaggle_images
+        mask_dirs = [(d, k) for d, k in ((_find_dir(root, KAGGLE_INDEX), "index"), (_find_dir(root, KAGGLE_RGB), "rgb")) if d]
+    elif tugraz_images is not None:
+        kind_name = "tugraz"
+        img_dir = tugraz_images
+        mask_dirs = [(d, "rgb") for d in (_find_dir(root, TUGRAZ_MASKS),) if d]
+    else:
+        raise DataError(
+            f"{root}: no '{KAGGLE_IMAGES}/' (Kaggle) or '{TUGRAZ_IMAGES}/' (TU Graz) folder; "
+            "or pass --images DIR --masks DIR"
+        )
+    if not mask_dirs:
+        raise DataError(f"{root}: found {img_dir} but no mask folder next to it")
+    if table:
+        cls_table, table_path = ClassTable.from_csv(table), Path(table)
+    else:
+        cls_table, table_path = _find_table(root)
+    img_files = _files(img_dir, IMAGE_SUFFIXES, problems)
+    mask_maps = [(_files(d, (".png", ".tif", ".tiff"), problems), k) for d, k in mask_dirs]
+    samples = _pair(img_files, mask_maps, problems)
+    return Layout(kind_name, root, cls_table, table_path, samples, problems)
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """(W, H) from the header only."""
+    with open_image(path) as im:
+        return im.size
+
+
+def read_split_file(path: Path) -> list[str]:
+    """Ids one per line (blank lines and ``#`` comments skipped; ``000.jpg`` counts as ``000``)."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read split file ({exc.strerror or exc})") from None
+    return [Path(s).stem for s in (ln.split("#")[0].strip() for ln in lines) if s]
+
