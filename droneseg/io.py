@@ -29,6 +29,8 @@ from droneseg.classes import ClassTable, DataError
 Image.MAX_IMAGE_PIXELS = 300_000_000  # 6000x4000 photos are normal here; keep a bound for bombs
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, never silently grey
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 MaskKind = Literal["index", "rgb"]
 
@@ -123,6 +125,7 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
     try:
         with os.fdopen(fd, mode) as fh:
             yield fh

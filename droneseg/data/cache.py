@@ -10,8 +10,8 @@ Contract
   changes the arrays, so a changed photo, mask or working size rebuilds, and nothing else does.
 * Files are written atomically; several processes (DDP ranks) building the same entry is harmless.
 
->>> cache_key(Sample("a", Path("/x.jpg"), None, "index"), ClassTable.builtin(), 512, "area") == \
-... cache_key(Sample("a", Path("/x.jpg"), None, "index"), ClassTable.builtin(), 512, "area")
+>>> s = Sample("a", Path("/x.jpg"), None, "index")
+>>> cache_key(s, ClassTable.builtin(), 512, "area") != cache_key(s, ClassTable.builtin(), 768, "area")
 True
 """
 
