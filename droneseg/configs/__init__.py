@@ -1,0 +1,1 @@
+"""YAML presets: each overrides the per-stage defaults one level deep."""

@@ -1,0 +1,118 @@
+"""The DataModule: owns the layout, scheme, splits, cache, transforms and loaders of one training run.
+
+Contract
+--------
+``prepare_data`` decodes every split image into the cache once (rank 0 of each node; sets no state);
+``setup`` only opens what is cached. Batches are ``(image uint8 (B, 3, h, w), target int64 (B, h, w))``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from torch.utils.data import DataLoader
+
+from droneseg.classes import DataError
+from droneseg.data.cache import CacheEntry, build_cache
+from droneseg.data.dataset import CropDataset, EpochSampler, WholeImageDataset
+from droneseg.data.layout import Layout, find_layout
+from droneseg.data.splits import make_splits
+from droneseg.data.transforms import AugmentConfig
+from droneseg.schemes import LabelScheme, get_scheme
+
+
+class DataConfig(BaseModel):
+    """Where samples come from and how they are cut; defaults suit 2 CPU cores."""
+
+    model_config = ConfigDict(extra="forbid")
+    root: str | None = Field(default=None, description="dataset folder (the --data option)")
+    scheme: str = Field(default="full", description="full, six, paved, luma, or a scheme .yaml")
+    long_side: int | None = Field(default=768, ge=16, description="working size: long side in pixels; null = native")
+    crop: int = Field(default=384, ge=16, description="side of the square training crops")
+    batch_size: int = Field(default=4, ge=1)
+    workers: int = Field(default=2, ge=0)
+    samples_per_epoch: int | None = Field(default=None, ge=1, description="crops per epoch; null = one per training image")
+    rare_crop: float = Field(default=0.0, ge=0.0, le=1.0, description="share of crops centred on a randomly chosen class")
+    splits: str = Field(default="auto", description="auto (dataset's splits/ if present, else seeded), seed, or a folder")
+    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    image_filter: Literal["area", "bilinear"] = "area"
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    cache_dir: str | None = Field(default=None, description="null = $DRONESEG_CACHE or ~/.cache/droneseg")
+
+
+def open_dataset(root: Path, scheme_name: str) -> tuple[Layout, LabelScheme]:
+    """The layout (refusing pairing problems) and the scheme resolved against its class table."""
+    layout = find_layout(root)
+    if layout.problems:
+        more = f" (and {len(layout.problems) - 1} more)" if len(layout.problems) > 1 else ""
+        raise DataError(f"{layout.problems[0]}{more}; run droneseg check-data {root}")
+    if not layout.samples:
+        raise DataError(f"{root}: no image/mask pairs")
+    return layout, get_scheme(scheme_name, layout.table)
+
+
+def resolve_split_dir(cfg: DataConfig, root: Path) -> Path | None:
+    if cfg.splits == "seed":
+        return None
+    if cfg.splits == "auto":
+        shipped = root / "splits"
+        return shipped if (shipped / "train.txt").exists() else None
+    return Path(cfg.splits)
+
+
+class DroneDataModule(pl.LightningDataModule):
+    def __init__(self, cfg: DataConfig, root: Path, seed: int) -> None:
+        super().__init__()
+        self.cfg, self.root, self.seed = cfg, Path(root), seed
+        self.layout, self.scheme = open_dataset(self.root, cfg.scheme)
+        ids = [s.id for s in self.layout.samples]
+        self.splits = make_splits(ids, resolve_split_dir(cfg, self.root), cfg.val_fraction, cfg.test_fraction,
+                                  cfg.split_seed)
+        if not self.splits["train"]:
+            raise DataError(f"{self.root}: the train split is empty")
+        self.entries: dict[str, list[CacheEntry]] = {}
+
+    def _samples(self, split: str):
+        by_id = self.layout.by_id()
+        return [by_id[i] for i in self.splits[split]]
+
+    def _cache(self, split: str, progress: bool) -> list[CacheEntry]:
+        cache_dir = Path(self.cfg.cache_dir) if self.cfg.cache_dir else None
+        return build_cache(self._samples(split), self.layout.table, self.cfg.long_side, cache_dir,
+                           self.cfg.image_filter, workers=max(1, self.cfg.workers), progress=progress)
+
+    def prepare_data(self) -> None:
+        for split in ("train", "val"):
+            self._cache(split, progress=True)
+
+    def setup(self, stage: str) -> None:
+        for split in ("train", "val"):
+            self.entries[split] = self._cache(split, progress=False)
+
+    def train_class_counts(self) -> np.ndarray:
+        """(K,) training pixels per target class at working size (for class weights)."""
+        counts = np.zeros(self.scheme.num_classes, dtype=np.int64)
+        for entry in self.entries["train"]:
+            target = self.scheme.encode(entry.load()[1])
+            counts += np.bincount(target.ravel(), minlength=256)[: self.scheme.num_classes]
+        return counts
+
+    def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.workers,
+                          persistent_workers=self.cfg.workers > 0, pin_memory=False)
+
+    def train_dataloader(self) -> DataLoader:
+        n = len(self.entries["train"])
+        sampler = EpochSampler(n, self.cfg.samples_per_epoch or n, self.seed)
+        dataset = CropDataset(self.entries["train"], self.scheme, self.cfg.crop, self.cfg.augment, self.cfg.rare_crop,
+                              self.seed)
+        return self._loader(dataset, self.cfg.batch_size, sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(WholeImageDataset(self.entries["val"], self.scheme), 1)

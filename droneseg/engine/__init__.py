@@ -1,0 +1,1 @@
+"""Training: the LightningModule, its callbacks and the train entry point."""

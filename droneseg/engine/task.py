@@ -1,0 +1,146 @@
+"""The LightningModule: a thin system around a plain ``nn.Module`` net, a loss and metrics.
+
+Contract
+--------
+Batches are ``(image uint8 (B, 3, h, w), target int64 (B, h, w))``; the net sees ``image / 255``.
+Logged per epoch: ``train/loss`` (and each loss term), ``val/loss``, ``val/miou`` (pooled over the
+val split at working size), ``val/pixel_accuracy``, ``lr``. Everything in ``hparams`` is plain data,
+so checkpoints load without unpickling our classes.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from droneseg.losses import LossConfig, build_loss, class_weights_from_counts
+from droneseg.metrics import SegmentationMetrics
+from droneseg.models import ModelConfig, build_model
+from droneseg.schemes import LabelScheme
+
+
+class TrainConfig(BaseModel):
+    """Optimisation and the Trainer; defaults suit a 2-core CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_epochs: int = Field(default=30, ge=1)
+    max_time: str | None = Field(default=None, description="wall-clock budget such as 90s, 30m, 2h, 1h30m")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "onecycle", "plateau", "none"] = "cosine"
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
+        default="auto", description="auto: bf16-mixed on GPUs that support it, else 32 (CPU autocast is slow)"
+    )
+    accumulate: int = Field(default=1, ge=1, description="gradient accumulation steps")
+    patience: int | None = Field(default=10, ge=1, description="early stopping on val mIoU; null = off")
+    seed: int = 0
+    deterministic: bool = False
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = Field(default=1, ge=1)
+    sample_every: int = Field(default=5, ge=0, description="epochs between sample prediction figures; 0 = never")
+    samples: int = Field(default=3, ge=1, description="val images in each sample figure")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
+    final_eval: bool = Field(default=True, description="evaluate the best model on val at native resolution at the end")
+
+
+class SegmentationTask(pl.LightningModule):
+    def __init__(self, model: dict, loss: dict, train: dict, scheme: dict, class_weights: list[float] | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = ModelConfig.model_validate(model)
+        self.loss_cfg = LossConfig.model_validate(loss)
+        self.train_cfg = TrainConfig.model_validate(train)
+        self.scheme = LabelScheme.from_dict(scheme)
+        self.configure_models()
+        self.configure_losses(class_weights)
+        self.configure_metrics()
+
+    def configure_models(self) -> None:
+        self.net = build_model(self.model_cfg, self.scheme.num_classes)
+
+    def configure_losses(self, class_weights: list[float] | None) -> None:
+        weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+        self.criterion = build_loss(self.loss_cfg, self.scheme.ignore_index, weights)
+
+    def configure_metrics(self) -> None:
+        self.val_metrics = SegmentationMetrics.from_scheme(self.scheme)
+
+    def setup(self, stage: str) -> None:
+        """Class weights need the cached training masks, which exist only once the DataModule is set up."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if self.hparams.class_weights is None and self.loss_cfg.class_weights != "none" and dm is not None:
+            weights = class_weights_from_counts(dm.train_class_counts(), self.loss_cfg.class_weights)
+            self.hparams.class_weights = [float(w) for w in weights]
+            self.configure_losses(self.hparams.class_weights)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) uint8 or [0, 1] float -> (B, K, H, W) logits."""
+        x = image.float() / 255.0 if image.dtype == torch.uint8 else image
+        return self.net(x)
+
+    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
+        image, target = batch
+        logits = self(image)
+        loss, parts = self.criterion(logits, target)
+        bs = image.shape[0]
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss.detach(), prog_bar=True, on_step=on_step, on_epoch=True, batch_size=bs,
+                 sync_dist=not on_step)
+        if len(parts) > 1:
+            for name, value in parts.items():
+                self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        if stage == "val":
+            self.val_metrics.update(logits.detach(), target)
+        return loss
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self._shared_step(batch, "train")
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        result = self.val_metrics.compute()  # synchronised across ranks by torchmetrics
+        self.val_metrics.reset()
+        miou = result["miou"] if result["miou"] is not None else 0.0
+        self.log("val/miou", miou, prog_bar=True, sync_dist=False)
+        self.log("val/pixel_accuracy", result["pixel_accuracy"] or 0.0, sync_dist=False)
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        params = [p for p in self.parameters() if p.requires_grad]
+        if cfg.optimizer == "adamw":
+            opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
+        if cfg.schedule == "none":
+            return opt
+        if cfg.schedule == "cosine":
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs, eta_min=cfg.lr * 0.01)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+        if cfg.schedule == "onecycle":
+            total = int(self.trainer.estimated_stepping_batches)
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1))
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=3)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "monitor": "val/miou"}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Global RNG states, so a resumed run draws what an uninterrupted one would have."""
+        checkpoint["droneseg_rng"] = {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("droneseg_rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])

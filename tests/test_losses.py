@@ -1,0 +1,90 @@
+"""Losses against values computed by hand; one ignore convention for all."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from droneseg.losses import LOSSES, LossConfig, build_loss, class_weights_from_counts
+
+IGNORE = 255
+
+
+def _logits(probs: list[list[float]]) -> torch.Tensor:
+    """Per-pixel class probabilities -> (1, K, 1, P) logits whose softmax gives them back."""
+    p = torch.tensor(probs, dtype=torch.float64).log()  # (P, K)
+    return p.T[None, :, None, :].float()
+
+
+# two pixels, two classes; p(class 1) = 0.8 and 0.4, labels 1 and 0
+PROBS = [[0.2, 0.8], [0.6, 0.4]]
+LABELS = torch.tensor([[[1, 0]]])
+
+
+@pytest.mark.parametrize(
+    "terms, expected",
+    [
+        # CE: -(ln 0.8 + ln 0.6) / 2
+        ({"ce": 1.0}, -(math.log(0.8) + math.log(0.6)) / 2),
+        # focal gamma 2: -(0.2^2 ln 0.8 + 0.4^2 ln 0.6) / 2
+        ({"focal": 1.0}, -(0.04 * math.log(0.8) + 0.16 * math.log(0.6)) / 2),
+        # dice: class0 2*0.6/(0.8+1)=0.6667, class1 2*0.8/(1.2+1)=0.7273 -> 1 - mean
+        ({"dice": 1.0}, 1 - (2 * 0.6 / 1.8 + 2 * 0.8 / 2.2) / 2),
+        # lovasz class1: errors [0.2 (fg), 0.4 (bg)] sorted [0.4 bg, 0.2 fg]; grads [0.5, 0.5] -> 0.3;
+        # class0: errors [0.2 (bg), 0.4 (fg)] -> sorted [0.4 fg, 0.2 bg]; grads [1, 0] -> 0.4; mean 0.35
+        ({"lovasz": 1.0}, 0.35),
+        ({"ce": 1.0, "dice": 0.5}, -(math.log(0.8) + math.log(0.6)) / 2 + 0.5 * (1 - (2 * 0.6 / 1.8 + 2 * 0.8 / 2.2) / 2)),
+    ],
+)
+def test_loss_matches_hand_value(terms, expected):
+    total, parts = build_loss(LossConfig(terms=terms), IGNORE)(_logits(PROBS), LABELS)
+    assert float(total) == pytest.approx(expected, abs=1e-5)
+    assert set(parts) == set(terms)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_ignored_pixels_change_nothing(name):
+    loss = build_loss(LossConfig(terms={name: 1.0}), IGNORE)
+    base, _ = loss(_logits(PROBS), LABELS)
+    # a third pixel, confidently wrong, but ignored
+    extra, _ = loss(_logits(PROBS + [[0.99, 0.01]]), torch.tensor([[[1, 0, IGNORE]]]))
+    assert float(extra) == pytest.approx(float(base), abs=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_all_ignored_batch_gives_zero_with_gradient(name):
+    logits = torch.randn(1, 3, 2, 2, requires_grad=True)
+    total, _ = build_loss(LossConfig(terms={name: 1.0}), IGNORE)(logits, torch.full((1, 2, 2), IGNORE))
+    total.backward()
+    assert float(total.detach()) == 0.0 and torch.isfinite(logits.grad).all()
+
+
+def test_class_weighted_ce_is_the_weighted_mean():
+    w = torch.tensor([1.0, 3.0])
+    total, _ = build_loss(LossConfig(terms={"ce": 1.0}), IGNORE, class_weights=w)(_logits(PROBS), LABELS)
+    # (3 * -ln 0.8 + 1 * -ln 0.6) / (3 + 1)
+    assert float(total) == pytest.approx((-3 * math.log(0.8) - math.log(0.6)) / 4, abs=1e-6)
+
+
+def test_perfect_prediction_scores_zero_on_overlap_losses():
+    logits = _logits([[1 - 1e-9, 1e-9], [1e-9, 1 - 1e-9]])
+    labels = torch.tensor([[[0, 1]]])
+    for name in ("dice", "lovasz"):
+        assert float(build_loss(LossConfig(terms={name: 1.0}), IGNORE)(logits, labels)[0]) == pytest.approx(0, abs=1e-6)
+
+
+def test_class_weights_by_hand():
+    counts = np.array([600, 300, 100, 0])
+    # inverse: 1000 / (3 * n)
+    assert class_weights_from_counts(counts, "inverse") == pytest.approx([1000 / 1800, 1000 / 900, 1000 / 300, 0])
+    # median frequency: freqs 0.6, 0.3, 0.1 -> median 0.3
+    assert class_weights_from_counts(counts, "median") == pytest.approx([0.5, 1.0, 3.0, 0])
+    assert class_weights_from_counts(counts, "none") is None
+
+
+def test_unknown_loss_names_choices():
+    with pytest.raises(ValueError, match=r"unknown loss 'bce'; choose from \['ce', 'dice', 'focal', 'lovasz'\]"):
+        LossConfig(terms={"bce": 1.0})

@@ -1,0 +1,140 @@
+"""End-to-end training through the real CLI on tiny synthetic data: run folder, resume, time budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from droneseg.cli import app
+
+RUN = CliRunner()
+# a tiny, fast recipe: 2 crops of 48 px per step, classic U-Net [8, 16]
+TINY = [
+    "--set", "model.channels=[8,16]",
+    "--set", "data.crop=48",
+    "--set", "data.batch_size=2",
+    "--set", "data.samples_per_epoch=4",
+    "--set", "data.workers=0",
+    "--set", "data.long_side=null",
+    "--set", "train.sample_every=1",
+    "--set", "train.samples=2",
+]
+
+
+def _train(data: Path, out: Path, *extra: str) -> Path:
+    result = RUN.invoke(app, ["train", "-c", "demo", "--data", str(data), "--out", str(out), *TINY, *extra])
+    assert result.exit_code == 0, result.output
+    return Path(result.stdout.strip().splitlines()[-1])
+
+
+def _rows(run: Path) -> list[dict]:
+    with (run / "logs" / "metrics.csv").open() as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_train_writes_the_whole_run_folder_and_one_truth(synth_root, tmp_path):
+    run = _train(synth_root, tmp_path / "runs", "--max-epochs", "2")
+    for rel in ("config.yaml", "splits/train.txt", "splits/val.txt", "checkpoints/last.ckpt", "checkpoints/best.ckpt",
+                "model.safetensors", "model.json", "logs/metrics.csv", "training_curves.png", "train_summary.json",
+                "samples/epoch_001.png", "eval/val/metrics.json", "eval/val/report.html"):
+        assert (run / rel).is_file(), rel
+    assert [int(r["epoch"]) for r in _rows(run)] == [0, 1]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["stopped_by"] == "max_epochs" and summary["images_per_s"] > 0
+    # the split is by image id and disjoint
+    train_ids = set((run / "splits" / "train.txt").read_text().split())
+    val_ids = set((run / "splits" / "val.txt").read_text().split())
+    assert train_ids and val_ids and not train_ids & val_ids
+    # the resolved config repeats the run
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["model"]["channels"] == [8, 16] and cfg["data"]["root"] == str(synth_root.resolve())
+    # one truth: evaluate gives the number training wrote at its end
+    result = RUN.invoke(app, ["evaluate", str(run), "--data", str(synth_root), "--out", str(tmp_path / "again")])
+    assert result.exit_code == 0, result.output
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["miou"] == summary["val_miou_native"]
+    # a second run never reuses the folder
+    assert _train(synth_root, tmp_path / "runs", "--max-epochs", "1") != run
+
+
+def test_max_time_stops_cleanly_with_every_file(synth_root, tmp_path):
+    t0 = time.monotonic()
+    run = _train(synth_root, tmp_path / "runs", "--max-epochs", "10000", "--max-time", "6s",
+                 "--set", "train.final_eval=false")
+    assert time.monotonic() - t0 < 90
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["stopped_by"] == "max_time" and summary["epochs"] < 10000
+    for rel in ("model.safetensors", "model.json", "checkpoints/last.ckpt", "training_curves.png"):
+        assert (run / rel).is_file(), rel
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "droneseg", *args]
+
+
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(synth_root, tmp_path):
+    epochs = "5"
+    common = ["train", "-c", "demo", "--data", str(synth_root), *TINY, "--max-epochs", epochs,
+              "--set", "train.final_eval=false", "--set", "train.sample_every=0"]
+    ref = subprocess.run(_cli(*common, "--out", str(tmp_path / "ref")), capture_output=True, text=True, timeout=600)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    ref_run = Path(ref.stdout.strip().splitlines()[-1])
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*common, "--out", str(out)), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.monotonic() + 300
+    run = None
+    while time.monotonic() < deadline:  # kill once two epochs are logged and checkpointed
+        runs = list(out.glob("demo-*"))
+        if runs and (runs[0] / "logs" / "metrics.csv").exists() and len(_rows(runs[0])) >= 2 \
+                and (runs[0] / "checkpoints" / "last.ckpt").exists():
+            run = runs[0]
+            break
+        time.sleep(0.2)
+    assert run is not None, "training never reached epoch 2"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "train_summary.json").exists()
+
+    resumed = subprocess.run(_cli("train", "--resume", str(run)), capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    rows, ref_rows = _rows(run), _rows(ref_run)
+    assert [int(r["epoch"]) for r in rows] == list(range(int(epochs)))  # each epoch exactly once
+    assert json.loads((run / "train_summary.json").read_text())["epochs"] == int(epochs)
+    # same data order and RNG: the losses follow the uninterrupted run's
+    for a, b in zip(rows, ref_rows):
+        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4)
+
+
+def test_resume_refuses_other_options(synth_root, tmp_path):
+    result = RUN.invoke(app, ["train", "--resume", str(tmp_path), "--max-epochs", "3"])
+    assert result.exit_code != 0 and "--resume" in result.output
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=fast", "train.lr: Input should be a valid number"),
+        ("train.learning_rate=0.1", "train.learning_rate: Extra inputs are not permitted"),
+        ("model.arch=Unett", "unknown architecture 'Unett'"),
+        ("loss.terms={bce: 1}", "unknown loss 'bce'"),
+    ],
+)
+def test_bad_config_names_the_key(synth_root, tmp_path, override, message):
+    r = subprocess.run(_cli("train", "-c", "demo", "--data", str(synth_root), "--out", str(tmp_path), "--set", override),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.startswith("droneseg: error: preset demo: ") and message in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.glob("demo-*"))  # nothing created for a bad config
