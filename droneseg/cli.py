@@ -1,0 +1,184 @@
+"""The ``droneseg`` command: each sub-command parses its options, calls one public function, and
+prints where the output went. Bad input ends with one ``droneseg: error: …`` line and exit code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from droneseg.classes import DataError
+
+app = typer.Typer(
+    name="droneseg",
+    help="Semantic segmentation of aerial drone photos: synth, check-data, train, evaluate, predict, export.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+DataDir = Annotated[Optional[Path], typer.Argument(help="Dataset folder (Kaggle or TU Graz layout).")]
+ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="Folder of photos (with --masks).")]
+MasksOpt = Annotated[Optional[Path], typer.Option("--masks", help="Folder of masks, paired with photos by file stem.")]
+TableOpt = Annotated[Optional[Path], typer.Option("--class-table", help="class_dict CSV overriding the one found.")]
+
+
+def _workers() -> int:
+    return max(1, min(8, os.cpu_count() or 1))
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"{text!r} is not WIDTHxHEIGHT, e.g. 768x512") from None
+    if w < 16 or h < 16:
+        raise typer.BadParameter(f"{text!r}: each side must be at least 16 pixels")
+    return w, h
+
+
+@app.command()
+def synth(
+    out: Annotated[Path, typer.Argument(help="New folder to write the synthetic dataset into.")],
+    n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 40,
+    size: Annotated[str, typer.Option("--size", help="WIDTHxHEIGHT of each scene.")] = "768x512",
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same scenes.")] = 0,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9)] = 0.2,
+) -> None:
+    """Write procedural aerial scenes in the Kaggle layout with the real palette."""
+    from droneseg.data.synthetic import write_synthetic
+
+    path = write_synthetic(out, n=n, size=_parse_size(size), seed=seed, val_fraction=val_fraction)
+    typer.echo(f"wrote {n} synthetic scenes to {path}")
+
+
+@app.command("check-data")
+def check_data(
+    data: DataDir = None,
+    images: ImagesOpt = None,
+    masks: MasksOpt = None,
+    class_table: TableOpt = None,
+    workers: Annotated[int, typer.Option(help="Parallel decoding processes.")] = _workers(),
+) -> None:
+    """Report every problem of a dataset (one line each, naming the file) and its class table."""
+    from droneseg.data.check import check_dataset
+    from droneseg.data.layout import find_layout
+
+    layout = find_layout(data, images=images, masks=masks, table=class_table)
+    typer.echo(layout.describe())
+    report = check_dataset(layout, workers=workers, progress=sys.stderr.isatty())
+    for line in report.problems:
+        typer.echo(f"problem: {line}")
+    typer.echo(report.class_table_text(layout.table))
+    if report.ok:
+        typer.echo(f"{report.checked} pairs checked: all clean")
+    else:
+        typer.echo(f"{report.checked} pairs checked: {len(report.problems)} problems", err=True)
+        raise typer.Exit(1)
+
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.lr=3e-4 (repeatable).")]
+
+
+@app.command()
+def train(
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset name or YAML path.")] = "full",
+    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder.")] = None,
+    set_: SetOpt = None,
+    out: Annotated[Path, typer.Option("--out", help="Folder for run folders.")] = Path("runs"),
+    max_time: Annotated[Optional[str], typer.Option("--max-time", help="Wall-clock budget, e.g. 30m, 2h.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", min=1)] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder.")] = None,
+) -> None:
+    """Train a model; prints the run folder."""
+    from droneseg.config import load_config
+    from droneseg.engine.train import train as run_training
+
+    overrides = list(set_ or [])
+    if data is not None:
+        overrides.append(f"data.root={data.resolve()}")
+    if max_time is not None:
+        overrides.append(f"train.max_time={max_time}")
+    if max_epochs is not None:
+        overrides.append(f"train.max_epochs={max_epochs}")
+    if resume is not None and overrides:
+        raise typer.BadParameter("--resume continues a run exactly as configured; it takes no other options")
+    cfg = load_config(config, overrides)
+    run = run_training(cfg, out=out, resume=resume)
+    typer.echo(str(run))
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
+    data: Annotated[Path, typer.Option("--data", help="Dataset folder.")],
+    split: Annotated[str, typer.Option("--split", help="val, test, train, or a file of ids.")] = "val",
+    tta: Annotated[bool, typer.Option("--tta", help="Average over flips.")] = False,
+    save_masks: Annotated[bool, typer.Option("--save-masks", help="Write each predicted mask (dataset numbering).")] = False,
+    figures: Annotated[Optional[int], typer.Option("--figures", min=0, help="Prediction figures for the first N images (default all).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default RUN/eval/SPLIT).")] = None,
+    luma: Annotated[str, typer.Option("--luma-threshold", help="luma scheme: threshold at each map's mean or median.")] = "mean",
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")] = None,
+) -> None:
+    """Evaluate a trained model on a whole split at native mask resolution; writes metrics, figures and report.html."""
+    from droneseg.evaluate import evaluate
+
+    folder = evaluate(model, data, split=split, tta=tta, save_masks=save_masks, figures=figures, out=out, luma=luma,
+                      device=device, progress=sys.stderr.isatty())
+    typer.echo(str(folder / "report.html"))
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data and the run.")] = Path("runs"),
+    set_: SetOpt = None,
+) -> None:
+    """No data, no arguments: synthesise scenes, train the small U-Net on CPU, and print where results are."""
+    from droneseg.config import load_config
+    from droneseg.data.synthetic import write_synthetic
+    from droneseg.engine.train import train as run_training
+
+    data = out / "demo-data"
+    if not (data / "splits" / "val.txt").is_file():
+        write_synthetic(data, n=DEMO_SCENES, size=DEMO_SIZE, seed=0)
+    cfg = load_config("demo", [f"data.root={data.resolve()}", *(set_ or [])])
+    run = run_training(cfg, out=out)
+    typer.echo(f"demo data: {data}")
+    typer.echo(f"run folder: {run}")
+
+
+@app.command()
+def augment(
+    data: Annotated[Path, typer.Argument(help="Dataset folder.")],
+    out: Annotated[Path, typer.Option("--out", help="New folder for the augmented dataset.")],
+    copies: Annotated[int, typer.Option("--copies", min=1, help="Augmented copies of each training photo.")] = 4,
+    crop: Annotated[Optional[int], typer.Option("--crop", min=16, help="Cut random scaled square crops of this side instead of whole photos.")] = None,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+) -> None:
+    """Offline augmentation of the training ids (the original project's workflow), in the Kaggle layout."""
+    from droneseg.data.offline import augment_dataset
+
+    path = augment_dataset(data, out, copies, seed=seed, crop=crop, progress=sys.stderr.isatty())
+    typer.echo(f"wrote augmented dataset to {path}")
+
+
+DEMO_SCENES = 48
+DEMO_SIZE = (384, 256)
+
+
+def main() -> None:
+    """Console entry point: DataError and friends become one line on stderr and exit code 2."""
+    try:
+        app()
+    except (DataError, KeyError, FileExistsError, FileNotFoundError) as exc:
+        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        typer.echo(f"droneseg: error: {msg}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
