@@ -1,0 +1,247 @@
+"""Sliding-window inference in bounded memory: a working-size photo -> blended logits in row bands -> labels.
+
+Contract
+--------
+* ``run``: float32 (B, 3, th, tw) in [0, 1] -> float32 logits (B, K, th, tw) (a torch net or an ONNX session).
+* ``Tiler.bands(image)``: (h, w, 3) uint8 -> yields ``(y0, (K, n, w) float32)`` for working rows y0..y0+n, top to
+  bottom, each row once. A pixel's logits are the weighted mean over the tiles covering it; the window (cosine or
+  Gaussian) is positive everywhere and flat on the sides that touch the image border, so every pixel has positive
+  total weight and border pixels are not left to a window's faint tail.
+* ``Tiler.labels(image, (H, W))``: (H, W) uint8 target indices: the argmax of the blended logits upsampled
+  bilinearly (``align_corners=False``, as ``F.interpolate``), band by band: rows are interpolated at working
+  width, columns only where two neighbouring source pixels disagree (:func:`upsampled_argmax`). ``luma=True``
+  marks pixels whose bright-class probability exceeds the image's mean (the original 1-class mode); that mean
+  needs the whole map, so luma keeps one (H, W) float32 map (96 MB for 6000x4000), never K of them.
+* Memory: only the rows the next band of tiles overlaps are kept; the largest float buffer is about
+  max(K·tile·w, batch·K·tile², BAND_ELEMS), never K·H·W. ``peak_buffer_elems`` records it (the network's own
+  activations are not counted: they scale with batch·tile²).
+
+>>> tiler = Tiler(lambda x: x[:, :2], num_classes=2, tile=4, overlap=0.5)
+>>> [(y0, tuple(b.shape)) for y0, b in tiler.bands(np.zeros((6, 5, 3), np.uint8))]
+[(0, (2, 2, 5)), (2, (2, 4, 5))]
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+BAND_ELEMS = 1 << 22
+"""Output rows per upsampling step are chosen so that K x rows x W (the most logits that step may interpolate)
+stays within this many floats: 16 MB, whatever the photo size."""
+
+
+def cosine_window(n: int) -> Tensor:
+    """Hann window sampled at pixel centres: (n,) in (0, 1], never zero."""
+    return torch.sin(math.pi * (torch.arange(n, dtype=torch.float64) + 0.5) / n).pow(2).float()
+
+
+def gaussian_window(n: int) -> Tensor:
+    """Gaussian with sigma = n / 8 (nnU-Net's choice), peak 1: (n,), exp(-8) at the edges."""
+    d = (torch.arange(n, dtype=torch.float64) + 0.5 - n / 2) / (n / 8)
+    return torch.exp(-0.5 * d * d).float()
+
+
+WINDOWS: dict[str, Callable[[int], Tensor]] = {"cosine": cosine_window, "gaussian": gaussian_window}
+
+
+def tile_origins(n: int, t: int, stride: int) -> list[int]:
+    """Start offsets of tiles of length ``t`` covering 0..n with the given stride, the last one flush with the end."""
+    if t >= n:
+        return [0]
+    return [*range(0, n - t, stride), n - t]
+
+
+def axis_weights(origins: list[int], t: int, n: int, window: Tensor) -> list[Tensor]:
+    """One (t,) weight per tile along an axis: the window, made flat (1) on a side that lies on the image border."""
+    out = []
+    for o in origins:
+        w = window.clone()
+        if o == 0:
+            w[: t // 2] = 1.0
+        if o + t >= n:
+            w[t // 2 :] = 1.0
+        out.append(w)
+    return out
+
+
+def source_index(n_in: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Bilinear source indices and weight of each output position (PyTorch's rule, ``align_corners=False``).
+
+    -> (lo, hi, frac): output i = in[lo] * (1 - frac) + in[hi] * frac; (n_out,) int64, int64, float32.
+    """
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0.0)
+    lo = src.floor().long().clamp_max(n_in - 1)
+    return lo, (lo + 1).clamp_max(n_in - 1), (src - lo).float()
+
+
+@dataclass(frozen=True)
+class Columns:
+    """How W output columns sample w source columns (bilinear, PyTorch's rule), grouped by source column pair."""
+
+    left: Tensor  # (W,) int64: left source column of each output column
+    fx: Tensor  # (W,) float32: weight of the right one
+    start: Tensor  # (w - 1,) int64: first output column strictly between source columns j and j + 1 (fx > 0)
+    count: Tensor  # (w - 1,) int64: how many output columns lie there
+    span: int  # max(count)
+
+    @classmethod
+    def between(cls, w: int, W: int, device: torch.device) -> Columns:
+        left, _, fx = source_index(w, W)
+        key = 2 * left + (fx > 0).long()  # non-decreasing: fx grows within a pair; fx == 0 copies the left pixel
+        pair = 2 * torch.arange(w - 1) + 1
+        start = torch.searchsorted(key, pair)
+        count = torch.searchsorted(key, pair, right=True) - start
+        span = int(count.max()) if w > 1 else 0
+        return cls(left.to(device), fx.to(device), start.to(device), count.to(device), span)
+
+
+def upsampled_argmax(
+    rows: Tensor, cols: Columns, track: Callable[[Tensor], None] = lambda t: None
+) -> tuple[Tensor, int]:
+    """Argmax over K of logit rows upsampled bilinearly along x: (n, w, K) -> ((n, W) uint8, pixels interpolated).
+
+    Where two neighbouring source pixels share a class, so does every mix of their logits: output pixels take
+    their left source pixel's class, and only those between source pixels of different classes get K logits
+    interpolated, in one (pairs, span, K) broadcast. Exact; on smooth label maps ~10x faster than upsampling
+    all K channels, and no slower on noise.
+    """
+    n, w, k = rows.shape
+    width = cols.left.numel()
+    labels = rows.argmax(-1).to(torch.uint8)  # (n, w)
+    out = torch.empty(n * width + 1, dtype=torch.uint8, device=rows.device)  # + 1: a slot for padding writes
+    out[:-1].view(n, width).copy_(labels.index_select(1, cols.left))
+    py, pj = (labels[:, :-1] != labels[:, 1:]).nonzero(as_tuple=True)  # (P,) neighbours of different classes
+    if not py.numel() or not cols.span:
+        return out[:-1].view(n, width), 0
+    offsets = torch.arange(cols.span, device=rows.device)
+    xs = cols.start[pj, None] + offsets  # (P, S) output columns, valid where offset < count
+    valid = offsets < cols.count[pj, None]
+    target = torch.where(valid, py[:, None] * width + xs, n * width)
+    flat = rows.view(n * w, k)
+    a = flat.index_select(0, py * w + pj)[:, None]  # (P, 1, K)
+    b = flat.index_select(0, py * w + pj + 1)[:, None]
+    mix = torch.lerp(a, b, cols.fx.take(xs.clamp_max(width - 1))[..., None])  # (P, S, K)
+    track(mix)
+    out.index_copy_(0, target.view(-1), mix.argmax(-1).to(torch.uint8).view(-1))
+    return out[:-1].view(n, width), int(valid.sum())
+
+
+@dataclass
+class Tiler:
+    """Tiled, blended inference with ``run`` over photos of any size (see the module contract)."""
+
+    run: Callable[[Tensor], Tensor]
+    num_classes: int
+    tile: int = 512
+    overlap: float = 0.25
+    batch: int = 4
+    tta: bool = False
+    blend: str = "cosine"
+    device: torch.device = torch.device("cpu")
+    peak_buffer_elems: int = 0  # largest float buffer so far, in elements
+    interpolated_pixels: int = 0  # output pixels whose K logits were interpolated (the rest took a shared class)
+
+    def __post_init__(self) -> None:
+        if self.tile < 1:
+            raise ValueError(f"tile must be >= 1 pixel, got {self.tile}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch < 1:
+            raise ValueError(f"batch must be >= 1, got {self.batch}")
+        if self.blend not in WINDOWS:
+            raise KeyError(f"unknown blend {self.blend!r}; choose from {sorted(WINDOWS)}")
+
+    def _track(self, *buffers: Tensor) -> None:
+        """Record the largest float buffer."""
+        self.peak_buffer_elems = max(self.peak_buffer_elems, *(b.numel() for b in buffers))
+
+    def _infer(self, x: Tensor) -> Tensor:
+        """(B, 3, th, tw) -> (B, K, th, tw), averaged over horizontal, vertical and both flips with ``tta``."""
+        out = self.run(x)
+        if self.tta:
+            for dims in ((3,), (2,), (2, 3)):
+                out = out + self.run(x.flip(dims)).flip(dims)
+            out = out / 4
+        self._track(out)
+        return out
+
+    @torch.inference_mode()
+    def bands(self, image: np.ndarray) -> Iterator[tuple[int, Tensor]]:
+        """(h, w, 3) uint8 -> (y0, (K, n, w) blended logits) per finished band of working rows."""
+        # 1. setup: tile grid, per-tile axis weights, the accumulator of one tile row's height
+        h, w = image.shape[:2]
+        th, tw = min(self.tile, h), min(self.tile, w)
+        ys = tile_origins(h, th, max(1, round(th * (1 - self.overlap))))
+        xs = tile_origins(w, tw, max(1, round(tw * (1 - self.overlap))))
+        make = WINDOWS[self.blend]
+        wys = [v.to(self.device) for v in axis_weights(ys, th, h, make(th))]
+        wxs = [v.to(self.device) for v in axis_weights(xs, tw, w, make(tw))]
+        pixels = torch.from_numpy(np.array(image)).to(self.device)  # (h, w, 3) uint8, a writable copy
+        acc = torch.zeros((self.num_classes, th, w), device=self.device)  # rows y..y+th of the working image
+        wsum = torch.zeros((th, w), device=self.device)
+        self._track(acc)
+        # 2. loop: one row of tiles at a time, in batches along the row
+        for r, y in enumerate(ys):
+            for c0 in range(0, len(xs), self.batch):
+                cols = xs[c0 : c0 + self.batch]
+                crops = torch.stack([pixels[y : y + th, x : x + tw] for x in cols])  # (B, th, tw, 3)
+                logits = self._infer(crops.permute(0, 3, 1, 2).float().div_(255.0))  # (B, K, th, tw)
+                for b, x in enumerate(cols):
+                    weight = wys[r][:, None] * wxs[c0 + b][None, :]  # (th, tw)
+                    acc[:, :, x : x + tw].addcmul_(logits[b], weight)
+                    wsum[:, x : x + tw] += weight
+            # 3. rows above the next tile row are final: emit them, shift the rest up
+            n = (ys[r + 1] if r + 1 < len(ys) else h) - y
+            yield y, acc[:, :n] / wsum[:n]
+            acc = torch.cat([acc[:, n:], acc.new_zeros((self.num_classes, n, w))], dim=1)
+            wsum = torch.cat([wsum[n:], wsum.new_zeros((n, w))], dim=0)
+
+    @torch.inference_mode()
+    def labels(self, image: np.ndarray, size: tuple[int, int], luma: bool = False) -> np.ndarray:
+        """(h, w, 3) uint8 working-size photo -> (H, W) uint8 targets at ``size`` = (H, W)."""
+        # 1. setup: PyTorch's bilinear source rows and columns of every output row and column
+        h, w = image.shape[:2]
+        H, W = size
+        top, bottom, fy = source_index(h, H)
+        fy = fy.to(self.device)
+        cols = Columns.between(w, W, self.device)
+        out = np.empty((H, W), np.uint8)
+        prob = np.empty((H, W), np.float32) if luma else None
+        rows_per_band = max(1, BAND_ELEMS // (self.num_classes * W))
+        held, held_y0, Y = None, 0, 0  # finished working rows held_y0.. as (m, w, K); the next output row
+        # 2. loop: as working rows finish, upsample every output row whose two source rows are ready
+        for y0, band in self.bands(image):
+            if luma:  # bright-minus-dark logit: softmax[1] is its sigmoid, and it upsamples like the logits
+                band = band[1:] - band[:1]
+            band = band.permute(1, 2, 0).contiguous()  # (n, w, K)
+            held = band if held is None else torch.cat([held, band])
+            ready = y0 + band.shape[0]
+            Y_end = H if ready == h else int(torch.searchsorted(bottom, ready))
+            for Y0 in range(Y, Y_end, rows_per_band):
+                Y1 = min(Y_end, Y0 + rows_per_band)
+                t, b = (top[Y0:Y1] - held_y0).to(self.device), (bottom[Y0:Y1] - held_y0).to(self.device)
+                rows = torch.lerp(held[t], held[b], fy[Y0:Y1, None, None])  # (n, w, K): output rows, source columns
+                if prob is not None:
+                    up = F.interpolate(rows[None, None, :, :, 0], size=(Y1 - Y0, W), mode="bilinear",
+                                       align_corners=False)[0, 0]  # (n, W)
+                    prob[Y0:Y1] = torch.sigmoid(up).cpu().numpy()
+                else:
+                    labels, mixed = upsampled_argmax(rows, cols, self._track)
+                    out[Y0:Y1] = labels.cpu().numpy()
+                    self.interpolated_pixels += mixed
+                    self._track(rows)
+            Y = Y_end
+            self._track(held)
+            if Y < H:  # 3. drop the working rows no later output row reads
+                keep_from = int(top[Y]) - held_y0
+                held, held_y0 = held[keep_from:], held_y0 + keep_from
+        if prob is not None:
+            out[:] = prob > prob.mean()
+        return out

@@ -1,0 +1,38 @@
+"""Small builders shared by test modules (pytest puts this folder on sys.path)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from droneseg.data.synthetic import render_scene
+from droneseg.models import ModelConfig, build_model
+from droneseg.runs import ModelInfo, save_model
+from droneseg.schemes import get_scheme
+
+
+def tiny_net(num_classes: int, seed: int = 0) -> torch.nn.Module:
+    """A 2-level U-Net whose random conv weights are doubled, so that its labels vary across a photo."""
+    torch.manual_seed(seed)
+    net = build_model(ModelConfig(channels=[8, 16]), num_classes).eval()
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                m.weight.mul_(2.0)
+    return net
+
+
+def save_tiny_model(folder: Path, scheme: str = "full", long_side: int | None = 100) -> Path:
+    """``tiny_net`` saved as a run's model.safetensors + model.json in ``folder``."""
+    s, cfg = get_scheme(scheme), ModelConfig(channels=[8, 16])
+    info = ModelInfo(model=cfg.model_dump(mode="json"), scheme=s.to_dict(), long_side=long_side)
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    save_model(folder, tiny_net(s.num_classes), info)
+    return Path(folder)
+
+
+def scene(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A synthetic aerial photo, (H, W, 3) uint8."""
+    return render_scene(width, height, np.random.default_rng(seed))[0]
