@@ -29,6 +29,7 @@ from droneseg.plots import prediction_panels
 from droneseg.report import ImageResult, write_evaluation
 from droneseg.runs import load_model, resolve_model_path
 from droneseg.schemes import LabelScheme
+from droneseg.tiler import source_index
 
 BAND_PIXELS = 1 << 21  # output pixels per band: bounds the (K, rows, W) float temporaries
 
@@ -39,13 +40,10 @@ def upsample_rows(logits: torch.Tensor, size: tuple[int, int], y0: int, y1: int)
     (K, h, w) -> (K, y1 - y0, W). Bilinear is separable: rows are blended here with PyTorch's own
     source-index rule, columns by ``F.interpolate`` on the band, so bands tile the full result exactly.
     """
-    k, h, w = logits.shape
+    h = logits.shape[1]
     H, W = size
-    ys = torch.arange(y0, y1, dtype=torch.float64, device=logits.device)
-    src = ((ys + 0.5) * (h / H) - 0.5).clamp_min(0.0)
-    top = src.floor().long().clamp_max(h - 1)
-    bottom = (top + 1).clamp_max(h - 1)
-    frac = (src - top).to(logits.dtype)[None, :, None]  # (1, n, 1)
+    top, bottom, frac = source_index(h, H)
+    top, bottom, frac = top[y0:y1], bottom[y0:y1], frac[y0:y1].to(logits)[None, :, None]  # frac (1, n, 1)
     rows = logits[:, top] * (1 - frac) + logits[:, bottom] * frac  # (K, n, w)
     return F.interpolate(rows[None], size=(y1 - y0, W), mode="bilinear", align_corners=False)[0]
 

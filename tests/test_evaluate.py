@@ -1,0 +1,80 @@
+"""Evaluation at native resolution: banded upsampling, one truth with the written masks, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from droneseg.classes import DataError
+from droneseg.data.layout import find_layout
+from droneseg.evaluate import evaluate, upsample_rows
+from droneseg.io import read_mask
+from droneseg.schemes import get_scheme
+from helpers import save_tiny_model
+
+
+def _model(tmp_path: Path, scheme_name: str, long_side: int | None) -> Path:
+    return save_tiny_model(tmp_path / "run", scheme_name, long_side)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 64])
+def test_banded_upsampling_equals_one_interpolate(rows):
+    x = torch.randn(4, 17, 23)
+    full = F.interpolate(x[None], size=(61, 90), mode="bilinear", align_corners=False)[0]
+    bands = torch.cat([upsample_rows(x, (61, 90), y, min(61, y + rows)) for y in range(0, 61, rows)], dim=1)
+    assert torch.allclose(bands, full, atol=1e-5)
+
+
+def test_miou_equals_an_independent_recomputation_from_the_saved_masks(synth_root, tmp_path):
+    # 'six' has a 'rest' group: the saved masks must re-encode to the predicted targets
+    model = _model(tmp_path, "six", long_side=48)  # working size 48x32, masks scored at 96x64
+    folder = evaluate(model, synth_root, split="val", save_masks=True, figures=1, progress=False)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    scheme = get_scheme("six")
+    layout = find_layout(synth_root)
+    ids = (synth_root / "splits" / "val.txt").read_text().split()
+    cm = np.zeros((6, 6), np.int64)
+    for i in ids:
+        sample = layout.by_id()[i]
+        gt = scheme.encode(read_mask(sample.mask, "index", layout.table))
+        written = np.asarray(Image.open(folder / "masks" / f"{i}.png"))
+        assert written.shape == gt.shape  # native size
+        pred = scheme.encode(written)
+        keep = gt != 255
+        cm += np.bincount(gt[keep].astype(np.int64) * 6 + pred[keep], minlength=36).reshape(6, 6)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    present = support > 0
+    miou = np.mean(tp[present] / (support + predicted - tp)[present])
+    assert metrics["miou"] == pytest.approx(miou, abs=1e-12)
+    assert metrics["pixel_accuracy"] == pytest.approx(tp.sum() / cm.sum(), abs=1e-12)
+    assert sorted(p.name for p in (folder / "predictions").iterdir()) == [f"{ids[0]}.png"]
+    for name in ("metrics.txt", "per_class.csv", "confusion_matrix.png", "confusion_matrix_normalized.csv",
+                 "pr_curves.png", "roc_curves.png", "report.html"):
+        assert (folder / name).is_file(), name
+
+
+def test_luma_scheme_thresholds_each_map_and_scores_two_classes(synth_root, tmp_path):
+    model = _model(tmp_path, "luma", long_side=None)
+    folder = evaluate(model, synth_root, split="val", luma="median", figures=0, progress=False)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["luma_threshold"] == "median"
+    assert [c["name"] for c in metrics["per_class"]] == ["dark", "bright"]
+    # a median threshold marks about half of every image 'bright'
+    predicted = [c["predicted"] for c in metrics["per_class"]]
+    assert predicted[1] / sum(predicted) == pytest.approx(0.5, abs=0.02)
+
+
+def test_unknown_split_file_is_a_one_line_error(synth_root, tmp_path):
+    model = _model(tmp_path, "six", long_side=48)
+    with pytest.raises(DataError, match="not train/val/test or a file of ids"):
+        evaluate(model, synth_root, split="nope.txt", progress=False)
+    ids = tmp_path / "ids.txt"
+    ids.write_text("does-not-exist\n")
+    with pytest.raises(DataError, match="1 ids have no image/mask pair"):
+        evaluate(model, synth_root, split=str(ids), progress=False)
