@@ -7,7 +7,7 @@ From split files (``<folder>/train.txt``, ``val.txt``, optional ``test.txt``) wh
 dataset ships a ``splits/`` folder, else from a seeded shuffle of all ids.
 
 >>> make_splits([f"{i:03d}" for i in range(10)], None, 0.2, 0.1, seed=0)["val"]
-['002', '008']
+['004', '006']
 """
 
 from __future__ import annotations
