@@ -8,6 +8,7 @@ Contract
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Literal
 
@@ -89,7 +90,7 @@ class DroneDataModule(pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         for split in ("train", "val"):
-            self._cache(split, progress=True)
+            self._cache(split, progress=sys.stderr.isatty())
 
     def setup(self, stage: str) -> None:
         for split in ("train", "val"):

@@ -29,7 +29,7 @@ SampleKey = tuple[int, int, int]  # (epoch, position in the epoch, image index)
 
 def _to_tensors(image: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Copies: cached arrays are read-only memory maps."""
-    img = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()  # (3, H, W)
+    img = torch.from_numpy(np.ascontiguousarray(np.transpose(image, (2, 0, 1)), dtype=np.uint8))  # (3, H, W)
     return img, torch.from_numpy(np.array(target, dtype=np.int64))
 
 
@@ -79,16 +79,23 @@ class CropDataset(Dataset):
                  rare_crop: float, seed: int) -> None:
         self.entries, self.scheme, self.crop = entries, scheme, crop
         self.augment_cfg, self.rare_crop, self.seed = augment_cfg, rare_crop, seed
+        self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per worker process, filled lazily
 
     def __len__(self) -> int:
         return len(self.entries)
 
+    def _open(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Memory-mapped image and its encoded target, kept open for the worker's lifetime."""
+        if index not in self._targets:
+            image, mask = self.entries[index].load()
+            # encode the whole image: luma's threshold is the per-image mean, not the crop's
+            self._targets[index] = (image, self.scheme.encode(mask))
+        return self._targets[index]
+
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, pos, index = key
         rng = np.random.default_rng([self.seed, epoch, pos])
-        image, mask = self.entries[index].load()
-        # encode on the whole image: luma's threshold is the per-image mean, not the crop's
-        target = self.scheme.encode(mask)
+        image, target = self._open(index)
         image, target = augment(image, target, self.crop, self.augment_cfg, self.rare_crop,
                                 self.scheme.ignore_index, rng)
         return _to_tensors(image, target)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import sys
 import time
 from pathlib import Path
 
@@ -24,8 +25,9 @@ COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", 
 
 
 class EpochLog(pl.Callback):
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, echo: bool = False) -> None:
         self.path = Path(path)
+        self.echo = echo  # one line per epoch on stderr, for logs without a progress bar
         self.elapsed_before = 0.0  # wall time of earlier sessions of this run (resume)
         self._fit_start = self._epoch_start = self._train_end = 0.0
         self._images = 0
@@ -91,6 +93,13 @@ class EpochLog(pl.Callback):
             "elapsed_s": round(self.state_dict()["elapsed"], 3),
         }
         self._write(self._rows() + [row])
+        if self.echo:
+            def f(key: str, fmt: str) -> str:
+                return "-" if row[key] == "" else format(row[key], fmt)
+
+            print(f"epoch {row['epoch'] + 1}/{trainer.max_epochs}  train_loss {f('train_loss', '.3f')}  "
+                  f"val_loss {f('val_loss', '.3f')}  val_mIoU {f('val_miou', '.3f')}  "
+                  f"{row['images_per_s']:.1f} img/s  {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 class SampleFigures(pl.Callback):

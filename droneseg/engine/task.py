@@ -14,7 +14,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from droneseg.losses import LossConfig, build_loss, class_weights_from_counts
 from droneseg.metrics import SegmentationMetrics
@@ -36,6 +36,11 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
         default="auto", description="auto: bf16-mixed on GPUs that support it, else 32 (CPU autocast is slow)"
     )
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) else v  # YAML reads `32` as a number
+
     accumulate: int = Field(default=1, ge=1, description="gradient accumulation steps")
     patience: int | None = Field(default=10, ge=1, description="early stopping on val mIoU; null = off")
     seed: int = 0

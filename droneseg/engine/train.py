@@ -13,6 +13,7 @@ import logging
 import resource
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -43,13 +44,15 @@ def _precision(cfg: RunConfig) -> str:
 
 def _trainer(cfg: RunConfig, run: Path) -> pl.Trainer:
     t = cfg.train
+    interactive = sys.stderr.isatty()
     callbacks = [
         ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_top_k=1,
                         save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
-        EpochLog(run / "logs" / "metrics.csv"),
+        EpochLog(run / "logs" / "metrics.csv", echo=not interactive),
         SampleFigures(run / "samples", t.sample_every, t.samples),
-        TQDMProgressBar(refresh_rate=1 if sys.stderr.isatty() else 50),
     ]
+    if interactive:
+        callbacks.append(TQDMProgressBar())
     if t.patience:
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=t.patience))
     if t.max_time:
@@ -69,6 +72,7 @@ def _trainer(cfg: RunConfig, run: Path) -> pl.Trainer:
         num_sanity_val_steps=0,
         log_every_n_steps=10,
         enable_model_summary=False,
+        enable_progress_bar=interactive,
     )
 
 
@@ -116,14 +120,15 @@ def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTa
         "val_images": len(dm.splits["val"]),
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
-        "device": str(task.device),
+        "device": str(trainer.strategy.root_device),
         "class_weights": task.hparams.class_weights,
         **_peak_memory_mb(),
     }
     if cfg.train.final_eval:
         from droneseg.evaluate import evaluate  # the same code path as `droneseg evaluate`: one truth
 
-        folder = evaluate(run, cfg.data.root, split="val", figures=cfg.train.samples, device=str(task.device),
+        folder = evaluate(run, cfg.data.root, split="val", figures=cfg.train.samples,
+                          device=str(trainer.strategy.root_device),
                           progress=sys.stderr.isatty())
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         summary["val_miou_native"] = metrics["miou"]
@@ -150,6 +155,7 @@ def train(cfg: RunConfig, out: Path | None = None, resume: Path | None = None) -
         raise DataError("no dataset: pass --data DIR (or set data.root)")
     # Lightning's start-up banners (accelerator, tips) are noise on the console; our own summary follows
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, not ours
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
