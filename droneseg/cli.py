@@ -4,14 +4,13 @@ prints where the output went. Bad input ends with one ``droneseg: error: …`` l
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-
-from droneseg.classes import DataError
 
 app = typer.Typer(
     name="droneseg",
@@ -132,23 +131,73 @@ def evaluate_cmd(
     typer.echo(str(folder / "report.html"))
 
 
+@app.command("predict")
+def predict_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos (JPEG, PNG, TIFF).")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for masks, colour masks, overlays and class_areas.csv.")],
+    tile: Annotated[int, typer.Option("--tile", min=32, help="Tile side at working scale.")] = 512,
+    overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=0.9, help="Tile overlap fraction.")] = 0.25,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Tiles per forward pass.")] = 4,
+    tta: Annotated[bool, typer.Option("--tta", help="Average over flips.")] = False,
+    backend: Annotated[str, typer.Option("--backend", help="torch or onnx.")] = "torch",
+    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel, for areas in m².")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="Fraction of the working resolution (0.5, 0.25: previews).")] = 1.0,
+    blend: Annotated[str, typer.Option("--blend", help="cosine or gaussian tile weights.")] = "gaussian",
+    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda … (default: cuda if present).")] = None,
+) -> None:
+    """Segment photos of any size: index masks in the dataset's numbering, colour masks, overlays, class areas."""
+    from droneseg.predict import predict
+
+    summary = predict(model, inputs, out, tile=tile, overlap=overlap, batch=batch, tta=tta, backend=backend, gsd=gsd,
+                      scale=scale, blend=blend, device=device, progress=sys.stderr.isatty())
+    typer.echo(f"{len(summary.photos)} photos segmented into {summary.out}")
+    if summary.failed:
+        typer.echo(f"{len(summary.failed)} photos could not be read: {', '.join(summary.failed)}", err=True)
+        raise typer.Exit(1)
+
+
+@app.command("export")
+def export_cmd(
+    model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
+    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", help="File or folder (default RUN/model.onnx).")] = None,
+    opset: Annotated[int, typer.Option("--opset", min=11)] = 17,
+) -> None:
+    """Export to ONNX (dynamic batch, height, width; classes and scheme as metadata), checking parity with PyTorch."""
+    if format != "onnx":
+        raise typer.BadParameter(f"unknown format {format!r}; choose from ['onnx']")
+    from droneseg.export import export
+
+    result = export(model, out, opset=opset)
+    typer.echo(str(result))
+
+
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data and the run.")] = Path("runs"),
     set_: SetOpt = None,
 ) -> None:
-    """No data, no arguments: synthesise scenes, train the small U-Net on CPU, and print where results are."""
+    """No data, no arguments: synthesise scenes, train the small U-Net on CPU, evaluate, predict, print where."""
     from droneseg.config import load_config
+    from droneseg.data.layout import read_split_file
     from droneseg.data.synthetic import write_synthetic
     from droneseg.engine.train import train as run_training
+    from droneseg.predict import predict
 
     data = out / "demo-data"
     if not (data / "splits" / "val.txt").is_file():
         write_synthetic(data, n=DEMO_SCENES, size=DEMO_SIZE, seed=0)
     cfg = load_config("demo", [f"data.root={data.resolve()}", *(set_ or [])])
     run = run_training(cfg, out=out)
-    typer.echo(f"demo data: {data}")
-    typer.echo(f"run folder: {run}")
+    photos = [data / "original_images" / f"{i}.jpg" for i in read_split_file(data / "splits" / "val.txt")[:3]]
+    predict(run, photos, run / "predict", progress=False)
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    typer.echo(f"demo data:      {data}")
+    typer.echo(f"run folder:     {run}")
+    typer.echo(f"val mIoU:       {summary['val_miou_native']:.3f} (native resolution, {summary['val_images']} images)")
+    typer.echo(f"report:         {run / summary['eval_report']}")
+    typer.echo(f"predictions:    {run / 'predict'}")
 
 
 @app.command()
@@ -171,10 +220,10 @@ DEMO_SIZE = (384, 256)
 
 
 def main() -> None:
-    """Console entry point: DataError and friends become one line on stderr and exit code 2."""
+    """Console entry point: bad input (DataError, ValueError, …) becomes one line on stderr and exit code 2."""
     try:
         app()
-    except (DataError, KeyError, FileExistsError, FileNotFoundError) as exc:
+    except (ValueError, KeyError, FileExistsError, FileNotFoundError) as exc:  # DataError is a ValueError
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         typer.echo(f"droneseg: error: {msg}", err=True)
         sys.exit(2)
