@@ -14,7 +14,7 @@ import typer
 
 app = typer.Typer(
     name="droneseg",
-    help="Semantic segmentation of aerial drone photos: synth, check-data, train, evaluate, predict, export.",
+    help="Semantic segmentation of aerial drone photos: demo, synth, check-data, train, evaluate, predict, export, augment.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -195,8 +195,11 @@ def demo(
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
     typer.echo(f"demo data:      {data}")
     typer.echo(f"run folder:     {run}")
-    typer.echo(f"val mIoU:       {summary['val_miou_native']:.3f} (native resolution, {summary['val_images']} images)")
-    typer.echo(f"report:         {run / summary['eval_report']}")
+    if "val_miou_native" in summary:
+        typer.echo(f"val mIoU:       {summary['val_miou_native']:.3f} (native resolution, {summary['val_images']} images)")
+        typer.echo(f"report:         {run / summary['eval_report']}")
+    else:
+        typer.echo(f"val mIoU:       {summary['best_val_miou_working_size']:.3f} (working size; final evaluation off)")
     typer.echo(f"predictions:    {run / 'predict'}")
 
 
@@ -223,8 +226,13 @@ def main() -> None:
     """Console entry point: bad input (DataError, ValueError, …) becomes one line on stderr and exit code 2."""
     try:
         app()
-    except (ValueError, KeyError, FileExistsError, FileNotFoundError) as exc:  # DataError is a ValueError
-        msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    except (ValueError, KeyError, OSError) as exc:  # DataError is a ValueError
+        if isinstance(exc, KeyError) and exc.args:
+            msg = exc.args[0]
+        elif isinstance(exc, OSError) and exc.filename:
+            msg = f"{exc.filename}: {exc.strerror or exc}"
+        else:
+            msg = exc
         typer.echo(f"droneseg: error: {msg}", err=True)
         sys.exit(2)
 

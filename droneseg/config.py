@@ -13,8 +13,6 @@ folder is the resolved config and repeats the run.
 
 from __future__ import annotations
 
-import re
-from datetime import timedelta
 from importlib import resources
 from pathlib import Path
 
@@ -94,19 +92,3 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
 
 def dump_config(cfg: RunConfig) -> str:
     return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-
-
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``30m``, ``2h``, ``1h30m``, ``1d`` or ``DD:HH:MM:SS`` -> timedelta."""
-    t = text.strip().lower()
-    if t.count(":") == 3:
-        d, h, m, s = (int(v) for v in t.split(":"))
-        return timedelta(days=d, hours=h, minutes=m, seconds=s)
-    match = _DURATION.match(t)
-    if not t or not match or not any(match.groups()):
-        raise DataError(f"duration {text!r}: use e.g. 90s, 30m, 2h, 1h30m or DD:HH:MM:SS")
-    d, h, m, s = (int(v or 0) for v in match.groups())
-    return timedelta(days=d, hours=h, minutes=m, seconds=s)

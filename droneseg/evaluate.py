@@ -13,6 +13,8 @@ torch.Size([1, 4, 4])
 from __future__ import annotations
 
 import time
+from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +28,7 @@ from droneseg.data.layout import Sample, find_layout, read_split_file
 from droneseg.io import read_mask, save_png
 from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics, luma_threshold
 from droneseg.plots import prediction_panels
-from droneseg.report import ImageResult, write_evaluation
+from droneseg.report import ImageResult, best_and_worst, write_evaluation
 from droneseg.runs import load_model, resolve_model_path
 from droneseg.schemes import LabelScheme
 from droneseg.tiler import source_index
@@ -64,8 +66,9 @@ def split_ids(split: str, model_dir: Path, data_root: Path) -> tuple[list[str], 
     """Ids of ``split``: the run's own split file, else the dataset's, else a file path. -> (ids, name)."""
     if split in ("train", "val", "test"):
         for folder in (model_dir / "splits", data_root / "splits"):
-            if (folder / f"{split}.txt").is_file():
-                return read_split_file(folder / f"{split}.txt"), split
+            path = folder / f"{split}.txt"
+            if path.is_file() and read_split_file(path):  # a run writes an empty test.txt when it has none
+                return read_split_file(path), split
         raise DataError(f"no {split}.txt in {model_dir / 'splits'} or {data_root / 'splits'}")
     path = Path(split)
     if not path.is_file():
@@ -81,6 +84,21 @@ def _select(samples: list[Sample], ids: list[str], where: str) -> list[Sample]:
     if not ids:
         raise DataError(f"{where}: the split is empty")
     return [by_id[i] for i in ids]
+
+
+def _output_folder(out: Path | None, model_dir: Path, split_name: str) -> Path:
+    """``out`` if new or empty; else ``<run>/eval/<split>``, then ``-2``, ``-3``…: an evaluation is never overwritten."""
+    if out is not None:
+        out = Path(out)
+        if out.exists() and any(out.iterdir()):
+            raise DataError(f"{out}: exists and is not empty; evaluate never overwrites earlier results")
+        return out
+    base = model_dir / "eval" / split_name
+    folder, i = base, 1
+    while folder.exists() and any(folder.iterdir()):
+        i += 1
+        folder = base.with_name(f"{split_name}-{i}")
+    return folder
 
 
 def _downsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -100,9 +118,13 @@ def evaluate(
     out: Path | None = None,
     luma: str = "mean",
     device: str | None = None,
+    cache_dir: Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Evaluate ``model`` on ``split`` of ``data``; returns the folder written (``<run>/eval/<split>``)."""
+    """Evaluate ``model`` on ``split`` of ``data``; returns the folder written (``<run>/eval/<split>``).
+
+    Photos are resized to the model's working size with the filter it was trained with (``model.json``).
+    """
     t_start = time.time()
     # 1. setup: model, scheme, the split's samples, cached working-size images
     model_dir = resolve_model_path(model)
@@ -114,17 +136,20 @@ def evaluate(
         raise DataError(f"{data}: its class table differs from the one {model_dir / 'model.json'} was trained with")
     ids, split_name = split_ids(split, model_dir, Path(data))
     samples = _select(layout.samples, ids, split)
-    folder = Path(out) if out else model_dir / "eval" / split_name
-    entries = build_cache(samples, layout.table, info.long_side, progress=progress)
-    metrics = SegmentationMetrics.from_scheme(scheme, curves=True).to(dev)
-    per_image = PerImageIoU(scheme.num_classes, scheme.ignore_index).to(dev)
+    folder = _output_folder(out, model_dir, split_name)
+    entries = build_cache(samples, layout.table, info.long_side, cache_dir,
+                          image_filter=info.extra.get("image_filter", "area"), progress=progress)
+    # one process scores the whole split, also when called on rank 0 at the end of DDP training: no sync
+    metrics = SegmentationMetrics.from_scheme(scheme, curves=True, sync_on_compute=False).to(dev)
+    per_image = PerImageIoU(scheme.num_classes, scheme.ignore_index, sync_on_compute=False).to(dev)
     luma_cm = torch.zeros(2, 2, dtype=torch.long)
     results: list[ImageResult] = []
+    small: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> target, prediction at working size, for figures
     n_fig = len(samples) if figures is None else min(figures, len(samples))
 
     # 2. loop: one image at a time, its native mask in row bands
-    for i, (sample, entry) in enumerate(tqdm(list(zip(samples, entries)), desc=f"evaluate {split_name}",
-                                           unit="img", disable=not progress)):
+    for sample, entry in tqdm(list(zip(samples, entries)), desc=f"evaluate {split_name}", unit="img",
+                              disable=not progress):
         image, _ = entry.load()
         target_np = scheme.encode(read_mask(sample.mask, sample.mask_kind, layout.table))  # (H, W) native
         H, W = target_np.shape
@@ -150,18 +175,20 @@ def evaluate(
         cm_img = np.bincount(target_np[valid].astype(np.int64) * scheme.num_classes + pred_np[valid],
                              minlength=scheme.num_classes**2).reshape(scheme.num_classes, -1)
         img_metrics = confusion_to_metrics(cm_img, scheme.names)
-        panel = None
-        if i < n_fig:
-            panel = folder / "predictions" / f"{sample.id}.png"
-            shape = image.shape[:2]
-            prediction_panels([(sample.id, np.asarray(image), _downsample(target_np, shape), _downsample(pred_np, shape))],
-                              scheme, panel, error_map=True)
+        small[sample.id] = (_downsample(target_np, image.shape[:2]), _downsample(pred_np, image.shape[:2]))
         if save_masks:
             out_mask = pred_np if scheme.is_luma else scheme.decode(pred_np)
             save_png(folder / "masks" / f"{sample.id}.png", out_mask)
-        results.append(ImageResult(sample.id, img_metrics["miou"], img_metrics["pixel_accuracy"], panel))
+        results.append(ImageResult(sample.id, img_metrics["miou"], img_metrics["pixel_accuracy"], None))
 
-    # 3. finish: pooled numbers, files, report
+    # 3. finish: figures (the first N images, and the report's best and worst), pooled numbers, files, report
+    best, worst = best_and_worst(results)
+    wanted = {r.id for r in results[:n_fig]} | {r.id for r in best + worst}
+    for k, (sample, entry) in enumerate(zip(samples, entries)):
+        if sample.id in wanted:
+            panel = folder / "predictions" / f"{sample.id}.png"
+            prediction_panels([(sample.id, np.asarray(entry.load()[0]), *small[sample.id])], scheme, panel)
+            results[k] = replace(results[k], panel=panel)
     result = metrics.compute()
     confusion = metrics.confmat.cpu().numpy()
     if scheme.is_luma:
@@ -181,6 +208,7 @@ def evaluate(
         "working_long_side": info.long_side,
         "device": str(dev),
         "seconds": round(time.time() - t_start, 2),
+        "time": datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
     curves_png = model_dir / "training_curves.png"
     write_evaluation(folder, scheme, result, confusion, per_image.compute(), results, context,

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from droneseg import __version__
+from droneseg.classes import DataError
 from droneseg.io import atomic_save
 from droneseg.runs import ModelInfo, load_model, resolve_model_path
 
@@ -126,7 +127,7 @@ def export(model: str | Path, out: Path | None = None, opset: int = 17) -> Expor
     data = proto.SerializeToString()
     diff = parity(net, data)
     if not diff <= PARITY_TOL:
-        raise RuntimeError(f"{model_dir}: ONNX logits differ from PyTorch by up to {diff:.2e} (> {PARITY_TOL}); "
+        raise DataError(f"{model_dir}: ONNX logits differ from PyTorch by up to {diff:.2e} (> {PARITY_TOL}); "
                            "not written")
     atomic_save(out, lambda fh: fh.write(data))
     return ExportResult(out, opset, diff, list(PARITY_SHAPES), time.perf_counter() - t0)

@@ -195,8 +195,9 @@ class SegmentationMetrics(Metric):
         curves: bool = False,
         thresholds: int = 101,
         from_logits: bool = True,
+        sync_on_compute: bool = True,
     ) -> None:
-        super().__init__()
+        super().__init__(sync_on_compute=sync_on_compute)
         if len(names) < 2:
             raise ValueError(f"need at least 2 classes, got {list(names)}")
         if thresholds < 2:
@@ -217,9 +218,10 @@ class SegmentationMetrics(Metric):
 
     @classmethod
     def from_scheme(
-        cls, scheme: LabelScheme, curves: bool = False, thresholds: int = 101, from_logits: bool = True
+        cls, scheme: LabelScheme, curves: bool = False, thresholds: int = 101, from_logits: bool = True,
+        sync_on_compute: bool = True,
     ) -> SegmentationMetrics:
-        return cls(scheme.names, scheme.ignore_index, curves, thresholds, from_logits)
+        return cls(scheme.names, scheme.ignore_index, curves, thresholds, from_logits, sync_on_compute)
 
     def update(self, scores: torch.Tensor, target: torch.Tensor) -> None:
         """Add a batch: scores (B, K, H, W) logits or probabilities, target (B, H, W) integers."""
@@ -272,8 +274,8 @@ class PerImageIoU(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX) -> None:
-        super().__init__()
+    def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX, sync_on_compute: bool = True) -> None:
+        super().__init__(sync_on_compute=sync_on_compute)
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.add_state("counts", default=[], dist_reduce_fx="cat")  # (images, 3, K): inter, union, support

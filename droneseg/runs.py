@@ -32,11 +32,12 @@ from droneseg.io import atomic_open, atomic_write_json
 from droneseg.schemes import LabelScheme
 
 MODEL_FORMAT = 1
+RUN_DIR_ENV = "DRONESEG_RUN_DIR"  # set by the process that created the run folder, for the ones it launches
 _JOB_ID_VARS = ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "OAR_JOB_ID")
 
 
 def global_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK"):
+    for var in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "LOCAL_RANK"):
         if var in os.environ:
             return int(os.environ[var])
     return 0
@@ -50,7 +51,10 @@ def world_size() -> int:
 
 
 def new_run_dir(out: Path, name: str, wait_s: float = 300.0) -> Path:
-    """A fresh run folder; never an existing one."""
+    """A fresh run folder; never an existing one (except the one a parent process made for this run)."""
+    inherited = os.environ.get(RUN_DIR_ENV)
+    if inherited and global_rank() > 0 and Path(inherited).is_dir():
+        return Path(inherited)
     out = Path(out)
     if world_size() > 1:
         job = next((os.environ[v] for v in _JOB_ID_VARS if os.environ.get(v) not in (None, "", "none")), None)

@@ -53,7 +53,9 @@ def test_miou_equals_an_independent_recomputation_from_the_saved_masks(synth_roo
     miou = np.mean(tp[present] / (support + predicted - tp)[present])
     assert metrics["miou"] == pytest.approx(miou, abs=1e-12)
     assert metrics["pixel_accuracy"] == pytest.approx(tp.sum() / cm.sum(), abs=1e-12)
-    assert sorted(p.name for p in (folder / "predictions").iterdir()) == [f"{ids[0]}.png"]
+    # the first image's figure, plus the best and worst images the report shows
+    panels = {p.stem for p in (folder / "predictions").iterdir()}
+    assert ids[0] in panels and len(panels) == min(len(ids), 1 + 2 * 3)
     for name in ("metrics.txt", "per_class.csv", "confusion_matrix.png", "confusion_matrix_normalized.csv",
                  "pr_curves.png", "roc_curves.png", "report.html"):
         assert (folder / name).is_file(), name
@@ -78,3 +80,12 @@ def test_unknown_split_file_is_a_one_line_error(synth_root, tmp_path):
     ids.write_text("does-not-exist\n")
     with pytest.raises(DataError, match="1 ids have no image/mask pair"):
         evaluate(model, synth_root, split=str(ids), progress=False)
+
+
+def test_an_evaluation_is_never_overwritten(synth_root, tmp_path):
+    model = _model(tmp_path, "paved", long_side=48)
+    first = evaluate(model, synth_root, figures=0, progress=False)
+    second = evaluate(model, synth_root, figures=0, progress=False)
+    assert (first.name, second.name) == ("val", "val-2") and (first / "metrics.json").is_file()
+    with pytest.raises(DataError, match="exists and is not empty"):
+        evaluate(model, synth_root, out=first, progress=False)

@@ -138,3 +138,22 @@ def test_bad_config_names_the_key(synth_root, tmp_path, override, message):
     assert r.stderr.startswith("droneseg: error: preset demo: ") and message in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not list(tmp_path.glob("demo-*"))  # nothing created for a bad config
+
+
+def test_two_cpu_processes_train_with_ddp_into_one_run_folder(synth_root, tmp_path):
+    """Lightning starts the second process itself (gloo); both ranks must agree on one run folder."""
+    r = subprocess.run(_cli("train", "-c", "demo", "--data", str(synth_root), "--out", str(tmp_path), *TINY,
+                            "--max-epochs", "2", "--set", "train.accelerator=cpu", "--set", "train.devices=2",
+                            "--set", "train.sample_every=0"), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = tmp_path.glob("demo-*")
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == 2
+    assert [int(row["epoch"]) for row in _rows(run)] == [0, 1]  # rank 0 alone writes the log
+    assert (run / "eval" / "val" / "metrics.json").is_file()
+
+
+def test_a_finished_run_is_not_resumed(synth_root, tmp_path):
+    run = _train(synth_root, tmp_path / "runs", "--max-epochs", "1", "--set", "train.final_eval=false")
+    result = RUN.invoke(app, ["train", "--resume", str(run)])
+    assert result.exit_code != 0 and "this run finished (stopped by max_epochs)" in str(result.exception)

@@ -10,16 +10,35 @@ so checkpoints load without unpickling our classes.
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from droneseg.classes import DataError
 from droneseg.losses import LossConfig, build_loss, class_weights_from_counts
 from droneseg.metrics import SegmentationMetrics
 from droneseg.models import ModelConfig, build_model
 from droneseg.schemes import LabelScheme
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``2h``, ``1h30m``, ``1d`` or ``DD:HH:MM:SS`` -> timedelta."""
+    t = text.strip().lower()
+    if t.count(":") == 3:
+        d, h, m, s = (int(v) for v in t.split(":"))
+        return timedelta(days=d, hours=h, minutes=m, seconds=s)
+    match = _DURATION.match(t)
+    if not t or not match or not any(match.groups()):
+        raise DataError(f"duration {text!r}: use e.g. 90s, 30m, 2h, 1h30m or DD:HH:MM:SS")
+    d, h, m, s = (int(v or 0) for v in match.groups())
+    return timedelta(days=d, hours=h, minutes=m, seconds=s)
 
 
 class TrainConfig(BaseModel):
@@ -36,6 +55,16 @@ class TrainConfig(BaseModel):
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
         default="auto", description="auto: bf16-mixed on GPUs that support it, else 32 (CPU autocast is slow)"
     )
+    @field_validator("max_time")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_duration(v)
+            except DataError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_text(cls, v: object) -> object:
@@ -114,8 +143,9 @@ class SegmentationTask(pl.LightningModule):
         result = self.val_metrics.compute()  # synchronised across ranks by torchmetrics
         self.val_metrics.reset()
         miou = result["miou"] if result["miou"] is not None else 0.0
-        self.log("val/miou", miou, prog_bar=True, sync_dist=False)
-        self.log("val/pixel_accuracy", result["pixel_accuracy"] or 0.0, sync_dist=False)
+        # identical on every rank already; sync_dist only averages equal values
+        self.log("val/miou", miou, prog_bar=True, sync_dist=True)
+        self.log("val/pixel_accuracy", result["pixel_accuracy"] or 0.0, sync_dist=True)
 
     def configure_optimizers(self):
         cfg = self.train_cfg

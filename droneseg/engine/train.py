@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -23,14 +24,14 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer, T
 
 from droneseg import __version__
 from droneseg.classes import DataError
-from droneseg.config import RunConfig, dump_config, parse_duration, validate
+from droneseg.config import RunConfig, dump_config, validate
 from droneseg.data.datamodule import DroneDataModule
 from droneseg.data.splits import save_splits
 from droneseg.engine.callbacks import EpochLog, SampleFigures
-from droneseg.engine.task import SegmentationTask
+from droneseg.engine.task import SegmentationTask, parse_duration
 from droneseg.io import atomic_write_json, atomic_write_text
 from droneseg.plots import read_metrics_csv, training_curves
-from droneseg.runs import ModelInfo, global_rank, new_run_dir, save_model
+from droneseg.runs import RUN_DIR_ENV, ModelInfo, global_rank, new_run_dir, save_model
 
 MONITOR = "val/miou"
 
@@ -102,7 +103,8 @@ def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTa
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state)
     info = ModelInfo(model=cfg.model.model_dump(mode="json"), scheme=dm.scheme.to_dict(), long_side=cfg.data.long_side,
-                     crop=cfg.data.crop, extra={"run": run.name, "best_checkpoint": best.name if best else None})
+                     crop=cfg.data.crop, extra={"run": run.name, "best_checkpoint": best.name if best else None,
+                            "image_filter": cfg.data.image_filter})
     save_model(run, task.net, info)
     rows = read_metrics_csv(run / "logs" / "metrics.csv") if (run / "logs" / "metrics.csv").exists() else []
     if rows:
@@ -128,7 +130,7 @@ def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTa
         from droneseg.evaluate import evaluate  # the same code path as `droneseg evaluate`: one truth
 
         folder = evaluate(run, cfg.data.root, split="val", figures=cfg.train.samples,
-                          device=str(trainer.strategy.root_device),
+                          device=str(trainer.strategy.root_device), cache_dir=cfg.data.cache_dir,
                           progress=sys.stderr.isatty())
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         summary["val_miou_native"] = metrics["miou"]
@@ -148,6 +150,9 @@ def train(cfg: RunConfig, out: Path | None = None, resume: Path | None = None) -
         ckpt = run / "checkpoints" / "last.ckpt"
         if not ckpt.is_file():
             raise DataError(f"{run}: no checkpoints/last.ckpt to resume from")
+        if (run / "train_summary.json").is_file():
+            stopped = json.loads((run / "train_summary.json").read_text(encoding="utf-8")).get("stopped_by")
+            raise DataError(f"{run}: this run finished (stopped by {stopped}); resume continues interrupted runs only")
         saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
         saved.pop("environment", None)
         cfg = validate(saved, str(run / "config.yaml"))
@@ -164,6 +169,7 @@ def train(cfg: RunConfig, out: Path | None = None, resume: Path | None = None) -
         raise DataError(f"{cfg.data.root}: the val split is empty; training needs one for early stopping and the best model")
     if resume is None:
         run = new_run_dir(out or Path("runs"), cfg.name)
+        os.environ[RUN_DIR_ENV] = str(run)  # processes Lightning starts for more devices reuse this folder
         if global_rank() == 0:
             atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
             save_splits(dm.splits, run / "splits")
