@@ -258,7 +258,9 @@ def predict(
         H, W = photo.shape[:2]
         w0, h0 = working_size((W, H), info.long_side)
         size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
-        small = np.asarray(Image.fromarray(photo).resize(size, Image.Resampling.BOX)) if size != (W, H) else photo
+        # decoded again at the working size the way the training cache decodes (reduced-size JPEG decoding, then
+        # area): the model sees the pixels evaluate gives it, so scoring these masks repeats evaluate's numbers
+        small = read_image(path, size=size, exif=True) if size != (W, H) else photo
         t1 = time.perf_counter()
         labels = tiler.labels(small, (H, W), luma=scheme.is_luma)  # (H, W) uint8 targets
         t2 = time.perf_counter()

@@ -89,3 +89,23 @@ def test_an_evaluation_is_never_overwritten(synth_root, tmp_path):
     assert (first.name, second.name) == ("val", "val-2") and (first / "metrics.json").is_file()
     with pytest.raises(DataError, match="exists and is not empty"):
         evaluate(model, synth_root, out=first, progress=False)
+
+
+def test_masks_written_by_predict_score_the_same_miou(synth_root, tmp_path):
+    """One truth: evaluate, and scoring predict's masks (one tile covers the working size), agree exactly."""
+    from droneseg.predict import predict
+
+    model = _model(tmp_path, "six", long_side=48)
+    metrics = json.loads((evaluate(model, synth_root, figures=0, progress=False) / "metrics.json").read_text())
+    ids = (synth_root / "splits" / "val.txt").read_text().split()
+    predict(model, [synth_root / "original_images" / f"{i}.jpg" for i in ids], tmp_path / "pred", progress=False)
+    scheme, table = get_scheme("six"), find_layout(synth_root).table
+    cm = np.zeros((6, 6), np.int64)
+    for i in ids:
+        gt = scheme.encode(read_mask(synth_root / "label_images_semantic" / f"{i}.png", "index", table))
+        pred = scheme.encode(np.asarray(Image.open(tmp_path / "pred" / f"{i}.png")))
+        keep = gt != 255
+        cm += np.bincount(gt[keep].astype(np.int64) * 6 + pred[keep], minlength=36).reshape(6, 6)
+    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
+    present = support > 0
+    assert metrics["miou"] == pytest.approx(np.mean(tp[present] / (support + predicted - tp)[present]), abs=1e-12)
