@@ -24,7 +24,6 @@ from droneseg.metrics import SegmentationMetrics
 from droneseg.models import ModelConfig, build_model
 from droneseg.schemes import LabelScheme
 
-
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
 
