@@ -31,7 +31,7 @@ from droneseg.plots import prediction_panels
 from droneseg.report import ImageResult, best_and_worst, write_evaluation
 from droneseg.runs import load_model, resolve_model_path
 from droneseg.schemes import LabelScheme
-from droneseg.tiler import source_index
+from droneseg.tiler import flip_average, source_index
 
 BAND_PIXELS = 1 << 21  # output pixels per band: bounds the (K, rows, W) float temporaries
 
@@ -54,12 +54,7 @@ def upsample_rows(logits: torch.Tensor, size: tuple[int, int], y0: int, y1: int)
 def infer_logits(net: torch.nn.Module, image: np.ndarray, device: torch.device, tta: bool) -> torch.Tensor:
     """(h, w, 3) uint8 at working size -> (K, h, w) float logits, averaged over flips with ``tta``."""
     x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device).float() / 255.0
-    if not tta:
-        return net(x)[0]
-    outs = [net(x)[0]]
-    for dims in ((3,), (2,), (2, 3)):  # horizontal, vertical, both
-        outs.append(net(x.flip(dims)).flip(dims)[0])
-    return torch.stack(outs).mean(0)
+    return flip_average(net, x, tta)[0]
 
 
 def split_ids(split: str, model_dir: Path, data_root: Path) -> tuple[list[str], str]:
@@ -142,7 +137,7 @@ def evaluate(
     # one process scores the whole split, also when called on rank 0 at the end of DDP training: no sync
     metrics = SegmentationMetrics.from_scheme(scheme, curves=True, sync_on_compute=False).to(dev)
     per_image = PerImageIoU(scheme.num_classes, scheme.ignore_index, sync_on_compute=False).to(dev)
-    luma_cm = torch.zeros(2, 2, dtype=torch.long)
+    pred_cm = np.zeros((scheme.num_classes, scheme.num_classes), np.int64)  # of the labels written (luma: thresholded)
     results: list[ImageResult] = []
     small: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> target, prediction at working size, for figures
     n_fig = len(samples) if figures is None else min(figures, len(samples))
@@ -167,13 +162,12 @@ def evaluate(
                 prob1[y0:y1] = band.softmax(0)[1]
         if prob1 is not None:  # the original's 1-class mode: threshold at the image's own mean/median
             pred = luma_threshold(prob1, luma)
-            keep = target != scheme.ignore_index
-            luma_cm += torch.bincount(target[keep].long() * 2 + pred[keep].long(), minlength=4).view(2, 2).cpu()
         per_image.update(pred, target)
         pred_np = pred.cpu().numpy()
         valid = target_np != scheme.ignore_index
         cm_img = np.bincount(target_np[valid].astype(np.int64) * scheme.num_classes + pred_np[valid],
                              minlength=scheme.num_classes**2).reshape(scheme.num_classes, -1)
+        pred_cm += cm_img
         img_metrics = confusion_to_metrics(cm_img, scheme.names)
         small[sample.id] = (_downsample(target_np, image.shape[:2]), _downsample(pred_np, image.shape[:2]))
         if save_masks:
@@ -192,7 +186,7 @@ def evaluate(
     result = metrics.compute()
     confusion = metrics.confmat.cpu().numpy()
     if scheme.is_luma:
-        confusion = luma_cm.numpy()
+        confusion = pred_cm
         curves = {k: result[k] for k in ("curves", "mean_ap", "mean_auc", "threshold_table") if k in result}
         ap_auc = {e["name"]: (e.get("ap"), e.get("auc")) for e in result["per_class"]}
         result = {**confusion_to_metrics(confusion, scheme.names), **curves, "luma_threshold": luma}

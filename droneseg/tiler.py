@@ -71,6 +71,16 @@ def axis_weights(origins: list[int], t: int, n: int, window: Tensor) -> list[Ten
     return out
 
 
+def flip_average(run: Callable[[Tensor], Tensor], x: Tensor, tta: bool) -> Tensor:
+    """``run(x)``, or with ``tta`` its mean over no, horizontal, vertical and both flips (each flipped back)."""
+    out = run(x)
+    if tta:
+        for dims in ((3,), (2,), (2, 3)):
+            out = out + run(x.flip(dims)).flip(dims)
+        out = out / 4
+    return out
+
+
 def source_index(n_in: int, n_out: int) -> tuple[Tensor, Tensor, Tensor]:
     """Bilinear source indices and weight of each output position (PyTorch's rule, ``align_corners=False``).
 
@@ -164,11 +174,7 @@ class Tiler:
 
     def _infer(self, x: Tensor) -> Tensor:
         """(B, 3, th, tw) -> (B, K, th, tw), averaged over horizontal, vertical and both flips with ``tta``."""
-        out = self.run(x)
-        if self.tta:
-            for dims in ((3,), (2,), (2, 3)):
-                out = out + self.run(x.flip(dims)).flip(dims)
-            out = out / 4
+        out = flip_average(self.run, x, self.tta)
         self._track(out)
         return out
 
