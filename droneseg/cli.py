@@ -111,23 +111,42 @@ def train(
     typer.echo(str(run))
 
 
+TileOpt = Annotated[Optional[int], typer.Option("--tile", min=16, help="Tile side at working scale [model.json].")]
+OverlapOpt = Annotated[Optional[float], typer.Option("--overlap", min=0.0, max=0.9, help="Tile overlap share [model.json].")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles per forward pass [model.json].")]
+BlendOpt = Annotated[Optional[str], typer.Option("--blend", help="gaussian or cosine tile weights [model.json].")]
+TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over flips [model.json].", show_default=False)]
+LumaOpt = Annotated[Optional[str], typer.Option("--luma-threshold", help="luma scheme: split each map at its mean or median [model.json].")]
+NumberingOpt = Annotated[str, typer.Option("--numbering", help="Mask values: auto (dataset's for one-to-one schemes, else the scheme's 0..K-1), dataset, scheme.")]
+DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")]
+
+
 @app.command("evaluate")
 def evaluate_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
     data: Annotated[Path, typer.Option("--data", help="Dataset folder.")],
-    split: Annotated[str, typer.Option("--split", help="val, test, train, or a file of ids.")] = "val",
-    tta: Annotated[bool, typer.Option("--tta", help="Average over flips.")] = False,
-    save_masks: Annotated[bool, typer.Option("--save-masks", help="Write each predicted mask (dataset numbering).")] = False,
-    figures: Annotated[Optional[int], typer.Option("--figures", min=0, help="Prediction figures for the first N images (default all).")] = None,
+    split: Annotated[str, typer.Option("--split", help="val, test, train (the run's own split files on the dataset it was trained on, else the dataset's splits/), or a file of ids.")] = "val",
+    tile: TileOpt = None,
+    overlap: OverlapOpt = None,
+    batch: BatchOpt = None,
+    blend: BlendOpt = None,
+    tta: TtaOpt = None,
+    luma: LumaOpt = None,
+    save_masks: Annotated[bool, typer.Option("--save-masks", help="Write each predicted mask at native size, with masks/class_dict.csv.")] = False,
+    numbering: NumberingOpt = "auto",
+    figures: Annotated[int, typer.Option("--figures", min=0, help="Prediction figures for N images spread from best to worst (1: the median).")] = 6,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default RUN/eval/SPLIT).")] = None,
-    luma: Annotated[str, typer.Option("--luma-threshold", help="luma scheme: threshold at each map's mean or median.")] = "mean",
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")] = None,
+    device: DeviceOpt = None,
 ) -> None:
-    """Evaluate a trained model on a whole split at native mask resolution; writes metrics, figures and report.html."""
+    """Evaluate a trained model on a whole split at native mask resolution; writes metrics, figures and report.html.
+
+    The photos go through the same tiler as validation and predict, with the settings in model.json unless given.
+    """
     from droneseg.evaluate import evaluate
 
-    folder = evaluate(model, data, split=split, tta=tta, save_masks=save_masks, figures=figures, out=out, luma=luma,
-                      device=device, progress=sys.stderr.isatty())
+    folder = evaluate(model, data, split=split, tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta,
+                      luma=luma, save_masks=save_masks, numbering=numbering, figures=figures, out=out, device=device,
+                      progress=sys.stderr.isatty())
     typer.echo(str(folder / "report.html"))
 
 
@@ -135,22 +154,25 @@ def evaluate_cmd(
 def predict_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
     inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos (JPEG, PNG, TIFF).")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for masks, colour masks, overlays and class_areas.csv.")],
-    tile: Annotated[int, typer.Option("--tile", min=32, help="Tile side at working scale.")] = 512,
-    overlap: Annotated[float, typer.Option("--overlap", min=0.0, max=0.9, help="Tile overlap fraction.")] = 0.25,
-    batch: Annotated[int, typer.Option("--batch", min=1, help="Tiles per forward pass.")] = 4,
-    tta: Annotated[bool, typer.Option("--tta", help="Average over flips.")] = False,
+    out: Annotated[Path, typer.Option("--out", help="Folder for masks, colour masks, overlays, class_dict.csv and class_areas.csv.")],
+    tile: TileOpt = None,
+    overlap: OverlapOpt = None,
+    batch: BatchOpt = None,
+    blend: BlendOpt = None,
+    tta: TtaOpt = None,
+    luma: LumaOpt = None,
     backend: Annotated[str, typer.Option("--backend", help="torch or onnx.")] = "torch",
-    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel, for areas in m².")] = None,
-    scale: Annotated[float, typer.Option("--scale", help="Fraction of the working resolution (0.5, 0.25: previews).")] = 1.0,
-    blend: Annotated[str, typer.Option("--blend", help="cosine or gaussian tile weights.")] = "gaussian",
-    device: Annotated[Optional[str], typer.Option("--device", help="cpu, cuda … (default: cuda if present).")] = None,
+    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per photo pixel, for areas in m².")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="Write outputs at this fraction of the photo's size (0.25: a fast preview); the network still sees its training scale.")] = 1.0,
+    numbering: NumberingOpt = "auto",
+    device: DeviceOpt = None,
 ) -> None:
-    """Segment photos of any size: index masks in the dataset's numbering, colour masks, overlays, class areas."""
+    """Segment photos of any size: index masks, colour masks, overlays, class areas (settings from model.json)."""
     from droneseg.predict import predict
 
-    summary = predict(model, inputs, out, tile=tile, overlap=overlap, batch=batch, tta=tta, backend=backend, gsd=gsd,
-                      scale=scale, blend=blend, device=device, progress=sys.stderr.isatty())
+    summary = predict(model, inputs, out, tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta, luma=luma,
+                      backend=backend, gsd=gsd, scale=scale, numbering=numbering, device=device,
+                      progress=sys.stderr.isatty())
     typer.echo(f"{len(summary.photos)} photos segmented into {summary.out}")
     if summary.failed:
         typer.echo(f"{len(summary.failed)} photos could not be read: {', '.join(summary.failed)}", err=True)

@@ -3,7 +3,7 @@
 Contract
 --------
 Defaults live beside the code they configure (``DataConfig``, ``ModelConfig``, ``LossConfig``,
-``TrainConfig``); a preset (``droneseg/configs/<name>.yaml`` or any YAML path) overrides them one
+``TrainConfig``, ``InferenceConfig``: how validation, evaluate and predict tile photos, saved in model.json); a preset (``droneseg/configs/<name>.yaml`` or any YAML path) overrides them one
 level deep, and ``--set`` overrides the preset. Errors name the key. ``config.yaml`` saved in a run
 folder is the resolved config and repeats the run.
 
@@ -24,6 +24,7 @@ from droneseg.data.datamodule import DataConfig
 from droneseg.engine.task import TrainConfig
 from droneseg.losses import LossConfig
 from droneseg.models import ModelConfig
+from droneseg.tiler import InferenceConfig
 
 
 class RunConfig(BaseModel):
@@ -33,6 +34,7 @@ class RunConfig(BaseModel):
     model: ModelConfig = Field(default_factory=ModelConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    inference: InferenceConfig = Field(default_factory=InferenceConfig)
 
 
 def presets() -> list[str]:

@@ -1,17 +1,24 @@
 """``droneseg evaluate``: honest numbers over a whole split, at each mask's native resolution.
 
-Setup → loop → finish. For every image of the split (never a sample of it): the model runs at its
-working size (optionally with flip TTA), its logits are upsampled bilinearly to the mask's native
-size band by band (a 6000x4000 mask never needs its full (K, H, W) float map), and each band feeds
-one pooled confusion matrix and the binned PR/ROC histograms. Then :func:`droneseg.report.write_evaluation`
-writes ``eval/<split>/``. Imports no Lightning.
+Setup → loop → finish. For every image of the split (never a sample of it) the network meets the working-size
+photo through :class:`~droneseg.tiler.Tiler`, exactly as in validation and ``predict`` (tile, overlap, window and
+TTA from ``model.json``, overridable); its labels come out at the mask's native size band by band, so a 6000x4000
+photo never needs a (K, H, W) float map. Per image:
 
->>> upsample_rows(torch.arange(4.).view(1, 2, 2), (4, 4), 0, 4).shape
-torch.Size([1, 4, 4])
+* one (K, K) confusion matrix (:func:`~droneseg.metrics.image_confusion`): summed, it is the pooled matrix of every
+  headline number; alone, it gives the image's mIoU (per-image table, figure choice);
+* PR/ROC histograms from the upsampled logits of every s-th native row and column, s the smallest stride that keeps
+  at most :data:`CURVE_PIXELS` per image (s = 1, every pixel, up to 4.2 MP; 3 for a 6000x4000 photo);
+* a small copy of target and prediction on disk (a temporary folder), for the figures drawn at the end: the
+  ``figures`` images spread from best to worst. Memory does not grow with the number of images.
+
+Then :func:`droneseg.report.write_evaluation` writes ``eval/<split>/``. Imports no Lightning.
 """
 
 from __future__ import annotations
 
+import math
+import tempfile
 import time
 from dataclasses import replace
 from datetime import datetime
@@ -19,56 +26,65 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from PIL import Image
 from tqdm import tqdm
 
 from droneseg.classes import DataError
 from droneseg.data.cache import build_cache
-from droneseg.data.layout import Sample, find_layout, read_split_file
-from droneseg.io import read_mask, save_png
-from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics, luma_threshold
+from droneseg.data.layout import Layout, Sample, find_layout, read_split_file
+from droneseg.io import atomic_write_text, read_mask, save_png
+from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics, image_confusion
 from droneseg.plots import prediction_panels
-from droneseg.report import ImageResult, best_and_worst, write_evaluation
-from droneseg.runs import load_model, resolve_model_path
-from droneseg.schemes import LabelScheme
-from droneseg.tiler import flip_average, source_index
+from droneseg.report import ImageResult, spread, write_evaluation
+from droneseg.runs import ModelInfo, load_model, resolve_model_path
+from droneseg.schemes import Numbering
+from droneseg.tiler import Tiler
 
-BAND_PIXELS = 1 << 21  # output pixels per band: bounds the (K, rows, W) float temporaries
+CURVE_PIXELS = 1 << 22
+"""Most native pixels per image that feed the PR/ROC histograms; larger images are sampled on a regular grid."""
+FIGURE_SIDE = 768
+"""Long side of the copies of target and prediction kept for figures."""
+DEFAULT_FIGURES = 6
 
 
-def upsample_rows(logits: torch.Tensor, size: tuple[int, int], y0: int, y1: int) -> torch.Tensor:
-    """Rows y0..y1 of ``F.interpolate(logits, size, mode="bilinear", align_corners=False)``.
+def curve_stride(height: int, width: int) -> int:
+    """Smallest s such that every s-th row and column of an (height, width) image hold at most CURVE_PIXELS.
 
-    (K, h, w) -> (K, y1 - y0, W). Bilinear is separable: rows are blended here with PyTorch's own
-    source-index rule, columns by ``F.interpolate`` on the band, so bands tile the full result exactly.
+    >>> curve_stride(1000, 1500), curve_stride(4000, 6000)
+    (1, 3)
     """
-    h = logits.shape[1]
-    H, W = size
-    top, bottom, frac = source_index(h, H)
-    top, bottom, frac = top[y0:y1], bottom[y0:y1], frac[y0:y1].to(logits)[None, :, None]  # frac (1, n, 1)
-    rows = logits[:, top] * (1 - frac) + logits[:, bottom] * frac  # (K, n, w)
-    return F.interpolate(rows[None], size=(y1 - y0, W), mode="bilinear", align_corners=False)[0]
+    s = max(1, math.ceil(math.sqrt(height * width / CURVE_PIXELS)))
+    while math.ceil(height / s) * math.ceil(width / s) > CURVE_PIXELS:
+        s += 1
+    return s
 
 
-@torch.no_grad()
-def infer_logits(net: torch.nn.Module, image: np.ndarray, device: torch.device, tta: bool) -> torch.Tensor:
-    """(h, w, 3) uint8 at working size -> (K, h, w) float logits, averaged over flips with ``tta``."""
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(device).float() / 255.0
-    return flip_average(net, x, tta)[0]
+def split_ids(split: str, run_splits: Path | None, data_root: Path) -> tuple[list[str], str, Path]:
+    """Ids of ``split`` -> (ids, name, the file read).
 
-
-def split_ids(split: str, model_dir: Path, data_root: Path) -> tuple[list[str], str]:
-    """Ids of ``split``: the run's own split file, else the dataset's, else a file path. -> (ids, name)."""
+    ``train``/``val``/``test``: the run's own split file when ``run_splits`` is given (the data is the dataset the
+    model was trained on), else the dataset's ``splits/``; anything else is a file of ids.
+    """
     if split in ("train", "val", "test"):
-        for folder in (model_dir / "splits", data_root / "splits"):
+        folders = [run_splits, data_root / "splits"] if run_splits is not None else [data_root / "splits"]
+        for folder in folders:
             path = folder / f"{split}.txt"
             if path.is_file() and read_split_file(path):  # a run writes an empty test.txt when it has none
-                return read_split_file(path), split
-        raise DataError(f"no {split}.txt in {model_dir / 'splits'} or {data_root / 'splits'}")
+                return read_split_file(path), split, path
+        where = " or ".join(str(f) for f in folders)
+        hint = "" if run_splits is not None else (
+            "; this is not the dataset the model was trained on, so its run's split files do not apply: "
+            "pass --split FILE with the ids to score")
+        raise DataError(f"no {split}.txt in {where}{hint}")
     path = Path(split)
     if not path.is_file():
         raise DataError(f"--split {split!r}: not train/val/test or a file of ids")
-    return read_split_file(path), path.stem
+    return read_split_file(path), path.stem, path
+
+
+def trained_on(info: ModelInfo, layout: Layout) -> bool:
+    """Whether ``layout`` is the dataset the model was trained on (same content fingerprint, wherever it lies)."""
+    return bool(info.dataset) and info.dataset.get("fingerprint") == layout.fingerprint()
 
 
 def _select(samples: list[Sample], ids: list[str], where: str) -> list[Sample]:
@@ -96,10 +112,12 @@ def _output_folder(out: Path | None, model_dir: Path, split_name: str) -> Path:
     return folder
 
 
-def _downsample(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour (H, W) -> shape, for figures."""
-    ys = (np.arange(shape[0]) * mask.shape[0] // shape[0])[:, None]
-    xs = (np.arange(shape[1]) * mask.shape[1] // shape[1])[None, :]
+def _downsample(mask: np.ndarray, long_side: int) -> np.ndarray:
+    """Nearest-neighbour (H, W) -> long side at most ``long_side``, for figures."""
+    H, W = mask.shape[:2]
+    s = min(1.0, long_side / max(H, W))
+    ys = (np.arange(max(1, round(H * s))) * H // max(1, round(H * s)))[:, None]
+    xs = (np.arange(max(1, round(W * s))) * W // max(1, round(W * s)))[None, :]
     return mask[ys, xs]
 
 
@@ -107,105 +125,113 @@ def evaluate(
     model: str | Path,
     data: str | Path,
     split: str = "val",
-    tta: bool = False,
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch: int | None = None,
+    blend: str | None = None,
+    tta: bool | None = None,
+    luma: str | None = None,
     save_masks: bool = False,
-    figures: int | None = None,
+    numbering: Numbering = "auto",
+    figures: int = DEFAULT_FIGURES,
     out: Path | None = None,
-    luma: str = "mean",
     device: str | None = None,
     cache_dir: Path | None = None,
     progress: bool = True,
 ) -> Path:
     """Evaluate ``model`` on ``split`` of ``data``; returns the folder written (``<run>/eval/<split>``).
 
-    Photos are resized to the model's working size with the filter it was trained with (``model.json``).
+    Inference settings left None come from ``model.json``. Photos are resized to the model's working size with
+    the filter it was trained with. Raises DataError for a dataset, split or output folder that cannot be used.
     """
     t_start = time.time()
-    # 1. setup: model, scheme, the split's samples, cached working-size images
+    # 1. setup: model, scheme, the split's samples, cached working-size images, the tiler
     model_dir = resolve_model_path(model)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net, info = load_model(model_dir, dev)
-    scheme: LabelScheme = info.label_scheme()
+    scheme = info.label_scheme()
+    written = scheme.written(numbering) if save_masks else None
+    settings = info.inference_config().override(tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta,
+                                                luma_threshold=luma)
     layout = find_layout(data)
     if layout.table != scheme.table:
         raise DataError(f"{data}: its class table differs from the one {model_dir / 'model.json'} was trained with")
-    ids, split_name = split_ids(split, model_dir, Path(data))
-    samples = _select(layout.samples, ids, split)
+    same = trained_on(info, layout)
+    ids, split_name, split_file = split_ids(split, model_dir / "splits" if same else None, Path(data))
+    samples = _select(layout.samples, ids, str(split_file))
     folder = _output_folder(out, model_dir, split_name)
-    entries = build_cache(samples, layout.table, info.long_side, cache_dir,
-                          image_filter=info.extra.get("image_filter", "area"), progress=progress)
+    entries = build_cache(samples, layout.table, info.long_side, cache_dir, image_filter=info.image_filter,
+                          progress=progress)
+    tiler = Tiler.from_config(net, scheme.num_classes, settings, dev)
+    k, ignore = scheme.num_classes, scheme.ignore_index
     # one process scores the whole split, also when called on rank 0 at the end of DDP training: no sync
     metrics = SegmentationMetrics.from_scheme(scheme, curves=True, sync_on_compute=False).to(dev)
-    per_image = PerImageIoU(scheme.num_classes, scheme.ignore_index, sync_on_compute=False).to(dev)
-    pred_cm = np.zeros((scheme.num_classes, scheme.num_classes), np.int64)  # of the labels written (luma: thresholded)
+    per_image = PerImageIoU(k, ignore, sync_on_compute=False)
     results: list[ImageResult] = []
-    small: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # id -> target, prediction at working size, for figures
-    n_fig = len(samples) if figures is None else min(figures, len(samples))
+    strides: set[int] = set()
+    small = tempfile.TemporaryDirectory(prefix="droneseg-eval-")  # figure copies: disk, not memory
 
-    # 2. loop: one image at a time, its native mask in row bands
-    for sample, entry in tqdm(list(zip(samples, entries)), desc=f"evaluate {split_name}", unit="img",
-                              disable=not progress):
-        image, _ = entry.load()
-        target_np = scheme.encode(read_mask(sample.mask, sample.mask_kind, layout.table))  # (H, W) native
-        H, W = target_np.shape
-        logits = infer_logits(net, image, dev, tta)  # (K, h, w)
-        target = torch.from_numpy(target_np).to(dev)
-        pred = torch.empty((H, W), dtype=torch.uint8, device=dev)
-        prob1 = torch.empty((H, W), dtype=torch.float32, device=dev) if scheme.is_luma else None
-        rows = max(1, BAND_PIXELS // W)
-        for y0 in range(0, H, rows):
-            y1 = min(H, y0 + rows)
-            band = upsample_rows(logits, (H, W), y0, y1)  # (K, n, W)
-            metrics.update(band[None], target[None, y0:y1].long())
-            pred[y0:y1] = band.argmax(0)
-            if prob1 is not None:
-                prob1[y0:y1] = band.softmax(0)[1]
-        if prob1 is not None:  # the original's 1-class mode: threshold at the image's own mean/median
-            pred = luma_threshold(prob1, luma)
-        per_image.update(pred, target)
-        pred_np = pred.cpu().numpy()
-        valid = target_np != scheme.ignore_index
-        cm_img = np.bincount(target_np[valid].astype(np.int64) * scheme.num_classes + pred_np[valid],
-                             minlength=scheme.num_classes**2).reshape(scheme.num_classes, -1)
-        pred_cm += cm_img
-        img_metrics = confusion_to_metrics(cm_img, scheme.names)
-        small[sample.id] = (_downsample(target_np, image.shape[:2]), _downsample(pred_np, image.shape[:2]))
-        if save_masks:
-            out_mask = pred_np if scheme.is_luma else scheme.decode(pred_np)
-            save_png(folder / "masks" / f"{sample.id}.png", out_mask)
-        results.append(ImageResult(sample.id, img_metrics["miou"], img_metrics["pixel_accuracy"], None))
+    # 2. loop: one image at a time; labels at the mask's native size, band by band inside the tiler
+    for n, (sample, entry) in enumerate(tqdm(list(zip(samples, entries)), desc=f"evaluate {split_name}",
+                                             unit="img", disable=not progress)):
+        image, _ = entry.load()  # (h, w, 3) uint8, memory-mapped
+        target = scheme.encode(read_mask(sample.mask, sample.mask_kind, layout.table))  # (H, W) uint8 native
+        H, W = target.shape
+        stride = curve_stride(H, W)
+        strides.add(stride)
+        columns = np.arange(0, W, stride)
 
-    # 3. finish: figures (the first N images, and the report's best and worst), pooled numbers, files, report
-    best, worst = best_and_worst(results)
-    wanted = {r.id for r in results[:n_fig]} | {r.id for r in best + worst}
-    for k, (sample, entry) in enumerate(zip(samples, entries)):
-        if sample.id in wanted:
-            panel = folder / "predictions" / f"{sample.id}.png"
-            prediction_panels([(sample.id, np.asarray(entry.load()[0]), *small[sample.id])], scheme, panel)
-            results[k] = replace(results[k], panel=panel)
+        def sample_scores(ys: torch.Tensor, logits: torch.Tensor) -> None:  # (m,), (m, len(columns), K)
+            t = torch.from_numpy(target[ys.cpu().numpy()][:, columns]).to(logits.device)
+            metrics.update_scores(logits.reshape(-1, k), t.reshape(-1))
+
+        pred = tiler.labels(image, (H, W), luma=settings.luma_threshold if scheme.is_luma else None,
+                            on_samples=sample_scores, sample_stride=stride)  # (H, W) uint8
+        cm = image_confusion(target, pred, k, ignore)
+        metrics.update_confusion(cm)
+        per_image.update_confusion(cm)
+        scores = confusion_to_metrics(cm, scheme.names)
+        results.append(ImageResult(sample.id, scores["miou"], scores["pixel_accuracy"], None))
+        np.savez(Path(small.name) / f"{n}.npz", target=_downsample(target, FIGURE_SIDE), pred=_downsample(pred, FIGURE_SIDE))
+        if written is not None:
+            save_png(folder / "masks" / f"{sample.id}.png", written.apply(pred))
+        del target, pred
+
+    # 3. finish: figures of the chosen images, pooled numbers, files, report
+    index = {r.id: n for n, r in enumerate(results)}
+    for chosen in spread(results, figures):
+        n = index[chosen.id]
+        copies = np.load(Path(small.name) / f"{n}.npz")
+        photo = np.asarray(entries[n].load()[0])
+        photo = np.asarray(Image.fromarray(photo).resize(copies["target"].shape[::-1], Image.Resampling.BOX))
+        panel = folder / "predictions" / f"{chosen.id}.png"
+        prediction_panels([(chosen.id, photo, copies["target"], copies["pred"])], scheme, panel)
+        results[n] = replace(results[n], panel=panel)
+    small.cleanup()
+    if written is not None:
+        atomic_write_text(folder / "masks" / "class_dict.csv", written.to_csv())
     result = metrics.compute()
-    confusion = metrics.confmat.cpu().numpy()
     if scheme.is_luma:
-        confusion = pred_cm
-        curves = {k: result[k] for k in ("curves", "mean_ap", "mean_auc", "threshold_table") if k in result}
-        ap_auc = {e["name"]: (e.get("ap"), e.get("auc")) for e in result["per_class"]}
-        result = {**confusion_to_metrics(confusion, scheme.names), **curves, "luma_threshold": luma}
-        for e in result["per_class"]:
-            e["ap"], e["auc"] = ap_auc[e["name"]]
+        result["luma_threshold"] = settings.luma_threshold
     context = {
         "model": str(model_dir),
         "data": str(Path(data).resolve()),
+        "dataset_fingerprint": layout.fingerprint(),
+        "trained_on_this_dataset": same,
         "split": split_name,
+        "split_file": str(Path(split_file).resolve()),
         "images": len(samples),
-        "tta": tta,
-        "resolution": "native mask resolution (logits upsampled bilinearly, then argmax)",
+        "tta": settings.tta,
+        "inference": settings.model_dump(),
+        "resolution": "native mask resolution (tiled logits upsampled bilinearly, then argmax)",
+        "curves": "every pixel" if strides == {1} else f"every {max(strides)}-th native row and column of the largest images",
         "working_long_side": info.long_side,
+        "masks": None if written is None else f"masks/ in {written.numbering} numbering (masks/class_dict.csv)",
         "device": str(dev),
         "seconds": round(time.time() - t_start, 2),
         "time": datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
     curves_png = model_dir / "training_curves.png"
-    write_evaluation(folder, scheme, result, confusion, per_image.compute(), results, context,
+    write_evaluation(folder, scheme, result, metrics.confmat.cpu().numpy(), per_image.compute(), results, context,
                      training_curves=curves_png if curves_png.is_file() else None)
     return folder
-

@@ -7,7 +7,7 @@ Contract
 * Exporter: the TorchScript-based ``torch.onnx.export(dynamo=False)``; the torch.export-based one needs
   ``onnxscript``, which droneseg does not depend on.
 * ``metadata_props`` (each value a JSON string): ``droneseg_version``, ``class_names``, ``class_colors``
-  (dataset colours the predictions are written in), ``scheme`` (``LabelScheme.to_dict``), ``normalization``,
+  (the colour ``predict`` draws each class in), ``scheme`` (``LabelScheme.to_dict``), ``normalization``,
   ``long_side``, ``model`` (architecture config), ``input``/``output`` descriptions.
 * Parity: ONNX Runtime and PyTorch agree on random inputs of several sizes (odd ones included) to
   ``PARITY_TOL`` in max absolute logit difference, else the file is not written.
@@ -36,8 +36,8 @@ from droneseg.runs import ModelInfo, load_model, resolve_model_path
 PARITY_TOL = 1e-3
 PARITY_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 64, 64), (2, 3, 45, 67), (1, 3, 97, 130), (1, 3, 1, 1))
 METADATA_KEYS = (
-    "droneseg_version", "class_names", "class_colors", "scheme", "normalization", "long_side", "model", "input",
-    "output",
+    "droneseg_version", "class_names", "class_colors", "scheme", "normalization", "long_side", "inference", "model",
+    "input", "output",
 )  # fmt: skip
 
 
@@ -59,13 +59,11 @@ class ExportResult:
 
 def metadata(net: torch.nn.Module, info: ModelInfo) -> dict[str, str]:
     """What a consumer of the .onnx needs without model.json, as JSON strings."""
-    from droneseg.predict import output_colors
-
     scheme = info.label_scheme()
     props = {
         "droneseg_version": __version__,
         "class_names": list(scheme.names),
-        "class_colors": output_colors(scheme).tolist(),
+        "class_colors": scheme.written().target_colors.tolist(),
         "scheme": scheme.to_dict(),
         "normalization": {
             "applied_in_model": True,
@@ -73,6 +71,7 @@ def metadata(net: torch.nn.Module, info: ModelInfo) -> dict[str, str]:
             "std": net.std.flatten().tolist(),
         },
         "long_side": info.long_side,
+        "inference": info.inference_config().model_dump(),
         "model": info.model,
         "input": "image: float32 (B, 3, H, W) RGB in [0, 1] (pixels / 255), any B, H, W",
         "output": "logits: float32 (B, K, H, W), K = len(class_names)",

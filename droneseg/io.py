@@ -33,6 +33,9 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 MaskKind = Literal["index", "rgb"]
+ImageFilter = Literal["area", "bilinear"]
+RESIZE_FILTERS: dict[str, Image.Resampling] = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR}
+"""How photos are brought to the working scale (masks: nearest only, see :func:`read_mask`)."""
 _ORIENTATION = 0x0112  # EXIF tag
 
 
@@ -91,6 +94,27 @@ def read_image(
         return np.asarray(im)
     except OSError as exc:
         raise DataError(f"{path}: cannot decode ({exc})") from None
+
+
+def photo_size(path: Path, exif: bool = False) -> tuple[int, int]:
+    """(W, H) from the header only; with ``exif`` as displayed (a photo stored sideways swaps them)."""
+    with open_image(path) as im:
+        w, h = im.size
+        turned = exif and im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8)
+    return (h, w) if turned else (w, h)
+
+
+def read_working_image(path: Path, long_side: int | None, image_filter: ImageFilter = "area",
+                       exif: bool = False) -> np.ndarray:
+    """The photo at the working scale a model was trained at: (h, w, 3) uint8 with long side ``long_side``.
+
+    The one decoder of working-size photos: the training cache and ``predict`` both call it, so a model sees the
+    same pixels in training, evaluation and prediction (reduced-size JPEG decoding, then ``image_filter``).
+    """
+    if image_filter not in RESIZE_FILTERS:
+        raise KeyError(f"unknown image filter {image_filter!r}; choose from {sorted(RESIZE_FILTERS)}")
+    size = working_size(photo_size(path, exif), long_side)
+    return read_image(path, size=size, exif=exif, resample=RESIZE_FILTERS[image_filter])
 
 
 def read_mask(path: Path, kind: MaskKind, table: ClassTable, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -16,15 +16,21 @@ Contract
   rounded *down* to the threshold grid: it only differs where a positive and a negative share a bin
   (they count as tied). AUC is the trapezoid area of the ROC curve from (0, 0) to (1, 1).
 
+* Large images: :func:`image_confusion` counts one image's (K, K) matrix from its labels in bounded memory;
+  ``SegmentationMetrics.update_confusion`` and ``PerImageIoU.update_confusion`` take such matrices (their sum is
+  the pooled matrix), and ``SegmentationMetrics.update_scores`` takes sampled (N, K) scores for the curves.
+
 >>> r = confusion_to_metrics(np.array([[0, 2], [0, 2]]), ["a", "b"])  # pred [1,1,1,1], gt [1,1,0,0]
 >>> [c["iou"] for c in r["per_class"]], r["miou"]
 ([0.0, 0.5], 0.25)
+>>> image_confusion(np.array([[1, 1, 0, 0, 255]], np.uint8), np.array([[1, 1, 1, 1, 0]], np.uint8), 2).tolist()
+[[0, 2], [0, 2]]
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -101,6 +107,34 @@ def confusion_to_metrics(cm: np.ndarray | torch.Tensor, names: Sequence[str]) ->
         "pixels": int(total),
         "confusion_matrix": counts.astype(np.int64).tolist(),
     }
+
+
+_CONFUSION_BAND = 1 << 22  # pixels per step of image_confusion: bounds its int64 temporaries to 32 MiB
+
+
+def image_confusion(target: np.ndarray, pred: np.ndarray, num_classes: int, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """One image's (K, K) int64 confusion matrix (rows ground truth, columns prediction) from uint8 label maps.
+
+    target: (H, W) uint8 in 0..K-1 or ``ignore_index`` (not counted); pred: (H, W) uint8 in 0..K-1. Counted in
+    bands of rows, so a 6000x4000 image never needs a full-size int64 copy. Raises ValueError for a value outside
+    those ranges (a bincount would misfile it silently).
+    """
+    if target.shape != pred.shape or target.dtype != np.uint8 or pred.dtype != np.uint8:
+        raise ValueError(f"target {target.dtype} {target.shape} and pred {pred.dtype} {pred.shape} must be equal-shaped uint8")
+    k = num_classes
+    counts = np.zeros(256 * k, np.int64)  # rows 0..255 of target values: ignored and bad values land past K*K
+    rows = max(1, _CONFUSION_BAND // max(1, target.shape[-1]))
+    for y in range(0, target.shape[0], rows):
+        t, p = target[y : y + rows].ravel(), pred[y : y + rows].ravel()
+        if p.size and int(p.max()) >= k:
+            raise ValueError(f"pred holds label {int(p.max())}, outside 0..{k - 1}")
+        counts += np.bincount(t.astype(np.intp) * k + p, minlength=256 * k)
+    stray = counts[k * k :].reshape(256 - k, k).sum(1)  # pixels per target value k..255
+    if k <= ignore_index < 256:
+        stray[ignore_index - k] = 0
+    if stray.any():
+        raise ValueError(f"target value {k + int(np.flatnonzero(stray)[0])} is outside 0..{k - 1} and not {ignore_index}")
+    return counts[: k * k].reshape(k, k)
 
 
 def _check_target(target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
@@ -215,6 +249,9 @@ class SegmentationMetrics(Metric):
         if k == 2:
             n = len(TABLE_THRESHOLDS) + 1
             self.add_state("table_hist", default=torch.zeros(n, 2, dtype=torch.long), dist_reduce_fx="sum")
+        # like ``update``: each call invalidates a cached ``compute`` and counts as an update
+        self.update_confusion = self._wrap_update(self.update_confusion)
+        self.update_scores = self._wrap_update(self.update_scores)
 
     @classmethod
     def from_scheme(
@@ -231,18 +268,42 @@ class SegmentationMetrics(Metric):
             raise ValueError(f"{shapes} are not (B, {k}, H, W) and (B, H, W)")
         target = _check_target(target, k, self.ignore_index)
         labels = scores.argmax(1)
-        cm = multiclass_confusion_matrix(labels, target, k, ignore_index=self.ignore_index, validate_args=False)
-        self.confmat += cm
+        self.confmat += multiclass_confusion_matrix(labels, target, k, ignore_index=self.ignore_index,
+                                                    validate_args=False)
+        if self.curves or k == 2:
+            self._add_scores(scores.movedim(1, -1).reshape(-1, k), target.reshape(-1))
+
+    def update_confusion(self, confusion: torch.Tensor | np.ndarray) -> None:
+        """Add counted (K, K) confusion matrices, e.g. one image's from :func:`image_confusion`."""
+        cm = torch.as_tensor(np.asarray(confusion) if not isinstance(confusion, torch.Tensor) else confusion)
+        if cm.shape != (self.num_classes, self.num_classes):
+            raise ValueError(f"confusion matrix {tuple(cm.shape)} is not ({self.num_classes}, {self.num_classes})")
+        self.confmat += cm.to(self.confmat)
+
+    def update_scores(self, scores: torch.Tensor, target: torch.Tensor) -> None:
+        """Add pixels to the curves (and the two-class threshold table) only: scores (N, K), target (N,).
+
+        For evaluation at full size, where the confusion matrix is counted from labels and the curves from a
+        regular sample of pixels.
+        """
+        if scores.ndim != 2 or scores.shape[1] != self.num_classes or scores.shape[:1] != target.shape:
+            raise ValueError(f"scores {tuple(scores.shape)} and target {tuple(target.shape)} are not (N, "
+                             f"{self.num_classes}) and (N,)")
+        self._add_scores(scores, _check_target(target, self.num_classes, self.ignore_index))
+
+    def _add_scores(self, scores: torch.Tensor, target: torch.Tensor) -> None:
+        """(N, K) scores, (N,) int64 target -> the binned histograms, in chunks (bounded temporaries)."""
+        k = self.num_classes
         if not self.curves and k != 2:
             return
         grid = torch.linspace(0, 1, self.thresholds, device=scores.device)
         table = torch.tensor(TABLE_THRESHOLDS, device=scores.device)
-        step = max(1, _CHUNK // (k * scores.shape[0]))
-        for s, t in zip(scores.flatten(2).split(step, 2), target.flatten(1).split(step, 1)):
-            p = s.float().softmax(1) if self.from_logits else s.float()  # (B, K, n)
+        step = max(1, _CHUNK // k)
+        for s, t in zip(scores.split(step), target.split(step)):
             keep = t != self.ignore_index
-            p, t = p.movedim(1, -1)[keep], t[keep]  # (N, K), (N,)
-            positive = t[:, None] == torch.arange(k, device=t.device)  # (N, K)
+            p = s[keep].float()
+            p = p.softmax(1) if self.from_logits else p  # (N, K)
+            positive = t[keep][:, None] == torch.arange(k, device=t.device)  # (N, K)
             if self.curves:
                 self.hist += _binned_counts(p, positive, grid)
             if k == 2:
@@ -279,6 +340,7 @@ class PerImageIoU(Metric):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.add_state("counts", default=[], dist_reduce_fx="cat")  # (images, 3, K): inter, union, support
+        self.update_confusion = self._wrap_update(self.update_confusion)  # counts as an update, as ``update``
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add images: predicted labels and targets, both (H, W) or (B, H, W) integers."""
@@ -293,7 +355,18 @@ class PerImageIoU(Metric):
         batch = torch.arange(target.shape[0], device=target.device)[:, None, None].expand_as(target)
         keep = target != self.ignore_index
         index = (batch[keep] * k + target[keep]) * k + pred[keep]
-        cm = torch.bincount(index, minlength=target.shape[0] * k * k).view(-1, k, k)  # (B, K, K)
+        self._add(torch.bincount(index, minlength=target.shape[0] * k * k).view(-1, k, k))
+
+    def update_confusion(self, confusion: torch.Tensor | np.ndarray) -> None:
+        """Add images by their confusion matrices: (K, K) for one image or (B, K, K)."""
+        self._add(confusion)
+
+    def _add(self, confusion: torch.Tensor | np.ndarray) -> None:
+        cm = confusion if isinstance(confusion, torch.Tensor) else torch.from_numpy(np.asarray(confusion))
+        k = self.num_classes
+        cm = cm.reshape(-1, k, k) if cm.shape[-2:] == (k, k) else None
+        if cm is None:
+            raise ValueError(f"confusion matrices must be (K, K) or (B, K, K) with K = {k}, got {tuple(confusion.shape)}")
         tp = cm.diagonal(dim1=1, dim2=2)
         support, predicted = cm.sum(2), cm.sum(1)
         self.counts.append(torch.stack([tp, support + predicted - tp, support], 1))
@@ -311,22 +384,3 @@ class PerImageIoU(Metric):
             "skipped_all_ignored": int((~kept).sum()),
             "values": values,
         }
-
-
-_LUMA_STATS = {
-    "mean": lambda x: x.mean(-1),
-    "median": lambda x: x.median(-1).values,  # lower median; torch.quantile refuses > 2**24 elements
-}
-
-
-def luma_threshold(prob: torch.Tensor, how: Literal["mean", "median"] = "mean") -> torch.Tensor:
-    """Bright-class probability map (…, H, W) -> uint8 0/1 mask, 1 where prob > that map's own mean or median.
-
-    The original project's 1-class mode: each image is split at its own statistic, not at 0.5.
-    """
-    if how not in _LUMA_STATS:
-        raise KeyError(f"unknown luma threshold {how!r}; choose from {sorted(_LUMA_STATS)}")
-    if prob.ndim < 2 or not prob.is_floating_point():
-        raise ValueError(f"prob must be a float (…, H, W) map, got {prob.dtype} of shape {tuple(prob.shape)}")
-    level = _LUMA_STATS[how](prob.flatten(-2))  # (…,)
-    return (prob > level[..., None, None]).to(torch.uint8)

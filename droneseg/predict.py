@@ -4,17 +4,24 @@ Contract
 --------
 * Inputs: photo files or folders (JPEG, PNG, TIFF; a folder is listed sorted, not recursively). EXIF orientation
   is applied; grey, RGBA and 16-bit photos become RGB (:func:`droneseg.io.read_image`).
-* Working scale: a photo is resized (area averaging) so that its long side is the model's ``long_side`` (the
-  long side its training photos were resized to; ``None`` keeps the photo's size). That a photo of another size
-  was taken from the same height is unknown, so its long side, not the dataset's scale factor, fixes the size.
-  ``scale`` (0 < scale <= 1) multiplies that working resolution for fast previews (0.5: 4x fewer pixels).
-* Inference: :class:`droneseg.tiler.Tiler` (tiles, overlap, smooth blending, optional flip TTA, bounded memory);
-  logits are upsampled to the photo's full size, so outputs always have the photo's size whatever ``scale``.
+* Working scale: a photo is decoded at the model's working scale (its long side = the model's ``long_side``, with
+  the resize filter it was trained with; :func:`droneseg.io.read_working_image`, the training cache's decoder).
+  That a photo of another size was taken from the same height is unknown, so its long side, not the dataset's
+  scale factor, fixes the size. The network always sees that scale: a ground sampling distance it never trained
+  on would change what it predicts, not just how fast.
+* Inference: :class:`droneseg.tiler.Tiler`, the code validation and ``evaluate`` run too, with the model's
+  :class:`~droneseg.tiler.InferenceConfig` (tile, overlap, blend, TTA, luma threshold; any may be overridden).
+* Output size: the photo's size, or ``scale`` (0 < scale <= 1) of it, for fast previews: ``--scale 0.25`` writes
+  16x fewer pixels and skips decoding the full-size photo, yet every written pixel has the label a full-size run
+  gives it (the logits are upsampled to wherever the output pixel lies).
 * Outputs in ``out/`` per photo (same-named outputs of an earlier run are replaced, each file atomically):
-  ``<stem>.png`` mode L in the dataset's own class indices (``scheme.decode``; the luma scheme writes its 0/1
-  target), ``<stem>_color.png`` RGB in the dataset's colours, ``<stem>_overlay.jpg`` the photo blended 50/50
-  with them; for the run ``class_areas.csv``: one row per photo and target class with pixels, share of the
-  photo and, with ``gsd`` (metres per pixel), area in square metres (pixels x gsd²).
+  ``<stem>.png`` mode L, ``<stem>_color.png`` RGB, ``<stem>_overlay.jpg`` the photo blended 50/50 with the colours;
+  ``class_dict.csv`` (``name, r, g, b``, row = pixel value) beside them. Values follow
+  :meth:`~droneseg.schemes.LabelScheme.written`: the dataset's indices and colours where the scheme maps classes one
+  to one (``full``), the scheme's own 0..K-1 and colours where it groups them (``six``, ``paved``, ``luma``);
+  ``numbering`` forces either. For the run ``class_areas.csv``: one row per photo and target class with the pixels
+  written, their share of the photo and, with ``gsd`` (metres per photo pixel), area in square metres (a written
+  pixel covers gsd² / scale²).
 * A photo that cannot be read is named on stderr in one line and skipped; ``PredictSummary.failed`` lists it.
 * Refused before any work: a missing input, two photos with one stem, an output path that is an input photo.
 * ``backend="onnx"`` runs the same tiling on ONNX Runtime with ``model.onnx`` next to ``model.json``
@@ -43,10 +50,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from droneseg.classes import DataError
-from droneseg.io import IMAGE_SUFFIXES, atomic_save, atomic_write_text, read_image, working_size
+from droneseg.io import IMAGE_SUFFIXES, atomic_save, atomic_write_text, photo_size, read_image, read_working_image
 from droneseg.runs import load_model, resolve_model_path
-from droneseg.schemes import LabelScheme
-from droneseg.tiler import WINDOWS, Tiler
+from droneseg.schemes import LabelScheme, Numbering, WrittenClasses
+from droneseg.tiler import Tiler
 
 Backend = Literal["torch", "onnx"]
 OVERLAY_ALPHA = 0.5
@@ -76,13 +83,14 @@ class ClassAreas:
     names: list[str]
     gsd: float | None
 
-    def rows(self, photo: str, counts: np.ndarray) -> list[dict[str, str]]:
+    def rows(self, photo: str, counts: np.ndarray, pixel_area: float = 1.0) -> list[dict[str, str]]:
+        """``counts``: (K,) written pixels per class; ``pixel_area``: photo pixels one written pixel covers."""
         total = int(counts.sum())
         rows = []
         for name, n in zip(self.names, counts.tolist()):
             row = {"photo": photo, "class": name, "pixels": str(n), "share": f"{n / total:.6f}"}
             if self.gsd is not None:
-                row["area_m2"] = f"{n * self.gsd**2:.4f}"
+                row["area_m2"] = f"{n * pixel_area * self.gsd**2:.4f}"
             rows.append(row)
         return rows
 
@@ -167,24 +175,20 @@ def onnx_runner(model_dir: Path, scheme: LabelScheme, device: torch.device) -> C
     return run
 
 
-def output_colors(scheme: LabelScheme) -> np.ndarray:
-    """(K, 3) uint8: each target's colour in the outputs, the dataset colour of the source class it is written as."""
-    return scheme.colors if scheme.is_luma else scheme.table.colors[scheme.write_as]
-
-
-def write_outputs(photo: np.ndarray, labels: np.ndarray, scheme: LabelScheme, files: dict[str, Path]) -> np.ndarray:
-    """Mask, colour mask and overlay of one photo; -> (K,) pixel count per target class.
+def write_outputs(photo: np.ndarray, labels: np.ndarray, written: WrittenClasses, files: dict[str, Path]) -> np.ndarray:
+    """Mask, colour mask and overlay of one photo, in ``written``'s numbering; -> (K,) pixel count per target.
 
     Full-size images exist one at a time (a 6000x4000 RGB image is 72 MB, 96 MB inside PIL); the overlay is
     blended in row bands.
     """
-    mask = Image.fromarray(labels if scheme.is_luma else scheme.decode(labels))
+    mask = Image.fromarray(written.apply(labels))
     atomic_save(files["mask"], lambda fh: mask.save(fh, format="PNG", compress_level=PNG_LEVEL))
     del mask
+    k = len(written.values)
     palette = np.zeros((256, 3), np.uint8)
-    palette[: scheme.num_classes] = output_colors(scheme)
+    palette[:k] = written.target_colors
     indexed = Image.fromarray(labels)  # mode L, shares nothing with labels
-    counts = np.array(indexed.histogram()[: scheme.num_classes])
+    counts = np.array(indexed.histogram()[:k])
     indexed.putpalette(palette.tobytes())
     atomic_save(files["color"], lambda fh: indexed.convert("RGB").save(fh, format="PNG", compress_level=PNG_LEVEL))
     del indexed
@@ -206,18 +210,24 @@ def predict(
     model: str | Path,
     inputs: list[Path],
     out: Path,
-    tile: int = 512,
-    overlap: float = 0.25,
-    batch: int = 4,
-    tta: bool = False,
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch: int | None = None,
+    blend: str | None = None,
+    tta: bool | None = None,
+    luma: str | None = None,
     backend: Backend = "torch",
     gsd: float | None = None,
     scale: float = 1.0,
-    blend: Literal["cosine", "gaussian"] = "gaussian",
+    numbering: Numbering = "auto",
     device: str | None = None,
     progress: bool = True,
 ) -> PredictSummary:
-    """Segment every photo of ``inputs`` into ``out`` (see the module contract)."""
+    """Segment every photo of ``inputs`` into ``out`` (see the module contract).
+
+    Inference settings left None come from ``model.json``. Raises DataError (bad inputs), ValueError or KeyError
+    (bad options) before any photo is read.
+    """
     t_start = time.perf_counter()
     # 1. setup: check arguments and inputs before loading anything
     if not 0.0 < scale <= 1.0:
@@ -226,8 +236,6 @@ def predict(
         raise ValueError(f"gsd must be a positive number of metres per pixel, got {gsd}")
     if backend not in ("onnx", "torch"):
         raise KeyError(f"unknown backend {backend!r}; choose from ['onnx', 'torch']")
-    if blend not in WINDOWS:
-        raise KeyError(f"unknown blend {blend!r}; choose from {sorted(WINDOWS)}")
     out = Path(out)
     photos = list_photos(inputs)
     check_outputs(photos, out)
@@ -236,37 +244,41 @@ def predict(
     tiler_dev = dev if backend == "torch" else torch.device("cpu")  # ORT takes and returns host arrays
     net, info = load_model(model_dir, tiler_dev)
     scheme = info.label_scheme()
+    written = scheme.written(numbering)
+    settings = info.inference_config().override(tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta,
+                                                luma_threshold=luma)
     run = net if backend == "torch" else onnx_runner(model_dir, scheme, dev)
-    tiler = Tiler(run, scheme.num_classes, tile, overlap, batch, tta, blend, tiler_dev)
+    tiler = Tiler.from_config(run, scheme.num_classes, settings, tiler_dev)
     areas = ClassAreas(list(scheme.names), gsd)
     rows: list[dict[str, str]] = []
     done: list[str] = []
     failed: list[str] = []
     timings = {"read": 0.0, "infer": 0.0, "write": 0.0}
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "class_dict.csv", written.to_csv())
 
     # 2. loop: one photo at a time; an unreadable one is reported and skipped
     for path in tqdm(photos, desc="predict", unit="photo", disable=not progress):
         t0 = time.perf_counter()
         try:
-            photo = read_image(path, exif=True)  # (H, W, 3) uint8, displayed orientation
+            W, H = photo_size(path, exif=True)  # as displayed
+            size = (max(1, round(W * scale)), max(1, round(H * scale)))
+            # the training cache's decoder: the model sees the pixels evaluate gives it, so scoring these masks
+            # repeats evaluate's numbers
+            small = read_working_image(path, info.long_side, info.image_filter, exif=True)
+            photo = small if size == (small.shape[1], small.shape[0]) else read_image(path, size=size, exif=True)
         except _READ_ERRORS as exc:
             msg = str(exc) if isinstance(exc, DataError) else f"{path}: cannot read ({exc})"
             tqdm.write(f"skipped {msg}", file=sys.stderr)
             failed.append(str(path))
             continue
-        H, W = photo.shape[:2]
-        w0, h0 = working_size((W, H), info.long_side)
-        size = (max(1, round(w0 * scale)), max(1, round(h0 * scale)))
-        # decoded again at the working size the way the training cache decodes (reduced-size JPEG decoding, then
-        # area): the model sees the pixels evaluate gives it, so scoring these masks repeats evaluate's numbers
-        small = read_image(path, size=size, exif=True) if size != (W, H) else photo
         t1 = time.perf_counter()
-        labels = tiler.labels(small, (H, W), luma=scheme.is_luma)  # (H, W) uint8 targets
+        luma_rule = settings.luma_threshold if scheme.is_luma else None
+        labels = tiler.labels(small, (size[1], size[0]), luma=luma_rule)  # (h_out, w_out) uint8 targets
         t2 = time.perf_counter()
-        counts = write_outputs(photo, labels, scheme, output_paths(path, out))
+        counts = write_outputs(photo, labels, written, output_paths(path, out))
         del photo, small, labels  # before the next photo is read
-        rows += areas.rows(str(path), counts)
+        rows += areas.rows(str(path), counts, pixel_area=(W / size[0]) * (H / size[1]))
         done.append(str(path))
         timings["read"] += t1 - t0
         timings["infer"] += t2 - t1

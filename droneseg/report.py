@@ -25,7 +25,6 @@ import csv
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from io import StringIO
 from pathlib import Path
 from typing import Literal
@@ -38,16 +37,17 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.patheffects import withStroke  # noqa: E402
 
-from droneseg.io import atomic_write_json, atomic_write_text  # noqa: E402
-from droneseg.plots import save_figure  # noqa: E402
-from droneseg.report_html import (  # noqa: E402
+from droneseg.formats import (  # noqa: E402
     PER_IMAGE_DEFINITION,
     POOLED_DEFINITION,
+    ImageResult,
     class_order,
     fmt,
     pct,
-    render_html,
 )
+from droneseg.io import atomic_write_json, atomic_write_text  # noqa: E402
+from droneseg.plots import save_figure  # noqa: E402
+from droneseg.report_html import render_html  # noqa: E402
 from droneseg.schemes import LabelScheme  # noqa: E402
 
 _LIGHT = 0.7  # luminance above which a line on white gets a dark outline
@@ -58,16 +58,6 @@ _DATA_FILES = (
 )
 
 
-@dataclass(frozen=True)
-class ImageResult:
-    """One evaluated image: its per-image scores and the panel PNG the evaluate loop wrote (if any)."""
-
-    id: str
-    miou: float | None
-    pixel_accuracy: float | None
-    panel: Path | None
-
-
 def normalize_rows(confusion: np.ndarray) -> np.ndarray:
     """(K, K) counts -> rows divided by their sum (recall on the diagonal); NaN rows without ground truth."""
     counts = np.asarray(confusion, dtype=np.float64)
@@ -75,15 +65,23 @@ def normalize_rows(confusion: np.ndarray) -> np.ndarray:
     return np.divide(counts, support, out=np.full_like(counts, np.nan), where=support > 0)
 
 
-def best_and_worst(images: Sequence[ImageResult], n: int = 3) -> tuple[list[ImageResult], list[ImageResult]]:
-    """Up to ``n`` best (highest per-image mIoU first) and ``n`` worst (lowest first), never the same image.
-
-    Images without a score are skipped; with fewer than 2n scored images, the best take the larger half.
-    """
+def ranked(images: Sequence[ImageResult]) -> list[ImageResult]:
+    """Scored images by per-image mIoU, best first (ties by id); images without a score are left out."""
     scored = [im for im in images if im.miou is not None and not math.isnan(im.miou)]
-    ranked = sorted(scored, key=lambda im: (-im.miou, im.id))
-    n_best = min(n, (len(ranked) + 1) // 2)
-    return ranked[:n_best], ranked[n_best:][::-1][:n]
+    return sorted(scored, key=lambda im: (-im.miou, im.id))
+
+
+def spread(images: Sequence[ImageResult], n: int) -> list[ImageResult]:
+    """Up to ``n`` scored images spread evenly over the ranking, best first: 1 gives the median image, 2 the best
+    and the worst, 3 best, median and worst, and so on; every scored image when ``n`` >= their number."""
+    order = ranked(images)
+    if n <= 0 or not order:
+        return []
+    if n == 1:
+        return [order[(len(order) - 1) // 2]]
+    if n >= len(order):
+        return order
+    return [order[i] for i in sorted({round(j * (len(order) - 1) / (n - 1)) for j in range(n)})]
 
 
 def _luma(rgb: np.ndarray) -> float:
@@ -292,7 +290,9 @@ def write_evaluation(
     curves_figure(scheme, metrics, folder / "pr_curves.png", "pr")
     curves_figure(scheme, metrics, folder / "roc_curves.png", "roc")
     # 3. the page, from what is now on disk
-    best, worst = best_and_worst(images)
-    page = render_html(folder, scheme, metrics, per_image, best, worst, context, training_curves, _DATA_FILES)
+    order = ranked(images)
+    examples = [(rank, im) for rank, im in enumerate(order, 1) if im.panel is not None]
+    page = render_html(folder, scheme, metrics, per_image, examples, len(order), context, training_curves,
+                       _DATA_FILES)
     atomic_write_text(folder / "report.html", page)
     return folder / "report.html"

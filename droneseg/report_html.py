@@ -1,14 +1,11 @@
-"""The one-page HTML report of an evaluation, and the number formats every report file shares.
+"""The one-page HTML report of an evaluation.
 
 Contract
 --------
 ``render_html`` returns a single self-contained page: inline CSS, figures embedded as base64
 ``data:image/png`` URIs, no scripts and no external assets (relative links to the files it shows
-are the only references). Every name and context value is HTML-escaped. Undefined ratios (None)
-show as an em dash.
-
->>> fmt(None), fmt(0.12345), pct(0.5)
-('—', '0.123', '50.0%')
+are the only references). Every name and context value is HTML-escaped; numbers are written by
+:mod:`droneseg.formats`, as in every other report file.
 """
 
 from __future__ import annotations
@@ -20,28 +17,10 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from droneseg.formats import DASH, PER_IMAGE_DEFINITION, POOLED_DEFINITION, ImageResult, class_order, fmt, pct
+
 if TYPE_CHECKING:
-    from droneseg.report import ImageResult
     from droneseg.schemes import LabelScheme
-
-POOLED_DEFINITION = (
-    "miou: pooled mean IoU, from one confusion matrix summed over every pixel of the split, "
-    "averaged over the classes present in its ground truth"
-)
-PER_IMAGE_DEFINITION = (
-    "per_image_miou: mean over images of the per-image mean IoU over classes present in that image; "
-    "NOT the pooled mIoU"
-)
-DASH = "—"
-
-
-def fmt(value: float | None, digits: int = 3) -> str:
-    """A ratio with ``digits`` decimals, or a dash where it is undefined."""
-    return DASH if value is None else f"{value:.{digits}f}"
-
-
-def pct(value: float | None) -> str:
-    return DASH if value is None else f"{100 * value:.1f}%"
 
 
 def data_uri(path: Path) -> str:
@@ -90,13 +69,6 @@ figcaption b{color:var(--fg)}
 .kv td{white-space:normal;word-break:break-all}
 a{color:var(--accent)}
 """
-
-
-def class_order(metrics: dict) -> list[int]:
-    """Class indices as reports list them: present classes by IoU (best first), then absent ones."""
-    per_class = metrics["per_class"]
-    present = sorted((i for i, c in enumerate(per_class) if c["present"]), key=lambda i: -per_class[i]["iou"])
-    return present + [i for i, c in enumerate(per_class) if not c["present"]]
 
 
 def _card(label: str, value: str, hint: str, main: bool = False) -> str:
@@ -171,18 +143,20 @@ def _figure(path: Path, folder: Path, alt: str, caption: str = "") -> str:
     return f"<figure>{top}{img}</figure>"
 
 
-def _examples(folder: Path, title: str, chosen: list[ImageResult], note: str) -> str:
+def _examples(folder: Path, examples: list[tuple[int, ImageResult]], scored: int) -> str:
+    """The images drawn by evaluate (``--figures N``: spread from best to worst), with their rank."""
     items = []
-    for rank, im in enumerate(chosen, 1):
-        caption = (
-            f"<b>#{rank} {escape(im.id)}</b> · mIoU {fmt(im.miou)} · pixel accuracy {pct(im.pixel_accuracy)}"
-        )
-        if im.panel is not None and Path(im.panel).is_file():
+    for rank, im in examples:
+        caption = (f"<b>#{rank} of {scored} · {escape(im.id)}</b> · mIoU {fmt(im.miou)} · "
+                   f"pixel accuracy {pct(im.pixel_accuracy)}")
+        if Path(im.panel).is_file():
             items.append(_figure(im.panel, folder, f"panels of {im.id}", caption))
         else:
-            items.append(f"<figure><figcaption>{caption} · no panel was written for this image</figcaption></figure>")
-    body = "".join(items) or '<p class="note">No scored images.</p>'
-    return f'<section><h2>{title}</h2><p class="note">{note}</p>{body}</section>'
+            items.append(f"<figure><figcaption>{caption} · its panel file is missing</figcaption></figure>")
+    body = "".join(items) or '<p class="note">No image was drawn (evaluate --figures 0).</p>'
+    note = ("Ranked by per-image mIoU (mean IoU over the classes present in that image), best first; "
+            "the images drawn are spread over that ranking (best, median, worst… see --figures).")
+    return f'<section><h2>Examples, best to worst</h2><p class="note">{note}</p>{body}</section>'
 
 
 def _details(context: dict, folder_files: Sequence[str]) -> str:
@@ -199,8 +173,8 @@ def render_html(
     scheme: LabelScheme,
     metrics: dict,
     per_image: dict,
-    best: list[ImageResult],
-    worst: list[ImageResult],
+    examples: list[tuple[int, ImageResult]],
+    scored: int,
     context: dict,
     training_curves: Path | None,
     files: Sequence[str],
@@ -254,9 +228,7 @@ def render_html(
     if training_curves is not None and Path(training_curves).is_file():
         curves = _figure(training_curves, folder, "Training curves of this run")
         parts.append(f"<section><h2>Training</h2>{curves}</section>")
-    note = "By per-image mIoU (mean IoU over the classes present in that image), {} first."
-    parts.append(_examples(folder, "Best images", best, note.format("highest")))
-    parts.append(_examples(folder, "Worst images", worst, note.format("lowest")))
+    parts.append(_examples(folder, examples, scored))
     parts.append(_details(context, files))
     title = f"{model} · {split} · droneseg evaluation"
     return (

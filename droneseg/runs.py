@@ -6,7 +6,8 @@ Contract
   on a clash). Under torchrun/SLURM/OAR every rank derives the same name from the job id; rank 0
   creates it, the others wait for it.
 * ``model.json`` holds all that ``predict``/``evaluate``/``export`` need (architecture, scheme,
-  working size); ``model.safetensors`` holds tensors only, so loading a model never unpickles.
+  working size and resize filter, inference settings, the identity of the training dataset);
+  ``model.safetensors`` holds tensors only, so loading a model never unpickles.
   Neither this module nor its callers import Lightning.
 
 >>> ModelInfo.from_dict(ModelInfo(model={"arch": "unet"}, scheme={}, long_side=512).to_dict()).long_side
@@ -30,6 +31,7 @@ from droneseg import __version__
 from droneseg.classes import DataError
 from droneseg.io import atomic_open, atomic_write_json
 from droneseg.schemes import LabelScheme
+from droneseg.tiler import InferenceConfig
 
 MODEL_FORMAT = 1
 RUN_DIR_ENV = "DRONESEG_RUN_DIR"  # set by the process that created the run folder, for the ones it launches
@@ -84,12 +86,21 @@ def new_run_dir(out: Path, name: str, wait_s: float = 300.0) -> Path:
 
 @dataclass
 class ModelInfo:
-    """What a trained model needs besides its weights."""
+    """What a trained model needs besides its weights.
+
+    ``long_side``/``image_filter``: how photos are brought to the working scale (as the training cache did);
+    ``inference``: :class:`~droneseg.tiler.InferenceConfig` values (tile, overlap, blend, TTA…);
+    ``dataset``: ``{"root", "fingerprint", "images"}`` of the training dataset, so that ``evaluate`` uses the run's
+    own split files only on that dataset.
+    """
 
     model: dict
     scheme: dict
     long_side: int | None
     crop: int | None = None
+    image_filter: str = "area"
+    inference: dict = field(default_factory=dict)
+    dataset: dict | None = None
     version: str = __version__
     format: int = MODEL_FORMAT
     extra: dict = field(default_factory=dict)
@@ -99,10 +110,17 @@ class ModelInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> ModelInfo:
+        d = dict(d)
+        if "image_filter" not in d and "image_filter" in d.get("extra", {}):  # models written before 0.2
+            d["image_filter"] = d["extra"]["image_filter"]
         return cls(**d)
 
     def label_scheme(self) -> LabelScheme:
         return LabelScheme.from_dict(self.scheme)
+
+    def inference_config(self) -> InferenceConfig:
+        """The model's inference settings (defaults for what it does not record)."""
+        return InferenceConfig.model_validate(self.inference)
 
 
 def save_model(folder: Path, net: torch.nn.Module, info: ModelInfo) -> Path:

@@ -5,16 +5,22 @@ Contract
 A scheme maps source indices (0..N-1 of a :class:`~droneseg.classes.ClassTable`) to K target
 classes 0..K-1 and ``IGNORE_INDEX`` (255) for ignored pixels. ``decode`` writes targets back in
 source numbering (a single-source target as that source; a group as its first listed source; the
-``rest`` group as the first remaining class in table order), so predictions open in any tool that
-reads the dataset, and ``encode(decode(t)) == t`` for every target.
+``rest`` group as the first remaining class in table order), and ``encode(decode(t)) == t`` for every target.
+
+Written masks (``predict``, ``evaluate --save-masks``) use :meth:`LabelScheme.written`: the dataset's numbering
+where every target is exactly one source class (``full``: masks drop into any tool that reads the dataset), the
+scheme's own 0..K-1 and colours where it groups classes (``six``, ``paved``, ``luma``: a ``dirt`` pixel would be a
+lie where the model said "not paved"); :data:`NUMBERINGS` lets a caller force either.
 ``luma`` is the one non-lookup scheme: the target is whether the mask colour's luminance is
 above the image's mean (the original project's 1-class mode); it has no source mapping.
 
 >>> s = SCHEMES["six"](ClassTable.builtin())
 >>> s.names
 ('paved-area', 'dirt', 'grass', 'roof', 'water', 'other')
->>> s.decode(s.encode(np.array([[1, 6, 9]], np.uint8))).tolist()  # rocks is 'other', written as gravel
+>>> s.decode(s.encode(np.array([[1, 6, 9]], np.uint8))).tolist()  # rocks is 'other', decoded as gravel
 [[1, 4, 9]]
+>>> s.written().names[-1], s.written().values.tolist()  # but masks are written in the scheme's own classes
+('other', [0, 1, 2, 3, 4, 5])
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ REST = "rest"
 """In a scheme file, ``sources: rest`` collects every source class not named elsewhere."""
 
 _REST_COLOR = (128, 128, 128)
+Numbering = Literal["auto", "dataset", "scheme"]
+NUMBERINGS: tuple[str, ...] = ("auto", "dataset", "scheme")
+"""How written masks number classes: ``auto`` (dataset's where the scheme maps one to one, else the scheme's),
+``dataset`` (source indices through ``decode``; a group is written as its first member), ``scheme`` (0..K-1)."""
 # ITU-R BT.601 luma weights, as PIL's convert("L")
 _LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114])
 
@@ -61,6 +71,33 @@ class SchemeSpec(BaseModel):
     name: str
     classes: list[TargetSpec] = Field(min_length=1)
     ignore: list[str] = ["unlabeled", "conflicting"]
+
+
+@dataclass(frozen=True)
+class WrittenClasses:
+    """The numbering of written masks: ``values[t]`` is the pixel value of target ``t``; ``names``/``colors``
+    describe every pixel value (the ``class_dict.csv`` written beside the masks), ``numbering`` which one it is."""
+
+    numbering: str  # "dataset" or "scheme"
+    values: np.ndarray  # (K,) uint8: target -> written value
+    names: tuple[str, ...]
+    colors: np.ndarray  # (N, 3) uint8, one row per written value
+
+    def apply(self, labels: np.ndarray) -> np.ndarray:
+        """(…) uint8 targets -> (…) uint8 written values (ignored pixels, 255, stay 255)."""
+        lut = np.full(256, 255, np.uint8)
+        lut[: len(self.values)] = self.values
+        return lut[labels]
+
+    @property
+    def target_colors(self) -> np.ndarray:
+        """(K, 3) uint8: the colour each target is drawn in."""
+        return self.colors[self.values]
+
+    def to_csv(self) -> str:
+        """The class table of the written values, in the dataset's ``class_dict`` format (``name, r, g, b``)."""
+        rows = "".join(f"{n}, {r}, {g}, {b}\n" for n, (r, g, b) in zip(self.names, self.colors.tolist()))
+        return "name, r, g, b\n" + rows
 
 
 @dataclass(frozen=True, eq=False)
@@ -98,6 +135,24 @@ class LabelScheme:
         lut = np.zeros(256, dtype=np.uint8)
         lut[: self.num_classes] = self.write_as
         return lut[target]
+
+    @property
+    def one_to_one(self) -> bool:
+        """True when every target is exactly one source class (so source numbering loses nothing)."""
+        if self.lut is None:
+            return False
+        counts = np.bincount(self.lut[: len(self.table)], minlength=256)[: self.num_classes]
+        return bool((counts == 1).all())
+
+    def written(self, numbering: Numbering = "auto") -> WrittenClasses:
+        """The numbering masks are written in (see the module contract); raises KeyError for an unknown one."""
+        if numbering not in NUMBERINGS:
+            raise KeyError(f"unknown numbering {numbering!r}; choose from {list(NUMBERINGS)}")
+        if numbering == "dataset" and self.is_luma:
+            raise ValueError("the luma scheme has no source classes: its masks are written as dark 0 / bright 1")
+        if numbering == "dataset" or (numbering == "auto" and self.one_to_one):
+            return WrittenClasses("dataset", self.write_as.copy(), self.table.names, self.table.colors)
+        return WrittenClasses("scheme", np.arange(self.num_classes, dtype=np.uint8), self.names, self.colors)
 
     def colorize(self, target: np.ndarray) -> np.ndarray:
         """(…) targets -> (…, 3) uint8 in the scheme's colours; ignored pixels black."""

@@ -1,24 +1,30 @@
-"""Sliding-window inference in bounded memory: a working-size photo -> blended logits in row bands -> labels.
+"""Sliding-window inference in bounded memory: the only way a network meets a photo.
+
+Validation during training, ``evaluate`` and ``predict`` all call :meth:`Tiler.labels` (or, for validation's loss,
+:meth:`Tiler.bands`) with the settings of :class:`InferenceConfig`, which ``model.json`` records and the command line
+may override; so the same photo gives the same labels everywhere.
 
 Contract
 --------
-* ``run``: float32 (B, 3, th, tw) in [0, 1] -> float32 logits (B, K, th, tw) (a torch net or an ONNX session).
-* ``Tiler.bands(image)``: (h, w, 3) uint8 -> yields ``(y0, (K, n, w) float32)`` for working rows y0..y0+n, top to
-  bottom, each row once. A pixel's logits are the weighted mean over the tiles covering it; the window (cosine or
-  Gaussian) is positive everywhere and flat on the sides that touch the image border, so every pixel has positive
-  total weight and border pixels are not left to a window's faint tail.
+* ``run``: float32 (B, 3, th, tw) in [0, 1] -> float logits (B, K, th, tw) (a torch net or an ONNX session).
+* ``Tiler.bands(image)``: (h, w, 3) uint8 -> yields ``(y0, (n, w, K) float32)`` for working rows y0..y0+n, top to
+  bottom, each row once (channels last: what the upsampler reads). A pixel's logits are the weighted mean over the
+  tiles covering it; the window (cosine or Gaussian) is positive everywhere and flat on the sides that touch the
+  image border, so every pixel has positive total weight and border pixels are not left to a window's faint tail.
 * ``Tiler.labels(image, (H, W))``: (H, W) uint8 target indices: the argmax of the blended logits upsampled
   bilinearly (``align_corners=False``, as ``F.interpolate``), band by band: rows are interpolated at working
-  width, columns only where two neighbouring source pixels disagree (:func:`upsampled_argmax`). ``luma=True``
-  marks pixels whose bright-class probability exceeds the image's mean (the original 1-class mode); that mean
-  needs the whole map, so luma keeps one (H, W) float32 map (96 MB for 6000x4000), never K of them.
+  width, columns only where two neighbouring source pixels disagree (:func:`upsampled_argmax`). This is the one
+  upsampler of the package. ``luma="mean"|"median"`` marks pixels whose bright-class probability exceeds that
+  statistic of the image's own map (the original 1-class mode); it needs the whole map, so luma keeps one (H, W)
+  float32 map (96 MB for 6000x4000), never K of them. ``on_samples`` receives the upsampled K logits of every
+  ``sample_stride``-th output row and column (for evaluation's PR/ROC histograms), never a full (K, H, W) map.
 * Memory: only the rows the next band of tiles overlaps are kept; the largest float buffer is about
   max(K·tile·w, batch·K·tile², BAND_ELEMS), never K·H·W. ``peak_buffer_elems`` records it (the network's own
   activations are not counted: they scale with batch·tile²).
 
 >>> tiler = Tiler(lambda x: x[:, :2], num_classes=2, tile=4, overlap=0.5)
 >>> [(y0, tuple(b.shape)) for y0, b in tiler.bands(np.zeros((6, 5, 3), np.uint8))]
-[(0, (2, 2, 5)), (2, (2, 4, 5))]
+[(0, (2, 5, 2)), (2, (4, 5, 2))]
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
 BAND_ELEMS = 1 << 22
@@ -49,6 +56,50 @@ def gaussian_window(n: int) -> Tensor:
 
 
 WINDOWS: dict[str, Callable[[int], Tensor]] = {"cosine": cosine_window, "gaussian": gaussian_window}
+LumaThreshold = Literal["mean", "median"]
+SampleSink = Callable[[Tensor, Tensor], None]
+"""``on_samples(ys, logits)``: output rows ``ys`` (m,) int64 and their upsampled logits (m, ceil(W / stride), K) at
+columns 0, stride, 2·stride…"""
+
+
+class InferenceConfig(BaseModel):
+    """How a network meets a photo; saved in ``model.json``, overridable by ``evaluate`` and ``predict`` options."""
+
+    model_config = ConfigDict(extra="forbid")
+    tile: int = Field(default=512, ge=16, description="tile side at working scale, pixels")
+    overlap: float = Field(default=0.25, ge=0.0, lt=1.0, description="share of a tile shared with its neighbour")
+    batch: int = Field(default=4, ge=1, description="tiles per forward pass")
+    blend: Literal["gaussian", "cosine"] = Field(default="gaussian", description="window weighting overlapping tiles")
+    tta: bool = Field(default=False, description="average over horizontal, vertical and both flips")
+    luma_threshold: LumaThreshold = Field(default="mean", description="luma scheme: split each map at its mean/median")
+
+    def override(self, **values: object) -> InferenceConfig:
+        """A copy with the values that are not None replaced; raises ValueError naming the option and the problem."""
+        try:
+            return InferenceConfig.model_validate({**self.model_dump(), **{k: v for k, v in values.items() if v is not None}})
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "inference settings"
+            raise ValueError(f"{option}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+_LUMA_STATS = {
+    "mean": lambda x: x.mean(-1),
+    "median": lambda x: x.median(-1).values,  # lower median; torch.quantile refuses > 2**24 elements
+}
+
+
+def luma_threshold(prob: Tensor, how: LumaThreshold = "mean") -> Tensor:
+    """Bright-class probability map (…, H, W) -> uint8 0/1 mask, 1 where prob > that map's own mean or median.
+
+    The original project's 1-class mode: each image is split at its own statistic, not at 0.5.
+    """
+    if how not in _LUMA_STATS:
+        raise KeyError(f"unknown luma threshold {how!r}; choose from {sorted(_LUMA_STATS)}")
+    if prob.ndim < 2 or not prob.is_floating_point():
+        raise ValueError(f"prob must be a float (…, H, W) map, got {prob.dtype} of shape {tuple(prob.shape)}")
+    level = _LUMA_STATS[how](prob.flatten(-2))  # (…,)
+    return (prob > level[..., None, None]).to(torch.uint8)
 
 
 def tile_origins(n: int, t: int, stride: int) -> list[int]:
@@ -96,6 +147,7 @@ class Columns:
     """How W output columns sample w source columns (bilinear, PyTorch's rule), grouped by source column pair."""
 
     left: Tensor  # (W,) int64: left source column of each output column
+    right: Tensor  # (W,) int64: right source column (= left on the last column)
     fx: Tensor  # (W,) float32: weight of the right one
     start: Tensor  # (w - 1,) int64: first output column strictly between source columns j and j + 1 (fx > 0)
     count: Tensor  # (w - 1,) int64: how many output columns lie there
@@ -103,13 +155,20 @@ class Columns:
 
     @classmethod
     def between(cls, w: int, W: int, device: torch.device) -> Columns:
-        left, _, fx = source_index(w, W)
+        left, right, fx = source_index(w, W)
         key = 2 * left + (fx > 0).long()  # non-decreasing: fx grows within a pair; fx == 0 copies the left pixel
         pair = 2 * torch.arange(w - 1) + 1
         start = torch.searchsorted(key, pair)
         count = torch.searchsorted(key, pair, right=True) - start
         span = int(count.max()) if w > 1 else 0
-        return cls(left.to(device), fx.to(device), start.to(device), count.to(device), span)
+        return cls(left.to(device), right.to(device), fx.to(device), start.to(device), count.to(device), span)
+
+    def interpolate(self, rows: Tensor, index: Tensor | None = None) -> Tensor:
+        """(n, w, …) source columns -> (n, W', …) at the output columns ``index`` (default all W): exact bilinear."""
+        left, right, fx = (self.left, self.right, self.fx) if index is None else (
+            self.left[index], self.right[index], self.fx[index])
+        fx = fx.view(1, -1, *([1] * (rows.ndim - 2)))
+        return torch.lerp(rows.index_select(1, left), rows.index_select(1, right), fx)
 
 
 def upsampled_argmax(
@@ -153,7 +212,7 @@ class Tiler:
     overlap: float = 0.25
     batch: int = 4
     tta: bool = False
-    blend: str = "cosine"
+    blend: str = "gaussian"
     device: torch.device = torch.device("cpu")
     peak_buffer_elems: int = 0  # largest float buffer so far, in elements
     interpolated_pixels: int = 0  # output pixels whose K logits were interpolated (the rest took a shared class)
@@ -168,20 +227,25 @@ class Tiler:
         if self.blend not in WINDOWS:
             raise KeyError(f"unknown blend {self.blend!r}; choose from {sorted(WINDOWS)}")
 
+    @classmethod
+    def from_config(cls, run: Callable[[Tensor], Tensor], num_classes: int, cfg: InferenceConfig,
+                    device: torch.device | str = "cpu") -> Tiler:
+        return cls(run, num_classes, cfg.tile, cfg.overlap, cfg.batch, cfg.tta, cfg.blend, torch.device(device))
+
     def _track(self, *buffers: Tensor) -> None:
         """Record the largest float buffer."""
         self.peak_buffer_elems = max(self.peak_buffer_elems, *(b.numel() for b in buffers))
 
     def _infer(self, x: Tensor) -> Tensor:
-        """(B, 3, th, tw) -> (B, K, th, tw), averaged over horizontal, vertical and both flips with ``tta``."""
-        out = flip_average(self.run, x, self.tta)
+        """(B, 3, th, tw) -> (B, K, th, tw) float32, averaged over horizontal, vertical and both flips with ``tta``."""
+        out = flip_average(self.run, x, self.tta).float()  # float32 also under autocast
         self._track(out)
         return out
 
     @torch.inference_mode()
-    def bands(self, image: np.ndarray) -> Iterator[tuple[int, Tensor]]:
-        """(h, w, 3) uint8 -> (y0, (K, n, w) blended logits) per finished band of working rows."""
-        # 1. setup: tile grid, per-tile axis weights, the accumulator of one tile row's height
+    def bands(self, image: np.ndarray | Tensor) -> Iterator[tuple[int, Tensor]]:
+        """(h, w, 3) uint8 -> (y0, (n, w, K) blended logits) per finished band of working rows."""
+        # 1. setup: tile grid, per-tile axis weights, the accumulator of one tile row's height (channels last)
         h, w = image.shape[:2]
         th, tw = min(self.tile, h), min(self.tile, w)
         ys = tile_origins(h, th, max(1, round(th * (1 - self.overlap))))
@@ -189,9 +253,12 @@ class Tiler:
         make = WINDOWS[self.blend]
         wys = [v.to(self.device) for v in axis_weights(ys, th, h, make(th))]
         wxs = [v.to(self.device) for v in axis_weights(xs, tw, w, make(tw))]
-        pixels = torch.from_numpy(np.array(image)).to(self.device)  # (h, w, 3) uint8, a writable copy
-        acc = torch.zeros((self.num_classes, th, w), device=self.device)  # rows y..y+th of the working image
-        wsum = torch.zeros((th, w), device=self.device)
+        if isinstance(image, Tensor):
+            pixels = image.to(self.device)
+        else:
+            pixels = torch.from_numpy(np.array(image)).to(self.device)  # (h, w, 3) uint8, a writable copy
+        acc = torch.zeros((th, w, self.num_classes), device=self.device)  # rows y..y+th of the working image
+        wsum = torch.zeros((th, w, 1), device=self.device)
         self._track(acc)
         # 2. loop: one row of tiles at a time, in batches along the row
         for r, y in enumerate(ys):
@@ -200,33 +267,38 @@ class Tiler:
                 crops = torch.stack([pixels[y : y + th, x : x + tw] for x in cols])  # (B, th, tw, 3)
                 logits = self._infer(crops.permute(0, 3, 1, 2).float().div_(255.0))  # (B, K, th, tw)
                 for b, x in enumerate(cols):
-                    weight = wys[r][:, None] * wxs[c0 + b][None, :]  # (th, tw)
-                    acc[:, :, x : x + tw].addcmul_(logits[b], weight)
+                    weight = (wys[r][:, None] * wxs[c0 + b][None, :])[..., None]  # (th, tw, 1)
+                    acc[:, x : x + tw].addcmul_(logits[b].permute(1, 2, 0), weight)
                     wsum[:, x : x + tw] += weight
             # 3. rows above the next tile row are final: emit them, shift the rest up
             n = (ys[r + 1] if r + 1 < len(ys) else h) - y
-            yield y, acc[:, :n] / wsum[:n]
-            acc = torch.cat([acc[:, n:], acc.new_zeros((self.num_classes, n, w))], dim=1)
-            wsum = torch.cat([wsum[n:], wsum.new_zeros((n, w))], dim=0)
+            yield y, acc[:n] / wsum[:n]  # (n, w, K)
+            acc = torch.cat([acc[n:], acc.new_zeros((n, w, self.num_classes))])
+            wsum = torch.cat([wsum[n:], wsum.new_zeros((n, w, 1))])
 
     @torch.inference_mode()
-    def labels(self, image: np.ndarray, size: tuple[int, int], luma: bool = False) -> np.ndarray:
-        """(h, w, 3) uint8 working-size photo -> (H, W) uint8 targets at ``size`` = (H, W)."""
+    def labels(
+        self,
+        image: np.ndarray | Tensor,
+        size: tuple[int, int],
+        luma: LumaThreshold | None = None,
+        on_samples: SampleSink | None = None,
+        sample_stride: int = 1,
+    ) -> np.ndarray:
+        """(h, w, 3) uint8 working-size photo -> (H, W) uint8 targets at ``size`` = (H, W) (see the contract)."""
         # 1. setup: PyTorch's bilinear source rows and columns of every output row and column
         h, w = image.shape[:2]
         H, W = size
         top, bottom, fy = source_index(h, H)
         fy = fy.to(self.device)
         cols = Columns.between(w, W, self.device)
+        sampled_cols = torch.arange(0, W, sample_stride, device=self.device)
         out = np.empty((H, W), np.uint8)
         prob = np.empty((H, W), np.float32) if luma else None
-        rows_per_band = max(1, BAND_ELEMS // (self.num_classes * W))
+        rows_per_band = max(1, BAND_ELEMS // (self.num_classes * max(w, W)))
         held, held_y0, Y = None, 0, 0  # finished working rows held_y0.. as (m, w, K); the next output row
         # 2. loop: as working rows finish, upsample every output row whose two source rows are ready
         for y0, band in self.bands(image):
-            if luma:  # bright-minus-dark logit: softmax[1] is its sigmoid, and it upsamples like the logits
-                band = band[1:] - band[:1]
-            band = band.permute(1, 2, 0).contiguous()  # (n, w, K)
             held = band if held is None else torch.cat([held, band])
             ready = y0 + band.shape[0]
             Y_end = H if ready == h else int(torch.searchsorted(bottom, ready))
@@ -234,20 +306,23 @@ class Tiler:
                 Y1 = min(Y_end, Y0 + rows_per_band)
                 t, b = (top[Y0:Y1] - held_y0).to(self.device), (bottom[Y0:Y1] - held_y0).to(self.device)
                 rows = torch.lerp(held[t], held[b], fy[Y0:Y1, None, None])  # (n, w, K): output rows, source columns
-                if prob is not None:
-                    up = F.interpolate(rows[None, None, :, :, 0], size=(Y1 - Y0, W), mode="bilinear",
-                                       align_corners=False)[0, 0]  # (n, W)
-                    prob[Y0:Y1] = torch.sigmoid(up).cpu().numpy()
+                self._track(rows)
+                if on_samples is not None:  # every stride-th output row and column, all K logits
+                    first = -Y0 % sample_stride
+                    if first < Y1 - Y0:
+                        picked = torch.arange(first, Y1 - Y0, sample_stride, device=self.device)
+                        on_samples(picked + Y0, cols.interpolate(rows.index_select(0, picked), sampled_cols))
+                if prob is not None:  # bright-minus-dark logit: softmax[1] is its sigmoid; it upsamples like logits
+                    prob[Y0:Y1] = torch.sigmoid(cols.interpolate(rows[..., 1] - rows[..., 0])).cpu().numpy()
                 else:
                     labels, mixed = upsampled_argmax(rows, cols, self._track)
                     out[Y0:Y1] = labels.cpu().numpy()
                     self.interpolated_pixels += mixed
-                    self._track(rows)
             Y = Y_end
             self._track(held)
             if Y < H:  # 3. drop the working rows no later output row reads
                 keep_from = int(top[Y]) - held_y0
                 held, held_y0 = held[keep_from:], held_y0 + keep_from
         if prob is not None:
-            out[:] = prob > prob.mean()
+            out[:] = luma_threshold(torch.from_numpy(prob), luma).numpy()
         return out

@@ -24,13 +24,27 @@ def tiny_net(num_classes: int, seed: int = 0) -> torch.nn.Module:
     return net
 
 
-def save_tiny_model(folder: Path, scheme: str = "full", long_side: int | None = 100) -> Path:
+def save_tiny_model(folder: Path, scheme: str = "full", long_side: int | None = 100, inference: dict | None = None,
+                    dataset: dict | None = None) -> Path:
     """``tiny_net`` saved as a run's model.safetensors + model.json in ``folder``."""
     s, cfg = get_scheme(scheme), ModelConfig(channels=[8, 16])
-    info = ModelInfo(model=cfg.model_dump(mode="json"), scheme=s.to_dict(), long_side=long_side)
+    info = ModelInfo(model=cfg.model_dump(mode="json"), scheme=s.to_dict(), long_side=long_side,
+                     inference=inference or {}, dataset=dataset)
     Path(folder).mkdir(parents=True, exist_ok=True)
     save_model(folder, tiny_net(s.num_classes), info)
     return Path(folder)
+
+
+class ShapeRecorder(torch.nn.Module):
+    """Wraps a net and records the (h, w) of every input it is given."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net, self.shapes = net, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.shapes.append(tuple(x.shape[-2:]))
+        return self.net(x)
 
 
 def scene(width: int, height: int, seed: int = 0) -> np.ndarray:

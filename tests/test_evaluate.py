@@ -1,68 +1,126 @@
-"""Evaluation at native resolution: banded upsampling, one truth with the written masks, errors."""
+"""Evaluation at native resolution through the tiler: one truth with predict's masks, any size, the right split."""
 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 from PIL import Image
 
-from droneseg.classes import DataError
+import droneseg.evaluate as evaluate_module
+from droneseg.classes import ClassTable, DataError
 from droneseg.data.layout import find_layout
-from droneseg.evaluate import evaluate, upsample_rows
+from droneseg.data.synthetic import write_synthetic
+from droneseg.evaluate import curve_stride, evaluate
 from droneseg.io import read_mask
+from droneseg.predict import predict
+from droneseg.runs import load_model
 from droneseg.schemes import get_scheme
-from helpers import save_tiny_model
+from helpers import ShapeRecorder, save_tiny_model
 
 
-def _model(tmp_path: Path, scheme_name: str, long_side: int | None) -> Path:
-    return save_tiny_model(tmp_path / "run", scheme_name, long_side)
-
-
-@pytest.mark.parametrize("rows", [1, 7, 64])
-def test_banded_upsampling_equals_one_interpolate(rows):
-    x = torch.randn(4, 17, 23)
-    full = F.interpolate(x[None], size=(61, 90), mode="bilinear", align_corners=False)[0]
-    bands = torch.cat([upsample_rows(x, (61, 90), y, min(61, y + rows)) for y in range(0, 61, rows)], dim=1)
-    assert torch.allclose(bands, full, atol=1e-5)
-
-
-def test_miou_equals_an_independent_recomputation_from_the_saved_masks(synth_root, tmp_path):
-    # 'six' has a 'rest' group: the saved masks must re-encode to the predicted targets
-    model = _model(tmp_path, "six", long_side=48)  # working size 48x32, masks scored at 96x64
-    folder = evaluate(model, synth_root, split="val", save_masks=True, figures=1, progress=False)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    scheme = get_scheme("six")
-    layout = find_layout(synth_root)
-    ids = (synth_root / "splits" / "val.txt").read_text().split()
-    cm = np.zeros((6, 6), np.int64)
+def rescore(data: Path, masks: Path, ids: list[str], scheme_name: str, numbering: str = "scheme") -> dict:
+    """Pooled mIoU and pixel accuracy of written masks, recomputed with plain numpy."""
+    scheme, table = get_scheme(scheme_name), find_layout(data).table
+    k = scheme.num_classes
+    cm = np.zeros((k, k), np.int64)
     for i in ids:
-        sample = layout.by_id()[i]
-        gt = scheme.encode(read_mask(sample.mask, "index", layout.table))
-        written = np.asarray(Image.open(folder / "masks" / f"{i}.png"))
+        gt = scheme.encode(read_mask(data / "label_images_semantic" / f"{i}.png", "index", table))
+        written = np.asarray(Image.open(masks / f"{i}.png"))
         assert written.shape == gt.shape  # native size
-        pred = scheme.encode(written)
+        pred = scheme.encode(written) if numbering == "dataset" else written
         keep = gt != 255
-        cm += np.bincount(gt[keep].astype(np.int64) * 6 + pred[keep], minlength=36).reshape(6, 6)
+        cm += np.bincount(gt[keep].astype(np.int64) * k + pred[keep], minlength=k * k).reshape(k, k)
     tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
     present = support > 0
-    miou = np.mean(tp[present] / (support + predicted - tp)[present])
-    assert metrics["miou"] == pytest.approx(miou, abs=1e-12)
-    assert metrics["pixel_accuracy"] == pytest.approx(tp.sum() / cm.sum(), abs=1e-12)
-    # the first image's figure, plus the best and worst images the report shows
-    panels = {p.stem for p in (folder / "predictions").iterdir()}
-    assert ids[0] in panels and len(panels) == min(len(ids), 1 + 2 * 3)
+    return {"miou": float(np.mean(tp[present] / (support + predicted - tp)[present])),
+            "pixel_accuracy": float(tp.sum() / cm.sum())}
+
+
+def val_ids(data: Path) -> list[str]:
+    return (data / "splits" / "val.txt").read_text().split()
+
+
+@pytest.mark.parametrize("numbering", ["auto", "dataset"])
+def test_miou_equals_an_independent_recomputation_from_the_saved_masks(synth_root, tmp_path, numbering):
+    # 'six' groups classes: by default its masks hold its own 0..5, with its class table beside them
+    model = save_tiny_model(tmp_path / "run", "six", long_side=48, inference={"tile": 24})  # 48x32 in 24² tiles
+    folder = evaluate(model, synth_root, save_masks=True, numbering=numbering, figures=3, progress=False)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    expected = rescore(synth_root, folder / "masks", val_ids(synth_root), "six",
+                       "dataset" if numbering == "dataset" else "scheme")
+    assert metrics["miou"] == pytest.approx(expected["miou"], abs=1e-12)
+    assert metrics["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
+    table = ClassTable.from_csv(folder / "masks" / "class_dict.csv")
+    assert table.names == (get_scheme("six").names if numbering == "auto" else get_scheme("six").table.names)
+    # three figures: the best, the median and the worst image
+    ranked = sorted(((-float(r.split(",")[1]), r.split(",")[0]) for r in
+                     (folder / "per_image.csv").read_text().splitlines()[1:]))
+    drawn = {p.stem for p in (folder / "predictions").iterdir()}
+    assert drawn == {ranked[0][1], ranked[(len(ranked) - 1) // 2][1], ranked[-1][1]}
     for name in ("metrics.txt", "per_class.csv", "confusion_matrix.png", "confusion_matrix_normalized.csv",
                  "pr_curves.png", "roc_curves.png", "report.html"):
         assert (folder / name).is_file(), name
+    assert metrics["context"]["inference"]["tile"] == 24 and metrics["context"]["curves"] == "every pixel"
+
+
+def test_predict_masks_rescore_evaluate_miou_when_the_photo_spans_several_tiles(tmp_path):
+    """One truth: a trained model whose working size spans 3x2 tiles; predict's masks give evaluate's mIoU."""
+    from typer.testing import CliRunner
+
+    from droneseg.cli import app
+
+    data = write_synthetic(tmp_path / "data", n=6, size=(384, 256), seed=3, val_fraction=0.34)
+    result = CliRunner().invoke(app, [
+        "train", "-c", "demo", "--data", str(data), "--out", str(tmp_path / "runs"), "--max-epochs", "2",
+        "--set", "model.channels=[8,16]", "--set", "data.crop=64", "--set", "data.batch_size=2",
+        "--set", "data.samples_per_epoch=4", "--set", "data.workers=0", "--set", "data.long_side=256",
+        "--set", "inference.tile=96", "--set", "inference.overlap=0.25", "--set", "train.sample_every=0",
+    ])
+    assert result.exit_code == 0, result.output
+    run = Path(result.stdout.strip().splitlines()[-1])
+    info = json.loads((run / "model.json").read_text())
+    assert info["inference"]["tile"] == 96 and info["long_side"] == 256  # 256x171 working size: 3x2 tiles
+    metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())  # training's final evaluation
+    ids = val_ids(data)
+    predict(run, [data / "original_images" / f"{i}.jpg" for i in ids], tmp_path / "pred", progress=False)
+    expected = rescore(data, tmp_path / "pred", ids, "six")
+    assert metrics["miou"] == pytest.approx(expected["miou"], abs=1e-12)
+    assert metrics["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=1e-12)
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["val_miou_native"] == metrics["miou"]
+
+
+def test_a_native_size_model_is_evaluated_in_tiles_never_in_one_pass(synth_root, tmp_path, monkeypatch):
+    """long_side null: the network never sees more than a tile, and the numbers still match predict's masks."""
+    seen: list[tuple[int, int]] = []
+
+    def load(path, device):
+        net, info = load_model(path, device)
+        recorder = ShapeRecorder(net)
+        recorder.shapes = seen
+        return recorder, info
+
+    monkeypatch.setattr(evaluate_module, "load_model", load)
+    model = save_tiny_model(tmp_path / "run", "six", long_side=None, inference={"tile": 32, "overlap": 0.5})
+    metrics = json.loads((evaluate(model, synth_root, figures=0, progress=False) / "metrics.json").read_text())
+    assert seen and max(max(s) for s in seen) == 32  # 96x64 photos, 32-pixel tiles
+    ids = val_ids(synth_root)
+    predict(model, [synth_root / "original_images" / f"{i}.jpg" for i in ids], tmp_path / "pred", progress=False)
+    assert metrics["miou"] == pytest.approx(rescore(synth_root, tmp_path / "pred", ids, "six")["miou"], abs=1e-12)
+
+
+def test_curves_sample_large_images_on_a_regular_grid():
+    assert curve_stride(1000, 1500) == 1  # the dev set's photos: every pixel
+    assert curve_stride(4000, 6000) == 3  # 2000x1334 samples of a full-size photo
+    assert curve_stride(1, 10**7) == 3
 
 
 def test_luma_scheme_thresholds_each_map_and_scores_two_classes(synth_root, tmp_path):
-    model = _model(tmp_path, "luma", long_side=None)
+    model = save_tiny_model(tmp_path / "run", "luma", long_side=None, inference={"tile": 48})
     folder = evaluate(model, synth_root, split="val", luma="median", figures=0, progress=False)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["luma_threshold"] == "median"
@@ -72,8 +130,34 @@ def test_luma_scheme_thresholds_each_map_and_scores_two_classes(synth_root, tmp_
     assert predicted[1] / sum(predicted) == pytest.approx(0.5, abs=0.02)
 
 
+def test_the_runs_split_applies_only_to_the_dataset_it_was_trained_on(synth_root, tmp_path):
+    layout = find_layout(synth_root)
+    identity = {"root": str(synth_root), "fingerprint": layout.fingerprint(), "images": len(layout.samples)}
+    model = save_tiny_model(tmp_path / "run", "paved", long_side=48, dataset=identity)
+    own = sorted(s.id for s in layout.samples)[:2]  # the run's own val split differs from the dataset's
+    (tmp_path / "run" / "splits").mkdir()
+    (tmp_path / "run" / "splits" / "val.txt").write_text("\n".join(own) + "\n")
+    metrics = json.loads((evaluate(model, synth_root, figures=0, progress=False) / "metrics.json").read_text())
+    assert metrics["context"]["images"] == 2 and metrics["context"]["trained_on_this_dataset"] is True
+    assert metrics["context"]["split_file"] == str((tmp_path / "run" / "splits" / "val.txt").resolve())
+    # a moved copy is the same dataset
+    copy = Path(shutil.copytree(synth_root, tmp_path / "moved"))
+    metrics = json.loads((evaluate(model, copy, figures=0, progress=False) / "metrics.json").read_text())
+    assert metrics["context"]["images"] == 2
+    # another dataset: its own splits/val.txt, recorded in metrics.json
+    other = write_synthetic(tmp_path / "other", n=5, size=(96, 64), seed=11, val_fraction=0.4)
+    metrics = json.loads((evaluate(model, other, figures=0, progress=False) / "metrics.json").read_text())
+    assert metrics["context"]["trained_on_this_dataset"] is False
+    assert metrics["context"]["split_file"] == str((other / "splits" / "val.txt").resolve())
+    assert metrics["context"]["images"] == len(val_ids(other)) and metrics["context"]["dataset_fingerprint"]
+    # ...and without one, an error that says what to do
+    shutil.rmtree(other / "splits")
+    with pytest.raises(DataError, match="not the dataset the model was trained on.*--split FILE"):
+        evaluate(model, other, progress=False)
+
+
 def test_unknown_split_file_is_a_one_line_error(synth_root, tmp_path):
-    model = _model(tmp_path, "six", long_side=48)
+    model = save_tiny_model(tmp_path / "run", "six", long_side=48)
     with pytest.raises(DataError, match="not train/val/test or a file of ids"):
         evaluate(model, synth_root, split="nope.txt", progress=False)
     ids = tmp_path / "ids.txt"
@@ -83,29 +167,9 @@ def test_unknown_split_file_is_a_one_line_error(synth_root, tmp_path):
 
 
 def test_an_evaluation_is_never_overwritten(synth_root, tmp_path):
-    model = _model(tmp_path, "paved", long_side=48)
+    model = save_tiny_model(tmp_path / "run", "paved", long_side=48)
     first = evaluate(model, synth_root, figures=0, progress=False)
     second = evaluate(model, synth_root, figures=0, progress=False)
     assert (first.name, second.name) == ("val", "val-2") and (first / "metrics.json").is_file()
     with pytest.raises(DataError, match="exists and is not empty"):
         evaluate(model, synth_root, out=first, progress=False)
-
-
-def test_masks_written_by_predict_score_the_same_miou(synth_root, tmp_path):
-    """One truth: evaluate, and scoring predict's masks (one tile covers the working size), agree exactly."""
-    from droneseg.predict import predict
-
-    model = _model(tmp_path, "six", long_side=48)
-    metrics = json.loads((evaluate(model, synth_root, figures=0, progress=False) / "metrics.json").read_text())
-    ids = (synth_root / "splits" / "val.txt").read_text().split()
-    predict(model, [synth_root / "original_images" / f"{i}.jpg" for i in ids], tmp_path / "pred", progress=False)
-    scheme, table = get_scheme("six"), find_layout(synth_root).table
-    cm = np.zeros((6, 6), np.int64)
-    for i in ids:
-        gt = scheme.encode(read_mask(synth_root / "label_images_semantic" / f"{i}.png", "index", table))
-        pred = scheme.encode(np.asarray(Image.open(tmp_path / "pred" / f"{i}.png")))
-        keep = gt != 255
-        cm += np.bincount(gt[keep].astype(np.int64) * 6 + pred[keep], minlength=36).reshape(6, 6)
-    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
-    present = support > 0
-    assert metrics["miou"] == pytest.approx(np.mean(tp[present] / (support + predicted - tp)[present]), abs=1e-12)

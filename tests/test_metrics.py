@@ -11,7 +11,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torchmetrics.classification import MulticlassAUROC, MulticlassAveragePrecision
 
-from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics, luma_threshold
+from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics
+from droneseg.tiler import luma_threshold
 from droneseg.schemes import get_scheme
 
 IGN = 255

@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from droneseg.classes import DataError
+from droneseg.classes import ClassTable, DataError
 from droneseg.predict import output_paths, predict, write_outputs
+from droneseg.runs import load_model
 from droneseg.schemes import get_scheme
 from droneseg.tiler import Tiler, axis_weights, cosine_window, tile_origins
-from helpers import save_tiny_model, scene, tiny_net
+from helpers import ShapeRecorder, save_tiny_model, scene, tiny_net
 
 # Tiled vs whole-image logits of the tiny U-Net below (tile 64, overlap 0.5, 200x136): measured max |diff|
 # 0.011-0.022 (cosine) and 0.0014-0.003 (gaussian) over 5 seeds, logits' std ≈ 0.37; zero padding at tile
@@ -53,8 +54,8 @@ def test_blending_reproduces_a_pixelwise_net_exactly(blend, tta):
     tiler = Tiler(lambda x: x * 2.0, num_classes=3, tile=16, overlap=0.3, batch=3, tta=tta, blend=blend)
     bands = list(tiler.bands(image))
     assert [y0 for y0, _ in bands] == sorted({y0 for y0, _ in bands}) and bands[0][0] == 0
-    blended = torch.cat([b for _, b in bands], dim=1)  # (3, 37, 53)
-    expected = torch.from_numpy(image).permute(2, 0, 1).float() / 255 * 2
+    blended = torch.cat([b for _, b in bands])  # (37, 53, 3)
+    expected = torch.from_numpy(image).float() / 255 * 2
     assert torch.allclose(blended, expected, atol=1e-5)
 
 
@@ -73,7 +74,7 @@ def test_full_size_labels_are_the_argmax_of_one_bilinear_upsampling():
 def test_luma_labels_threshold_the_bright_probability_at_its_mean():
     image = scene(60, 40)
     run = pixelwise(torch.tensor([[1.0, -2.0], [0.5, 3.0], [-1.0, 1.0]]))
-    labels = Tiler(run, num_classes=2, tile=32).labels(image, (80, 120), luma=True)
+    labels = Tiler(run, num_classes=2, tile=32).labels(image, (80, 120), luma="mean")
     up = F.interpolate(run(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255), size=(80, 120),
                        mode="bilinear", align_corners=False)[0]
     prob = up.softmax(0)[1]
@@ -84,7 +85,7 @@ def test_luma_labels_threshold_the_bright_probability_at_its_mean():
 def test_tiled_prediction_matches_a_single_pass_over_the_whole_image(blend):
     net = tiny_net(22)
     image = scene(200, 136)
-    tiled = torch.cat([b for _, b in Tiler(net, 22, tile=64, overlap=0.5, blend=blend).bands(image)], dim=1)
+    tiled = torch.cat([b for _, b in Tiler(net, 22, tile=64, overlap=0.5, blend=blend).bands(image)]).permute(2, 0, 1)
     with torch.inference_mode():
         whole = net(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)[0]  # (22, 136, 200)
     assert len(whole.argmax(0).unique()) >= 5  # the labels vary, so agreement means something
@@ -116,6 +117,42 @@ def test_predict_writes_masks_colours_and_overlays_at_photo_size_in_dataset_numb
         source = np.asarray(mask)
         assert set(np.unique(source)) <= set(scheme.write_as.tolist())  # dataset indices: no 0, no 23
         assert np.array_equal(np.asarray(color), scheme.table.index_to_rgb(source))
+    assert ClassTable.from_csv(tmp_path / "out" / "class_dict.csv") == scheme.table  # full maps one to one
+
+
+@pytest.mark.parametrize(
+    ("scheme_name", "numbering", "values", "table"),
+    [
+        ("paved", "auto", {0, 1}, ["other", "paved-area"]),
+        ("six", "auto", set(range(6)), ["paved-area", "dirt", "grass", "roof", "water", "other"]),
+        ("six", "dataset", None, None),  # forced: the dataset's numbering, a group written as its first member
+        ("full", "scheme", set(range(22)), None),  # forced: 0..21
+    ],
+)
+def test_grouping_schemes_write_their_own_classes_with_a_class_table(tmp_path, scheme_name, numbering, values, table):
+    model = save_tiny_model(tmp_path / "m", scheme=scheme_name, inference={"tile": 32})
+    Image.fromarray(scene(120, 80)).save(tmp_path / "p.png")
+    predict(model, [tmp_path / "p.png"], tmp_path / "out", numbering=numbering, progress=False)
+    scheme = get_scheme(scheme_name)
+    written = ClassTable.from_csv(tmp_path / "out" / "class_dict.csv")
+    mask = np.asarray(Image.open(tmp_path / "out" / "p.png"))
+    color = np.asarray(Image.open(tmp_path / "out" / "p_color.png"))
+    assert np.array_equal(color, written.colors[mask])  # every pixel in its class table colour
+    if numbering == "dataset":
+        assert written == scheme.table and set(np.unique(mask)) <= set(scheme.write_as.tolist())
+        return
+    assert written.names == (tuple(table) if table else scheme.names) and set(np.unique(mask)) <= values
+    assert np.array_equal(written.colors, scheme.colors)  # the colours the report paints these classes in
+
+
+def test_luma_median_splits_every_photo_in_half(tmp_path):
+    model = save_tiny_model(tmp_path / "m", scheme="luma", inference={"tile": 32})
+    Image.fromarray(scene(120, 80)).save(tmp_path / "p.png")
+    for rule in ("mean", "median"):
+        predict(model, [tmp_path / "p.png"], tmp_path / rule, luma=rule, progress=False)
+    median = np.asarray(Image.open(tmp_path / "median" / "p.png"))
+    assert median.mean() == pytest.approx(0.5, abs=0.01)
+    assert not np.array_equal(median, np.asarray(Image.open(tmp_path / "mean" / "p.png")))
 
 
 def test_overlay_is_the_photo_blended_half_and_half_with_the_class_colours(tmp_path):
@@ -123,7 +160,7 @@ def test_overlay_is_the_photo_blended_half_and_half_with_the_class_colours(tmp_p
     photo = np.full((64, 96, 3), (100, 150, 200), np.uint8)
     labels = np.zeros((64, 96), np.uint8)
     labels[:, 48:] = 2  # paved-area | grass
-    counts = write_outputs(photo, labels, scheme, output_paths(Path("p.jpg"), tmp_path))
+    counts = write_outputs(photo, labels, scheme.written(), output_paths(Path("p.jpg"), tmp_path))
     assert counts.tolist() == [48 * 64, 0, 48 * 64] + [0] * 19
     overlay = np.asarray(Image.open(tmp_path / "p_overlay.jpg")).astype(int)
     paved, grass = (128, 64, 128), (0, 102, 0)
@@ -131,10 +168,31 @@ def test_overlay_is_the_photo_blended_half_and_half_with_the_class_colours(tmp_p
     assert np.abs(overlay[:, 56:] - np.add((100, 150, 200), grass) / 2).max() <= 3
 
 
-def test_scale_predicts_coarser_but_writes_full_size_outputs(model_dir, tmp_path):
-    Image.fromarray(scene(160, 96)).save(tmp_path / "p.png")
-    predict(model_dir, [tmp_path / "p.png"], tmp_path / "out", tile=32, scale=0.25, progress=False)
-    assert Image.open(tmp_path / "out" / "p.png").size == (160, 96)
+def test_scale_writes_smaller_outputs_while_the_network_sees_its_training_scale(tmp_path, monkeypatch):
+    """A preview changes the written size only: the same tiles reach the network, areas stay in photo units."""
+    import droneseg.predict as predict_module
+
+    model = save_tiny_model(tmp_path / "m", long_side=100, inference={"tile": 32})
+    Image.fromarray(scene(200, 120)).save(tmp_path / "p.png")
+    seen = {}
+    for scale in (1.0, 0.25):
+        recorder = {}
+
+        def load(path, device, _rec=recorder):
+            net, info = load_model(path, device)
+            _rec["net"] = ShapeRecorder(net)
+            return _rec["net"], info
+
+        monkeypatch.setattr(predict_module, "load_model", load)
+        out = tmp_path / f"out{scale}"
+        summary = predict(model, [tmp_path / "p.png"], out, scale=scale, gsd=0.1, progress=False)
+        seen[scale] = recorder["net"].shapes
+        rows = list(csv.DictReader(summary.class_areas.open()))
+        assert sum(float(r["area_m2"]) for r in rows) == pytest.approx(200 * 120 * 0.1**2, rel=1e-6)
+    assert seen[1.0] == seen[0.25] and set(seen[1.0]) == {(32, 32)}  # working size 100x60 in 32-pixel tiles
+    full, preview = (np.asarray(Image.open(tmp_path / f"out{s}" / "p.png")) for s in (1.0, 0.25))
+    assert full.shape == (120, 200) and preview.shape == (30, 50)
+    assert (preview == full[1::4, 1::4]).mean() >= 0.9  # the same map, sampled near the same ground points
 
 
 def test_class_areas_shares_sum_to_one_and_square_metres_are_pixels_times_gsd_squared(model_dir, tmp_path):
@@ -217,6 +275,8 @@ def test_bad_inputs_fail_before_any_work_naming_the_problem(model_dir, tmp_path)
         predict(model_dir, [tmp_path / "x.png"], tmp_path, progress=False)
     with pytest.raises(ValueError, match="scale"):
         predict(model_dir, [tmp_path / "x.png"], tmp_path / "out", scale=2.0, progress=False)
-    with pytest.raises(KeyError, match="gaussian"):
-        predict(model_dir, [tmp_path / "x.png"], tmp_path / "out", blend="box", progress=False)  # type: ignore
+    with pytest.raises(ValueError, match="--blend: .*gaussian"):
+        predict(model_dir, [tmp_path / "x.png"], tmp_path / "out", blend="box", progress=False)
+    with pytest.raises(KeyError, match="numbering"):
+        predict(model_dir, [tmp_path / "x.png"], tmp_path / "out", numbering="both", progress=False)  # type: ignore
     assert not (tmp_path / "out").exists()

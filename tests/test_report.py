@@ -16,7 +16,7 @@ from PIL import Image
 
 from droneseg.metrics import PerImageIoU, SegmentationMetrics
 from droneseg.plots import prediction_panels, training_curves
-from droneseg.report import ImageResult, best_and_worst, write_evaluation
+from droneseg.report import ImageResult, spread, write_evaluation
 from droneseg.schemes import LabelScheme, SchemeSpec, TargetSpec, build_scheme, get_scheme
 
 FILES = (
@@ -177,8 +177,9 @@ def test_html_is_self_contained_and_shows_every_class_and_example(full_case: Cas
     assert page.count('src="data:image/png;base64,') == 4 + 1 + 4 and "<h2>Training</h2>" in page
     for name in full_case.scheme.names:
         assert f"{name}</td>" in page or f"{name}<span" in page, name
-    assert "Best images" in page and "Worst images" in page
-    assert page.count("no panel was written") == 2  # img4 and img5 were written without one
+    assert "Examples, best to worst" in page
+    assert page.count(" of 6 · img") == 4  # the 4 drawn images, each with its rank; img4 and img5 have no panel
+    assert "img4" not in page.split("Examples, best to worst")[1]
     assert "absent from ground truth" in page and "not the pooled mIoU" in page
 
 
@@ -192,18 +193,21 @@ def test_html_escapes_class_names_and_context(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("mious", "best", "worst"),
+    ("mious", "n", "chosen"),
     [
-        ([0.9, 0.1, 0.5, None, 0.7, 0.3, 0.8, float("nan")], ["a", "g", "e"], ["b", "f", "c"]),
-        ([0.2, 0.6, 0.4, 0.8], ["d", "b"], ["a", "c"]),  # fewer than 6: no image in both lists
-        ([0.5], ["a"], []),
+        # ranking: a .9, g .8, e .7, c .5, f .3, b .1 (d and h have no score)
+        ([0.9, 0.1, 0.5, None, 0.7, 0.3, 0.8, float("nan")], 3, ["a", "e", "b"]),
+        ([0.9, 0.1, 0.5, None, 0.7, 0.3, 0.8, float("nan")], 2, ["a", "b"]),
+        ([0.9, 0.1, 0.5, None, 0.7, 0.3, 0.8, float("nan")], 1, ["e"]),  # the median of six: the 3rd
+        ([0.9, 0.1, 0.5, None, 0.7, 0.3, 0.8, float("nan")], 4, ["a", "e", "c", "b"]),
+        ([0.2, 0.6, 0.4, 0.8], 9, ["d", "b", "c", "a"]),  # more asked than scored: all, best first
+        ([0.5], 0, []),
     ],
-    ids=["seven-scored-unscored-skipped", "four-split-in-halves", "one-is-only-best"],
+    ids=["best-median-worst", "best-worst", "median", "four", "all", "none"],
 )
-def test_best_and_worst_are_ranked_by_per_image_miou(mious: list, best: list[str], worst: list[str]) -> None:
+def test_figures_are_spread_from_best_to_worst(mious: list, n: int, chosen: list[str]) -> None:
     images = [ImageResult(chr(ord("a") + i), m, None, None) for i, m in enumerate(mious)]
-    got_best, got_worst = best_and_worst(images)
-    assert [im.id for im in got_best] == best and [im.id for im in got_worst] == worst
+    assert [im.id for im in spread(images, n)] == chosen
 
 
 def test_mismatched_confusion_matrix_is_named(paved_case: Case, tmp_path: Path) -> None:

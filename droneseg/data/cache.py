@@ -23,19 +23,15 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 from droneseg.classes import ClassTable, DataError
 from droneseg.data.layout import Sample, image_size
-from droneseg.io import atomic_save, read_image, read_mask, working_size
+from droneseg.io import ImageFilter, atomic_save, read_mask, read_working_image
 
 CACHE_VERSION = 1
-ImageFilter = Literal["area", "bilinear"]
-_FILTERS = {"area": Image.Resampling.BOX, "bilinear": Image.Resampling.BILINEAR}
 
 
 def default_cache_dir() -> Path:
@@ -82,8 +78,8 @@ def _entry_paths(sample: Sample, key: str, cache_dir: Path) -> CacheEntry:
 
 def _build_one(args: tuple[Sample, ClassTable, int | None, ImageFilter, CacheEntry]) -> None:
     sample, table, long_side, image_filter, entry = args
-    size = working_size(image_size(sample.image), long_side)
-    image = read_image(sample.image, size=size, resample=_FILTERS[image_filter])
+    image = read_working_image(sample.image, long_side, image_filter)
+    size = (image.shape[1], image.shape[0])
     mask = None
     if sample.mask is not None:
         msize = image_size(sample.mask)

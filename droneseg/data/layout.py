@@ -18,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +60,15 @@ class Layout:
 
     def by_id(self) -> dict[str, Sample]:
         return {s.id: s for s in self.samples}
+
+    def fingerprint(self) -> str:
+        """16 hex digits naming this dataset's content, wherever it lies: the class table and every pair's id and
+        file sizes (no pixels read; a copy or a move keeps it, adding, removing or replacing a file changes it)."""
+        h = hashlib.sha256("\n".join(self.table.names).encode() + self.table.colors.tobytes())
+        for s in sorted(self.samples, key=lambda s: s.id):
+            sizes = [p.stat().st_size if p is not None else -1 for p in (s.image, s.mask)]
+            h.update(f"\n{s.id}:{sizes[0]}:{sizes[1]}:{s.mask_kind}".encode())
+        return h.hexdigest()[:16]
 
 
 def _files(folder: Path, suffixes: tuple[str, ...], problems: list[str]) -> dict[str, Path]:

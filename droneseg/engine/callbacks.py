@@ -15,7 +15,6 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 
 from droneseg.io import atomic_write_text
 from droneseg.plots import prediction_panels
@@ -115,12 +114,12 @@ class SampleFigures(pl.Callback):
             return
         dm = trainer.datamodule
         rows = []
+        tiler = pl_module.tiler()  # the path validation, evaluate and predict take
         for entry in dm.entries["val"][: self.count]:
             image, mask = entry.load()
             target = dm.scheme.encode(mask)
-            x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].to(pl_module.device)
-            with torch.no_grad():
-                pred = pl_module(x).argmax(1)[0].cpu().numpy().astype(np.uint8)
+            luma = pl_module.inference_cfg.luma_threshold if dm.scheme.is_luma else None
+            pred = tiler.labels(image, target.shape, luma=luma)
             rows.append((entry.id, np.asarray(image), target, pred))
         if rows:
             prediction_panels(rows, dm.scheme, self.folder / f"epoch_{epoch:03d}.png", title=f"epoch {epoch}")

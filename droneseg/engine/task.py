@@ -3,9 +3,12 @@
 Contract
 --------
 Batches are ``(image uint8 (B, 3, h, w), target int64 (B, h, w))``; the net sees ``image / 255``.
-Logged per epoch: ``train/loss`` (and each loss term), ``val/loss``, ``val/miou`` (pooled over the
-val split at working size), ``val/pixel_accuracy``, ``lr``. Everything in ``hparams`` is plain data,
-so checkpoints load without unpickling our classes.
+Training steps run the net on crops; validation runs it through :class:`~droneseg.tiler.Tiler` with the run's
+inference settings, the path ``evaluate`` and ``predict`` take, over whole working-size images.
+Logged per epoch: ``train/loss`` (and each loss term), ``val/loss`` (each band of tiled logits' loss,
+averaged with its valid pixels as weights: exact for CE and focal, close for Dice and Lovász), ``val/miou``
+(pooled over the val split at working size), ``val/pixel_accuracy``, ``lr``. Everything in ``hparams`` is
+plain data, so checkpoints load without unpickling our classes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from droneseg.losses import LossConfig, build_loss, class_weights_from_counts
 from droneseg.metrics import SegmentationMetrics
 from droneseg.models import ModelConfig, build_model
 from droneseg.schemes import LabelScheme
+from droneseg.tiler import InferenceConfig, Tiler
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 
@@ -83,12 +87,14 @@ class TrainConfig(BaseModel):
 
 
 class SegmentationTask(pl.LightningModule):
-    def __init__(self, model: dict, loss: dict, train: dict, scheme: dict, class_weights: list[float] | None = None):
+    def __init__(self, model: dict, loss: dict, train: dict, scheme: dict, class_weights: list[float] | None = None,
+                 inference: dict | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = ModelConfig.model_validate(model)
         self.loss_cfg = LossConfig.model_validate(loss)
         self.train_cfg = TrainConfig.model_validate(train)
+        self.inference_cfg = InferenceConfig.model_validate(inference or {})
         self.scheme = LabelScheme.from_dict(scheme)
         self.configure_models()
         self.configure_losses(class_weights)
@@ -117,26 +123,37 @@ class SegmentationTask(pl.LightningModule):
         x = image.float() / 255.0 if image.dtype == torch.uint8 else image
         return self.net(x)
 
-    def _shared_step(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> torch.Tensor:
-        image, target = batch
-        logits = self(image)
+    def tiler(self) -> Tiler:
+        """The tiler every whole photo goes through (validation, sample figures), on this module's device."""
+        return Tiler.from_config(self.net, self.scheme.num_classes, self.inference_cfg, self.device)
+
+    def _shared_step(self, logits: torch.Tensor, target: torch.Tensor, stage: str, weight: int) -> torch.Tensor:
+        """Loss of (B, K, h, w) logits against (B, h, w) targets; logged with ``weight`` (images or pixels)."""
         loss, parts = self.criterion(logits, target)
-        bs = image.shape[0]
         on_step = stage == "train"
-        self.log(f"{stage}/loss", loss.detach(), prog_bar=True, on_step=on_step, on_epoch=True, batch_size=bs,
+        self.log(f"{stage}/loss", loss.detach(), prog_bar=True, on_step=on_step, on_epoch=True, batch_size=weight,
                  sync_dist=not on_step)
         if len(parts) > 1:
             for name, value in parts.items():
-                self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+                self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=weight, sync_dist=True)
         if stage == "val":
             self.val_metrics.update(logits.detach(), target)
         return loss
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self._shared_step(batch, "train")
+        image, target = batch
+        return self._shared_step(self(image), target, "train", image.shape[0])
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        """Whole working-size images through the tiler; loss and metrics band by band (bounded memory)."""
+        image, target = batch
+        tiler = self.tiler()
+        for b in range(image.shape[0]):
+            for y0, band in tiler.bands(image[b].permute(1, 2, 0)):  # (n, w, K)
+                rows = target[b : b + 1, y0 : y0 + band.shape[0]]  # (1, n, w)
+                valid = int((rows != self.scheme.ignore_index).sum())
+                if valid:
+                    self._shared_step(band.permute(2, 0, 1)[None], rows, "val", valid)
 
     def on_validation_epoch_end(self) -> None:
         result = self.val_metrics.compute()  # synchronised across ranks by torchmetrics

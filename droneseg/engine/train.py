@@ -102,9 +102,12 @@ def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTa
     if best and best.is_file():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         task.load_state_dict(state)
+    dataset = {"root": str(Path(cfg.data.root).resolve()), "fingerprint": dm.layout.fingerprint(),
+               "images": len(dm.layout.samples)}
     info = ModelInfo(model=cfg.model.model_dump(mode="json"), scheme=dm.scheme.to_dict(), long_side=cfg.data.long_side,
-                     crop=cfg.data.crop, extra={"run": run.name, "best_checkpoint": best.name if best else None,
-                            "image_filter": cfg.data.image_filter})
+                     crop=cfg.data.crop, image_filter=cfg.data.image_filter,
+                     inference=cfg.inference.model_dump(mode="json"), dataset=dataset,
+                     extra={"run": run.name, "best_checkpoint": best.name if best else None})
     save_model(run, task.net, info)
     rows = read_metrics_csv(run / "logs" / "metrics.csv") if (run / "logs" / "metrics.csv").exists() else []
     if rows:
@@ -129,7 +132,7 @@ def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTa
     if cfg.train.final_eval:
         from droneseg.evaluate import evaluate  # the same code path as `droneseg evaluate`: one truth
 
-        folder = evaluate(run, cfg.data.root, split="val", figures=cfg.train.samples,
+        folder = evaluate(run, cfg.data.root, split="val", figures=2 * cfg.train.samples,
                           device=str(trainer.strategy.root_device), cache_dir=cfg.data.cache_dir,
                           progress=sys.stderr.isatty())
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
@@ -174,7 +177,8 @@ def train(cfg: RunConfig, out: Path | None = None, resume: Path | None = None) -
             atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
             save_splits(dm.splits, run / "splits")
     task = SegmentationTask(cfg.model.model_dump(mode="json"), cfg.loss.model_dump(mode="json"),
-                            cfg.train.model_dump(mode="json"), dm.scheme.to_dict())
+                            cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),
+                            inference=cfg.inference.model_dump(mode="json"))
     trainer = _trainer(cfg, run)
     start = time.monotonic()
     trainer.fit(task, datamodule=dm, ckpt_path=str(run / "checkpoints" / "last.ckpt") if resume else None)
