@@ -15,28 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import resource
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from common import PHOTO, machine, peak_rss_mb, timing_model
+
 TILES = (256, 512, 768)
 SCALES = (0.5, 0.25)
-PHOTO = (6000, 4000)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so a
-    child started from a big parent would report the parent's peak."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        line = next(x for x in status.read_text().splitlines() if x.startswith("VmHWM:"))
-        return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == "darwin" else 1024)
 
 
 def child(config: dict) -> dict:
@@ -62,32 +50,19 @@ def child(config: dict) -> dict:
 def make_inputs(root: Path, n_photos: int) -> tuple[Path, Path, dict]:
     """The model folder (with model.onnx) and a folder of identical synthetic 6000x4000 JPEGs."""
     import numpy as np
-    import torch
     from PIL import Image
 
     from droneseg.data.synthetic import render_scene
     from droneseg.export import export
-    from droneseg.models import ModelConfig, build_model, model_summary
-    from droneseg.runs import ModelInfo, save_model
-    from droneseg.schemes import get_scheme
 
-    scheme, cfg = get_scheme("full"), ModelConfig(channels=[16, 32, 64, 128])
-    torch.manual_seed(0)
-    net = build_model(cfg, scheme.num_classes).eval()
-    with torch.no_grad():
-        for m in net.modules():
-            if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
-                m.weight.mul_(2.0)
-    model_info = ModelInfo(model=cfg.model_dump(mode="json"), scheme=scheme.to_dict(), long_side=768)
-    save_model(root / "model", net, model_info)
-    exported = export(root / "model")
+    model, desc = timing_model(root / "model", long_side=768)
+    exported = export(model)
     image, _ = render_scene(1500, 1000, np.random.default_rng(0))
     photo = Image.fromarray(image).resize(PHOTO, Image.Resampling.BICUBIC)
     (root / "photos").mkdir()
     for i in range(n_photos):
         photo.save(root / "photos" / f"photo{i}.jpg", quality=92)
-    info = {"model": {**cfg.model_dump(mode="json"), **model_summary(net), "long_side": 768, "scheme": "full"},
-            "onnx_parity_max_abs_diff": exported.max_abs_diff}
+    info = {"model": desc, "onnx_parity_max_abs_diff": exported.max_abs_diff}
     return root / "model", root / "photos", info
 
 
@@ -103,9 +78,8 @@ def label_stats(mask_path: Path) -> dict:
 
 def versions() -> dict:
     import onnxruntime
-    import torch
 
-    return {"torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+    return {**machine(), "onnxruntime": onnxruntime.__version__}
 
 
 def main() -> None:
@@ -136,8 +110,7 @@ def main() -> None:
                   f"peak RSS {row['peak_rss_mb']} MB", flush=True)
     report = {
         "what": "droneseg predict on a 6000x4000 JPEG, seconds and peak RSS per photo, one process per config",
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), **versions()},
+        "machine": versions(),
         "photo_size": list(PHOTO),
         "photos_per_config": args.photos,
         **info,

@@ -244,7 +244,12 @@ class Tiler:
 
     @torch.inference_mode()
     def bands(self, image: np.ndarray | Tensor) -> Iterator[tuple[int, Tensor]]:
-        """(h, w, 3) uint8 -> (y0, (n, w, K) blended logits) per finished band of working rows."""
+        """(h, w, 3) uint8 -> (y0, (n, w, K) blended logits) per finished band of working rows (fresh tensors)."""
+        for y0, band in self._bands(image):
+            yield y0, band.clone()
+
+    def _bands(self, image: np.ndarray | Tensor) -> Iterator[tuple[int, Tensor]]:
+        """As :meth:`bands`, but each band is a view of the accumulator, valid until the next one is asked for."""
         # 1. setup: tile grid, per-tile axis weights, the accumulator of one tile row's height (channels last)
         h, w = image.shape[:2]
         th, tw = min(self.tile, h), min(self.tile, w)
@@ -253,10 +258,6 @@ class Tiler:
         make = WINDOWS[self.blend]
         wys = [v.to(self.device) for v in axis_weights(ys, th, h, make(th))]
         wxs = [v.to(self.device) for v in axis_weights(xs, tw, w, make(tw))]
-        if isinstance(image, Tensor):
-            pixels = image.to(self.device)
-        else:
-            pixels = torch.from_numpy(np.array(image)).to(self.device)  # (h, w, 3) uint8, a writable copy
         acc = torch.zeros((th, w, self.num_classes), device=self.device)  # rows y..y+th of the working image
         wsum = torch.zeros((th, w, 1), device=self.device)
         self._track(acc)
@@ -264,17 +265,25 @@ class Tiler:
         for r, y in enumerate(ys):
             for c0 in range(0, len(xs), self.batch):
                 cols = xs[c0 : c0 + self.batch]
-                crops = torch.stack([pixels[y : y + th, x : x + tw] for x in cols])  # (B, th, tw, 3)
+                if isinstance(image, Tensor):
+                    crops = torch.stack([image[y : y + th, x : x + tw] for x in cols]).to(self.device)
+                else:  # copies of the tiles only: the photo may be a read-only memory map of 72 MB
+                    crops = torch.from_numpy(np.stack([image[y : y + th, x : x + tw] for x in cols])).to(self.device)
                 logits = self._infer(crops.permute(0, 3, 1, 2).float().div_(255.0))  # (B, K, th, tw)
                 for b, x in enumerate(cols):
                     weight = (wys[r][:, None] * wxs[c0 + b][None, :])[..., None]  # (th, tw, 1)
                     acc[:, x : x + tw].addcmul_(logits[b].permute(1, 2, 0), weight)
                     wsum[:, x : x + tw] += weight
-            # 3. rows above the next tile row are final: emit them, shift the rest up
+                del logits
+            # 3. rows above the next tile row are final: emit them, then shift the rest up in place
             n = (ys[r + 1] if r + 1 < len(ys) else h) - y
-            yield y, acc[:n] / wsum[:n]  # (n, w, K)
-            acc = torch.cat([acc[n:], acc.new_zeros((n, w, self.num_classes))])
-            wsum = torch.cat([wsum[n:], wsum.new_zeros((n, w, 1))])
+            yield y, acc[:n].div_(wsum[:n])  # (n, w, K)
+            for i in range(0, th - n, n):  # chunks of n rows never overlap their source: no full-size temporary
+                m = min(n, th - n - i)
+                acc[i : i + m].copy_(acc[i + n : i + n + m])
+                wsum[i : i + m].copy_(wsum[i + n : i + n + m])
+            acc[th - n :].zero_()
+            wsum[th - n :].zero_()
 
     @torch.inference_mode()
     def labels(
@@ -298,8 +307,8 @@ class Tiler:
         rows_per_band = max(1, BAND_ELEMS // (self.num_classes * max(w, W)))
         held, held_y0, Y = None, 0, 0  # finished working rows held_y0.. as (m, w, K); the next output row
         # 2. loop: as working rows finish, upsample every output row whose two source rows are ready
-        for y0, band in self.bands(image):
-            held = band if held is None else torch.cat([held, band])
+        for y0, band in self._bands(image):
+            held = band if held is None or not len(held) else torch.cat([held, band])
             ready = y0 + band.shape[0]
             Y_end = H if ready == h else int(torch.searchsorted(bottom, ready))
             for Y0 in range(Y, Y_end, rows_per_band):
@@ -320,9 +329,9 @@ class Tiler:
                     self.interpolated_pixels += mixed
             Y = Y_end
             self._track(held)
-            if Y < H:  # 3. drop the working rows no later output row reads
+            if Y < H:  # 3. keep only the working rows later output rows read (a copy: the band is a view)
                 keep_from = int(top[Y]) - held_y0
-                held, held_y0 = held[keep_from:], held_y0 + keep_from
+                held, held_y0 = held[keep_from:].clone(), held_y0 + keep_from
         if prob is not None:
             out[:] = luma_threshold(torch.from_numpy(prob), luma).numpy()
         return out
