@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import resource
+import subprocess
 import sys
 from pathlib import Path
 
@@ -55,3 +57,13 @@ def machine() -> dict:
                  if x.startswith("model name")]
         cpu = names[0] if names else cpu
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+
+
+def in_child(script: str, config: dict, timeout: float = 1800) -> dict:
+    """Run ``python SCRIPT --child CONFIG`` in a fresh process, so that its peak RSS is its own; -> the JSON object
+    it prints last. Raises SystemExit with the end of its stderr when it fails."""
+    proc = subprocess.run([sys.executable, script, "--child", json.dumps(config)], capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode:
+        raise SystemExit(f"{Path(script).name} --child {config} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])

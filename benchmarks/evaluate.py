@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import PHOTO, machine, peak_rss_mb, timing_model
+from common import PHOTO, in_child, machine, peak_rss_mb, timing_model
 
 
 def child(config: dict) -> dict:
@@ -52,11 +50,7 @@ def child(config: dict) -> dict:
 
 
 def run(config: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(config)], capture_output=True, text=True,
-                          timeout=1800)
-    if proc.returncode:
-        raise SystemExit(f"{config['job']} failed:\n{proc.stderr[-3000:]}")
-    row = json.loads(proc.stdout.strip().splitlines()[-1])
+    row = in_child(__file__, config)
     print(f"{row['job']:8s} long side {str(row['long_side']):>4s}, {row['photos']} photos: "
           f"{row['seconds_per_photo']:6.2f} s/photo, peak RSS {row['peak_rss_mb']} MB", flush=True)
     return row

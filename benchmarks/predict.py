@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import PHOTO, machine, peak_rss_mb, timing_model
+from common import PHOTO, in_child, machine, peak_rss_mb, timing_model
 
 TILES = (256, 512, 768)
 SCALES = (0.5, 0.25)
@@ -101,9 +99,7 @@ def main() -> None:
             out = Path(tmp) / f"out-{backend}-{tile}-{scale}"
             cfg = {"model": str(model), "photos": str(photos), "out": str(out), "backend": backend, "tile": tile,
                    "scale": scale}
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], capture_output=True,
-                                  text=True, check=True, timeout=600)
-            row = {**json.loads(proc.stdout.strip().splitlines()[-1]), **label_stats(out / "photo0.png")}
+            row = {**in_child(__file__, cfg, timeout=600), **label_stats(out / "photo0.png")}
             results.append(row)
             print(f"{backend:5s} tile {tile:3d} scale {scale:4.2f}: {row['seconds_per_photo']:6.2f} s/photo "
                   f"(read {row['read_s']:.2f}, infer {row['infer_s']:.2f}, write {row['write_s']:.2f}), "
