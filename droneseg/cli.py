@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -94,6 +95,7 @@ def train(
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder.")] = None,
 ) -> None:
     """Train a model; prints the run folder."""
+    started = time.monotonic()  # --max-time counts from here, the heavy imports included
     from droneseg.config import load_config
     from droneseg.engine.train import train as run_training
 
@@ -107,7 +109,7 @@ def train(
     if resume is not None and overrides:
         raise typer.BadParameter("--resume continues a run exactly as configured; it takes no other options")
     cfg = load_config(config, overrides)
-    run = run_training(cfg, out=out, resume=resume)
+    run = run_training(cfg, out=out, resume=resume, started=started)
     typer.echo(str(run))
 
 
@@ -201,6 +203,7 @@ def demo(
     set_: SetOpt = None,
 ) -> None:
     """No data, no arguments: synthesise scenes, train the small U-Net on CPU, evaluate, predict, print where."""
+    started = time.monotonic()
     from droneseg.config import load_config
     from droneseg.data.layout import read_split_file
     from droneseg.data.synthetic import write_synthetic
@@ -211,7 +214,7 @@ def demo(
     if not (data / "splits" / "val.txt").is_file():
         write_synthetic(data, n=DEMO_SCENES, size=DEMO_SIZE, seed=0)
     cfg = load_config("demo", [f"data.root={data.resolve()}", *(set_ or [])])
-    run = run_training(cfg, out=out)
+    run = run_training(cfg, out=out, started=started)
     photos = [data / "original_images" / f"{i}.jpg" for i in read_split_file(data / "splits" / "val.txt")[:3]]
     predict(run, photos, run / "predict", progress=False)
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))

@@ -31,7 +31,8 @@ class LossConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     terms: dict[str, float] = Field(default_factory=lambda: {"ce": 1.0})
-    class_weights: Literal["none", "inverse", "median"] = "none"
+    class_weights: Literal["none", "inverse", "median", "sqrt"] = Field(
+        default="none", description="from training pixel frequencies f: inverse 1/f, median median(f)/f, sqrt 1/sqrt(f)")
     focal_gamma: float = Field(default=2.0, ge=0.0)
 
     @field_validator("terms")
@@ -129,11 +130,13 @@ def build_loss(cfg: LossConfig, ignore_index: int, class_weights: Tensor | None 
     return CombinedLoss(cfg.terms, ignore_index, class_weights, cfg.focal_gamma)
 
 
-def class_weights_from_counts(counts: np.ndarray, how: Literal["none", "inverse", "median"]) -> np.ndarray | None:
+def class_weights_from_counts(counts: np.ndarray, how: Literal["none", "inverse", "median", "sqrt"]) -> np.ndarray | None:
     """Per-class loss weights from (K,) training pixel counts; classes never seen get weight 0.
 
     inverse: w_k = N / (K_seen * n_k), so a uniform distribution gives 1 everywhere.
     median: w_k = median(f) / f_k over the seen classes (Eigen & Fergus 2015).
+    sqrt: w_k = f_k^-1/2 / sum_j f_j^1/2, the gentle re-weighting (the mean weight per pixel is 1; full inverse
+    weights are known to make rare classes over-predicted, Mahajan et al. 2018 use the square root for sampling).
     """
     if how == "none":
         return None
@@ -144,6 +147,9 @@ def class_weights_from_counts(counts: np.ndarray, how: Literal["none", "inverse"
     w = np.zeros_like(counts)
     if how == "inverse":
         w[seen] = counts.sum() / (seen.sum() * counts[seen])
+    elif how == "sqrt":
+        freq = counts[seen] / counts.sum()
+        w[seen] = freq**-0.5 / np.sum(freq**0.5)
     else:
         freq = counts[seen] / counts.sum()
         w[seen] = np.median(freq) / freq

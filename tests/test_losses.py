@@ -83,6 +83,10 @@ def test_class_weights_by_hand():
     # median frequency: freqs 0.6, 0.3, 0.1 -> median 0.3
     assert class_weights_from_counts(counts, "median") == pytest.approx([0.5, 1.0, 3.0, 0])
     assert class_weights_from_counts(counts, "none") is None
+    # sqrt: f = (.6, .3, .1); w = f^-1/2 / sum f^1/2; the pixel-weighted mean weight is 1
+    f = np.array([0.6, 0.3, 0.1])
+    w = class_weights_from_counts(counts, "sqrt")
+    assert w == pytest.approx([*(f**-0.5 / np.sum(f**0.5)), 0], rel=1e-6) and float(f @ w[:3]) == pytest.approx(1.0)
 
 
 def test_unknown_loss_names_choices():

@@ -157,3 +157,36 @@ def test_a_finished_run_is_not_resumed(synth_root, tmp_path):
     run = _train(synth_root, tmp_path / "runs", "--max-epochs", "1", "--set", "train.final_eval=false")
     result = RUN.invoke(app, ["train", "--resume", str(run)])
     assert result.exit_code != 0 and "this run finished (stopped by max_epochs)" in str(result.exception)
+
+
+def test_the_budget_covers_the_command_and_the_schedule_ends_when_it_does(synth_root, tmp_path):
+    """The budget, not the epoch count, stops the run; by then the cosine schedule has decayed to its end."""
+    t0 = time.monotonic()
+    run = _train(synth_root, tmp_path / "runs", "--max-epochs", "10000", "--max-time", "25s",
+                 "--set", "train.schedule=cosine", "--set", "train.lr=0.01", "--set", "train.sample_every=0",
+                 "--set", "data.samples_per_epoch=8")
+    wall = time.monotonic() - t0
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["stopped_by"] == "max_time" and "val_miou_native" in summary  # final evaluation included
+    assert summary["command_s"] <= 25 and wall <= 25 + 5  # returns within the budget (+ CliRunner's overhead)
+    plan = summary["schedule"]
+    assert plan["done_steps"] >= 20 and abs(plan["done_steps"] - plan["planned_steps"]) <= 0.15 * plan["planned_steps"]
+    assert plan["final_lr"] <= 0.01 * 0.1  # near the schedule's end (1% of the peak), far below the peak
+    lrs = [float(r["lr"]) for r in _rows(run)]
+    assert max(lrs) > 5 * lrs[-1]  # it rose and decayed within the budget
+
+
+@pytest.mark.parametrize(
+    ("schedule", "points"),
+    [
+        ("cosine", {0.0: 0.1, 0.05: 1.0, 0.525: 0.505, 1.0: 0.01}),
+        ("onecycle", {0.0: 1 / 25, 0.3: 1.0, 0.65: (1 + 4e-6) / 2, 1.0: 4e-6}),
+        ("none", {0.0: 1.0, 1.0: 1.0}),
+    ],
+)
+def test_schedules_as_a_function_of_progress(schedule, points):
+    from droneseg.engine.budget import lr_factor
+
+    warmup = 0.3 if schedule == "onecycle" else 0.05
+    for progress, expected in points.items():
+        assert lr_factor(progress, schedule, warmup) == pytest.approx(expected, rel=1e-6), progress

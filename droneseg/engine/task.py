@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from droneseg.classes import DataError
+from droneseg.engine.budget import StepPlan, lr_factor
 from droneseg.losses import LossConfig, build_loss, class_weights_from_counts
 from droneseg.metrics import SegmentationMetrics
 from droneseg.models import ModelConfig, build_model
@@ -54,7 +55,10 @@ class TrainConfig(BaseModel):
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     momentum: float = Field(default=0.9, ge=0, lt=1)
-    schedule: Literal["cosine", "onecycle", "plateau", "none"] = "cosine"
+    schedule: Literal["cosine", "onecycle", "plateau", "none"] = Field(
+        default="cosine", description="over the planned optimiser steps (fitted to max_time when given); plateau: per epoch")
+    warmup: float | None = Field(default=None, ge=0.0, lt=1.0,
+                                 description="share of the planned steps spent warming up; null: 0.05 cosine, 0.3 onecycle")
     precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
         default="auto", description="auto: bf16-mixed on GPUs that support it, else 32 (CPU autocast is slow)"
     )
@@ -96,6 +100,7 @@ class SegmentationTask(pl.LightningModule):
         self.train_cfg = TrainConfig.model_validate(train)
         self.inference_cfg = InferenceConfig.model_validate(inference or {})
         self.scheme = LabelScheme.from_dict(scheme)
+        self.plan = StepPlan(total=0)  # the optimiser steps the schedule spans; a Budget re-plans it
         self.configure_models()
         self.configure_losses(class_weights)
         self.configure_metrics()
@@ -170,17 +175,15 @@ class SegmentationTask(pl.LightningModule):
             opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         else:
             opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
-        if cfg.schedule == "none":
-            return opt
-        if cfg.schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.max_epochs, eta_min=cfg.lr * 0.01)
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-        if cfg.schedule == "onecycle":
-            total = int(self.trainer.estimated_stepping_batches)
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(total, 1))
-            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=3)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "monitor": "val/miou"}}
+        if cfg.schedule == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.5, patience=3)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch", "monitor": "val/miou"}}
+        if not self.plan.total:  # no budget (or none restored): the steps max_epochs allows
+            self.plan.total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = cfg.warmup if cfg.warmup is not None else (0.3 if cfg.schedule == "onecycle" else 0.05)
+        plan, schedule = self.plan, cfg.schedule
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(plan.progress(step), schedule, warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Global RNG states, so a resumed run draws what an uninterrupted one would have."""

@@ -20,13 +20,14 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, Timer, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
 
 from droneseg import __version__
 from droneseg.classes import DataError
 from droneseg.config import RunConfig, dump_config, validate
 from droneseg.data.datamodule import DroneDataModule
 from droneseg.data.splits import save_splits
+from droneseg.engine.budget import Budget
 from droneseg.engine.callbacks import EpochLog, SampleFigures
 from droneseg.engine.task import SegmentationTask, parse_duration
 from droneseg.io import atomic_write_json, atomic_write_text
@@ -43,7 +44,15 @@ def _precision(cfg: RunConfig) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def _trainer(cfg: RunConfig, run: Path) -> pl.Trainer:
+def _budget(cfg: RunConfig, task: SegmentationTask, started: float) -> Budget | None:
+    """The whole command's time budget (``max_time``), counted from ``started``."""
+    if not cfg.train.max_time:
+        return None
+    return Budget(started, parse_duration(cfg.train.max_time).total_seconds(), task.plan, cfg.train.accumulate,
+                  cfg.train.final_eval, cfg.data.crop**2)
+
+
+def _trainer(cfg: RunConfig, run: Path, budget: Budget | None) -> pl.Trainer:
     t = cfg.train
     interactive = sys.stderr.isatty()
     callbacks = [
@@ -56,8 +65,8 @@ def _trainer(cfg: RunConfig, run: Path) -> pl.Trainer:
         callbacks.append(TQDMProgressBar())
     if t.patience:
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=t.patience))
-    if t.max_time:
-        callbacks.append(Timer(duration=parse_duration(t.max_time), interval="step"))
+    if budget is not None:
+        callbacks.append(budget)
     return pl.Trainer(
         default_root_dir=run,
         max_epochs=t.max_epochs,
@@ -88,14 +97,15 @@ def _stopped_by(trainer: pl.Trainer) -> str:
     if trainer.interrupted:
         return "interrupted"
     for cb in trainer.callbacks:
-        if isinstance(cb, Timer) and cb.time_remaining() is not None and cb.time_remaining() <= 0:
+        if isinstance(cb, Budget) and cb.stopped:
             return "max_time"
         if isinstance(cb, EarlyStopping) and cb.stopped_epoch > 0:
             return "early_stopping"
     return "max_epochs"
 
 
-def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTask, dm: DroneDataModule) -> None:
+def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTask, dm: DroneDataModule,
+            budget: Budget | None, started: float) -> None:
     """Best weights → model files, curves, summary. Rank 0 only."""
     ckpt = trainer.checkpoint_callback
     best = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None
@@ -127,17 +137,23 @@ def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTa
         "precision": str(trainer.precision),
         "device": str(trainer.strategy.root_device),
         "class_weights": task.hparams.class_weights,
+        "schedule": {"name": cfg.train.schedule, "planned_steps": task.plan.total, "done_steps": trainer.global_step,
+                     "final_lr": trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else None},
+        **({"budget": budget.summary(trainer)} if budget is not None else {}),
         **_peak_memory_mb(),
     }
     if cfg.train.final_eval:
         from droneseg.evaluate import evaluate  # the same code path as `droneseg evaluate`: one truth
 
+        t_eval = time.monotonic()
         folder = evaluate(run, cfg.data.root, split="val", figures=2 * cfg.train.samples,
                           device=str(trainer.strategy.root_device), cache_dir=cfg.data.cache_dir,
                           progress=sys.stderr.isatty())
         metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
         summary["val_miou_native"] = metrics["miou"]
         summary["eval_report"] = str((folder / "report.html").relative_to(run))
+        summary["final_eval_s"] = round(time.monotonic() - t_eval, 1)
+    summary["command_s"] = round(time.monotonic() - started, 1)  # this session, from the command's start
     atomic_write_json(run / "train_summary.json", summary)
 
 
@@ -146,8 +162,13 @@ def _environment() -> dict:
             "python": sys.version.split()[0], "argv": sys.argv}
 
 
-def train(cfg: RunConfig, out: Path | None = None, resume: Path | None = None) -> Path:
-    """Train (or resume) a run; returns the run folder."""
+def train(cfg: RunConfig, out: Path | None = None, resume: Path | None = None, started: float | None = None) -> Path:
+    """Train (or resume) a run; returns the run folder.
+
+    ``started``: ``time.monotonic()`` when the command began (default: now); ``train.max_time`` counts from there
+    and covers the cache, training and the final evaluation.
+    """
+    started = time.monotonic() if started is None else started
     if resume is not None:
         run = Path(resume)
         ckpt = run / "checkpoints" / "last.ckpt"
@@ -179,10 +200,11 @@ def train(cfg: RunConfig, out: Path | None = None, resume: Path | None = None) -
     task = SegmentationTask(cfg.model.model_dump(mode="json"), cfg.loss.model_dump(mode="json"),
                             cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),
                             inference=cfg.inference.model_dump(mode="json"))
-    trainer = _trainer(cfg, run)
+    budget = _budget(cfg, task, started)
+    trainer = _trainer(cfg, run, budget)
     start = time.monotonic()
     trainer.fit(task, datamodule=dm, ckpt_path=str(run / "checkpoints" / "last.ckpt") if resume else None)
     if trainer.is_global_zero:
-        _finish(cfg, run, trainer, task, dm)
+        _finish(cfg, run, trainer, task, dm, budget, started)
         print(f"trained {trainer.current_epoch} epochs in {time.monotonic() - start:.0f} s", file=sys.stderr)
     return run
