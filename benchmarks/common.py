@@ -67,3 +67,20 @@ def in_child(script: str, config: dict, timeout: float = 1800) -> dict:
     if proc.returncode:
         raise SystemExit(f"{Path(script).name} --child {config} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def fp32_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
+    """This machine's fp32 matrix-multiply rate (GFLOP/s), from the best of ``repeats`` n x n products: the peak
+    that training throughput is compared with."""
+    import time
+
+    import torch
+
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9

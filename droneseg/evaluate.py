@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
+import warnings
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -63,28 +64,40 @@ def split_ids(split: str, run_splits: Path | None, data_root: Path) -> tuple[lis
     """Ids of ``split`` -> (ids, name, the file read).
 
     ``train``/``val``/``test``: the run's own split file when ``run_splits`` is given (the data is the dataset the
-    model was trained on), else the dataset's ``splits/``; anything else is a file of ids.
+    model was trained on: then only the run's files count, since another file could hold its training ids), else
+    the dataset's ``splits/``; anything else is a file of ids.
     """
     if split in ("train", "val", "test"):
-        folders = [run_splits, data_root / "splits"] if run_splits is not None else [data_root / "splits"]
-        for folder in folders:
-            path = folder / f"{split}.txt"
-            if path.is_file() and read_split_file(path):  # a run writes an empty test.txt when it has none
-                return read_split_file(path), split, path
-        where = " or ".join(str(f) for f in folders)
-        hint = "" if run_splits is not None else (
-            "; this is not the dataset the model was trained on, so its run's split files do not apply: "
-            "pass --split FILE with the ids to score")
-        raise DataError(f"no {split}.txt in {where}{hint}")
+        folder = run_splits if run_splits is not None else data_root / "splits"
+        path = folder / f"{split}.txt"
+        if path.is_file() and read_split_file(path):  # a run writes an empty test.txt when it has none
+            return read_split_file(path), split, path
+        if run_splits is not None:
+            raise DataError(f"{path}: the run has no {split} split (empty or missing); pass --split FILE")
+        raise DataError(f"no {split}.txt in {folder}; this is not the dataset the model was trained on, so its "
+                        "run's split files do not apply: pass --split FILE with the ids to score")
     path = Path(split)
     if not path.is_file():
         raise DataError(f"--split {split!r}: not train/val/test or a file of ids")
     return read_split_file(path), path.stem, path
 
 
-def trained_on(info: ModelInfo, layout: Layout) -> bool:
-    """Whether ``layout`` is the dataset the model was trained on (same content fingerprint, wherever it lies)."""
-    return bool(info.dataset) and info.dataset.get("fingerprint") == layout.fingerprint()
+def trained_on(info: ModelInfo, layout: Layout, model_dir: Path) -> bool:
+    """Whether ``layout`` is the dataset the model was trained on: the same content fingerprint, wherever it lies.
+
+    Models written before fingerprints were recorded count as trained on any dataset holding every id of their
+    run's split files (the rule they were evaluated by), with a warning.
+    """
+    if info.dataset:
+        return info.dataset.get("fingerprint") == layout.fingerprint()
+    ids = {s.id for s in layout.samples}
+    files = sorted((model_dir / "splits").glob("*.txt"))
+    if not files:  # a model folder without a run around it: only the dataset's splits can apply
+        return False
+    same = all(set(read_split_file(f)) <= ids for f in files)
+    warnings.warn(f"{model_dir / 'model.json'} records no training dataset; "
+                  f"{'using' if same else 'not using'} the run's split files", stacklevel=2)
+    return same
 
 
 def _select(samples: list[Sample], ids: list[str], where: str) -> list[Sample]:
@@ -150,13 +163,13 @@ def evaluate(
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net, info = load_model(model_dir, dev)
     scheme = info.label_scheme()
-    written = scheme.written(numbering) if save_masks else None
+    written = scheme.written(numbering)  # checked also when no mask is saved: a wrong option is an error
     settings = info.inference_config().override(tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta,
                                                 luma_threshold=luma)
     layout = find_layout(data)
     if layout.table != scheme.table:
         raise DataError(f"{data}: its class table differs from the one {model_dir / 'model.json'} was trained with")
-    same = trained_on(info, layout)
+    same = trained_on(info, layout, model_dir)
     ids, split_name, split_file = split_ids(split, model_dir / "splits" if same else None, Path(data))
     samples = _select(layout.samples, ids, str(split_file))
     folder = _output_folder(out, model_dir, split_name)
@@ -192,8 +205,9 @@ def evaluate(
         per_image.update_confusion(cm)
         scores = confusion_to_metrics(cm, scheme.names)
         results.append(ImageResult(sample.id, scores["miou"], scores["pixel_accuracy"], None))
-        np.savez(Path(small.name) / f"{n}.npz", target=_downsample(target, FIGURE_SIDE), pred=_downsample(pred, FIGURE_SIDE))
-        if written is not None:
+        np.savez_compressed(Path(small.name) / f"{n}.npz", target=_downsample(target, FIGURE_SIDE),
+                            pred=_downsample(pred, FIGURE_SIDE))
+        if save_masks:
             save_png(folder / "masks" / f"{sample.id}.png", written.apply(pred))
         del target, pred
 
@@ -208,7 +222,7 @@ def evaluate(
         prediction_panels([(chosen.id, photo, copies["target"], copies["pred"])], scheme, panel)
         results[n] = replace(results[n], panel=panel)
     small.cleanup()
-    if written is not None:
+    if save_masks:
         atomic_write_text(folder / "masks" / "class_dict.csv", written.to_csv())
     result = metrics.compute()
     if scheme.is_luma:
@@ -224,9 +238,10 @@ def evaluate(
         "tta": settings.tta,
         "inference": settings.model_dump(),
         "resolution": "native mask resolution (tiled logits upsampled bilinearly, then argmax)",
-        "curves": "every pixel" if strides == {1} else f"every {max(strides)}-th native row and column of the largest images",
+        "curves": "every pixel" if strides == {1} else
+                  f"a regular grid of native pixels, rows and columns {max(strides)} apart in the largest images",
         "working_long_side": info.long_side,
-        "masks": None if written is None else f"masks/ in {written.numbering} numbering (masks/class_dict.csv)",
+        "masks": f"masks/ in {written.numbering} numbering (masks/class_dict.csv)" if save_masks else None,
         "device": str(dev),
         "seconds": round(time.time() - t_start, 2),
         "time": datetime.now().strftime("%Y-%m-%d %H:%M"),

@@ -137,6 +137,13 @@ def image_confusion(target: np.ndarray, pred: np.ndarray, num_classes: int, igno
     return counts[: k * k].reshape(k, k)
 
 
+def _counted(metric: Metric) -> None:
+    """What torchmetrics does around ``update``, for our other update methods: drop a cached ``compute`` result
+    and count the update (kept out of ``__init__`` wrapping, which would break pickling and ``clone``)."""
+    metric._computed = None
+    metric._update_count += 1
+
+
 def _check_target(target: torch.Tensor, num_classes: int, ignore_index: int) -> torch.Tensor:
     """int64 target; raises if a kept value is outside 0..K-1 (bincount would misfile it silently)."""
     if target.is_floating_point() or target.is_complex():
@@ -249,9 +256,6 @@ class SegmentationMetrics(Metric):
         if k == 2:
             n = len(TABLE_THRESHOLDS) + 1
             self.add_state("table_hist", default=torch.zeros(n, 2, dtype=torch.long), dist_reduce_fx="sum")
-        # like ``update``: each call invalidates a cached ``compute`` and counts as an update
-        self.update_confusion = self._wrap_update(self.update_confusion)
-        self.update_scores = self._wrap_update(self.update_scores)
 
     @classmethod
     def from_scheme(
@@ -278,6 +282,9 @@ class SegmentationMetrics(Metric):
         cm = torch.as_tensor(np.asarray(confusion) if not isinstance(confusion, torch.Tensor) else confusion)
         if cm.shape != (self.num_classes, self.num_classes):
             raise ValueError(f"confusion matrix {tuple(cm.shape)} is not ({self.num_classes}, {self.num_classes})")
+        if cm.is_floating_point() or bool((cm < 0).any()):
+            raise ValueError("a confusion matrix holds non-negative integer counts")
+        _counted(self)
         self.confmat += cm.to(self.confmat)
 
     def update_scores(self, scores: torch.Tensor, target: torch.Tensor) -> None:
@@ -289,6 +296,7 @@ class SegmentationMetrics(Metric):
         if scores.ndim != 2 or scores.shape[1] != self.num_classes or scores.shape[:1] != target.shape:
             raise ValueError(f"scores {tuple(scores.shape)} and target {tuple(target.shape)} are not (N, "
                              f"{self.num_classes}) and (N,)")
+        _counted(self)
         self._add_scores(scores, _check_target(target, self.num_classes, self.ignore_index))
 
     def _add_scores(self, scores: torch.Tensor, target: torch.Tensor) -> None:
@@ -340,7 +348,6 @@ class PerImageIoU(Metric):
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.add_state("counts", default=[], dist_reduce_fx="cat")  # (images, 3, K): inter, union, support
-        self.update_confusion = self._wrap_update(self.update_confusion)  # counts as an update, as ``update``
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add images: predicted labels and targets, both (H, W) or (B, H, W) integers."""
@@ -359,6 +366,7 @@ class PerImageIoU(Metric):
 
     def update_confusion(self, confusion: torch.Tensor | np.ndarray) -> None:
         """Add images by their confusion matrices: (K, K) for one image or (B, K, K)."""
+        _counted(self)
         self._add(confusion)
 
     def _add(self, confusion: torch.Tensor | np.ndarray) -> None:

@@ -12,8 +12,10 @@ Contract
 * Inference: :class:`droneseg.tiler.Tiler`, the code validation and ``evaluate`` run too, with the model's
   :class:`~droneseg.tiler.InferenceConfig` (tile, overlap, blend, TTA, luma threshold; any may be overridden).
 * Output size: the photo's size, or ``scale`` (0 < scale <= 1) of it, for fast previews: ``--scale 0.25`` writes
-  16x fewer pixels and skips decoding the full-size photo, yet every written pixel has the label a full-size run
-  gives it (the logits are upsampled to wherever the output pixel lies).
+  16x fewer pixels and skips decoding the full-size photo; the logits are the same, upsampled to wherever each
+  output pixel lies (luma's split level, the map's own mean or median, is then taken over the smaller map).
+* One truth with ``evaluate``: for a dataset photo (no EXIF turn, mask of the photo's size) the masks written at
+  scale 1 re-score to exactly the numbers ``evaluate`` reports.
 * Outputs in ``out/`` per photo (same-named outputs of an earlier run are replaced, each file atomically):
   ``<stem>.png`` mode L, ``<stem>_color.png`` RGB, ``<stem>_overlay.jpg`` the photo blended 50/50 with the colours;
   ``class_dict.csv`` (``name, r, g, b``, row = pixel value) beside them. Values follow

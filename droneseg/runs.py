@@ -33,7 +33,7 @@ from droneseg.io import atomic_open, atomic_write_json
 from droneseg.schemes import LabelScheme
 from droneseg.tiler import InferenceConfig
 
-MODEL_FORMAT = 1
+MODEL_FORMAT = 2  # 2: image_filter, inference and dataset at the top level
 RUN_DIR_ENV = "DRONESEG_RUN_DIR"  # set by the process that created the run folder, for the ones it launches
 _JOB_ID_VARS = ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "OAR_JOB_ID")
 
@@ -149,11 +149,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[to
 
     folder = resolve_model_path(path)
     try:
-        info = ModelInfo.from_dict(json.loads((folder / "model.json").read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, TypeError) as exc:
+        raw = json.loads((folder / "model.json").read_text(encoding="utf-8"))
+        if int(raw.get("format", 1)) > MODEL_FORMAT:
+            raise DataError(f"{folder / 'model.json'}: format {raw['format']} is newer than this droneseg "
+                            f"({__version__}) understands; upgrade droneseg")
+        info = ModelInfo.from_dict(raw)
+    except (json.JSONDecodeError, TypeError, AttributeError, ValueError) as exc:
+        if isinstance(exc, DataError):
+            raise
         raise DataError(f"{folder / 'model.json'}: not a droneseg model description ({exc})") from None
-    if info.format > MODEL_FORMAT:
-        raise DataError(f"{folder / 'model.json'}: format {info.format} is newer than this droneseg understands")
     cfg = ModelConfig.model_validate({**info.model, "weights": None})  # weights come from the file below
     net = build_model(cfg, len(info.scheme["names"]))
     try:

@@ -79,8 +79,9 @@ class InferenceConfig(BaseModel):
             return InferenceConfig.model_validate({**self.model_dump(), **{k: v for k, v in values.items() if v is not None}})
         except ValidationError as exc:
             err = exc.errors()[0]
-            option = "--" + str(err["loc"][0]).replace("_", "-") if err["loc"] else "inference settings"
-            raise ValueError(f"{option}: {err['msg']} (got {err.get('input')!r})") from None
+            key = str(err["loc"][0]) if err["loc"] else ""
+            where = f"--{key.replace('_', '-')}" if values.get(key) is not None else f"inference.{key} in model.json"
+            raise ValueError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 _LUMA_STATS = {
@@ -329,9 +330,12 @@ class Tiler:
                     self.interpolated_pixels += mixed
             Y = Y_end
             self._track(held)
-            if Y < H:  # 3. keep only the working rows later output rows read (a copy: the band is a view)
-                keep_from = int(top[Y]) - held_y0
-                held, held_y0 = held[keep_from:].clone(), held_y0 + keep_from
+            if Y == H:  # every output row is written: the remaining tiles cannot change any
+                break
+            # 3. keep only the working rows later output rows read (a copy: the band is a view); when the next
+            # output row reads beyond what has arrived, nothing is kept and the next band starts where it starts
+            keep_from = min(int(top[Y]) - held_y0, held.shape[0])
+            held, held_y0 = held[keep_from:].clone(), held_y0 + keep_from
         if prob is not None:
             out[:] = luma_threshold(torch.from_numpy(prob), luma).numpy()
         return out

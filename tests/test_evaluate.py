@@ -173,3 +173,23 @@ def test_an_evaluation_is_never_overwritten(synth_root, tmp_path):
     assert (first.name, second.name) == ("val", "val-2") and (first / "metrics.json").is_file()
     with pytest.raises(DataError, match="exists and is not empty"):
         evaluate(model, synth_root, out=first, progress=False)
+
+
+def test_on_its_own_dataset_a_run_is_scored_on_its_own_splits_only(synth_root, tmp_path):
+    layout = find_layout(synth_root)
+    identity = {"root": str(synth_root), "fingerprint": layout.fingerprint(), "images": len(layout.samples)}
+    model = save_tiny_model(tmp_path / "run", "paved", long_side=48, dataset=identity)
+    (tmp_path / "run" / "splits").mkdir()
+    (tmp_path / "run" / "splits" / "test.txt").write_text("")  # the run had no test split
+    with pytest.raises(DataError, match="the run has no test split"):  # never the dataset's file instead
+        evaluate(model, synth_root, split="test", progress=False)
+
+
+def test_a_model_from_before_fingerprints_keeps_the_old_rule_with_a_warning(synth_root, tmp_path):
+    model = save_tiny_model(tmp_path / "run", "paved", long_side=48)  # no dataset recorded
+    (tmp_path / "run" / "splits").mkdir()
+    own = sorted(s.id for s in find_layout(synth_root).samples)[:3]
+    (tmp_path / "run" / "splits" / "val.txt").write_text("\n".join(own) + "\n")
+    with pytest.warns(UserWarning, match="records no training dataset; using the run's split files"):
+        folder = evaluate(model, synth_root, figures=0, progress=False)
+    assert json.loads((folder / "metrics.json").read_text())["context"]["images"] == 3

@@ -280,3 +280,15 @@ def test_bad_inputs_fail_before_any_work_naming_the_problem(model_dir, tmp_path)
     with pytest.raises(KeyError, match="numbering"):
         predict(model_dir, [tmp_path / "x.png"], tmp_path / "out", numbering="both", progress=False)  # type: ignore
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("size", [(10, 15), (33, 20), (3, 200)])
+def test_outputs_much_smaller_than_the_working_size_are_the_same_bilinear_argmax(size):
+    """Several tile rows feeding an output less than half as tall: rows are never read from the wrong band."""
+    image = scene(150, 100)
+    weights = torch.randn(3, 5, generator=torch.Generator().manual_seed(2)) * 4
+    run = pixelwise(weights)
+    labels = Tiler(run, num_classes=5, tile=24, overlap=0.25).labels(image, size)
+    logits = run(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
+    expected = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0).numpy()
+    assert (labels == expected).mean() >= 0.999

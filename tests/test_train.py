@@ -190,3 +190,18 @@ def test_schedules_as_a_function_of_progress(schedule, points):
     warmup = 0.3 if schedule == "onecycle" else 0.05
     for progress, expected in points.items():
         assert lr_factor(progress, schedule, warmup) == pytest.approx(expected, rel=1e-6), progress
+
+
+def test_luma_and_class_weighted_runs_validate_through_the_tiler(synth_root, tmp_path):
+    """Luma is validated on the labels split at each map's own median, as evaluate scores it."""
+    run = _train(synth_root, tmp_path / "runs", "--max-epochs", "1", "--set", "data.scheme=luma",
+                 "--set", "inference.luma_threshold=median", "--set", "loss.class_weights=sqrt",
+                 "--set", "train.sample_every=0")
+    row = _rows(run)[-1]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert 0 <= float(row["val_miou"]) <= 1 and float(row["val_loss"]) > 0
+    metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
+    assert metrics["luma_threshold"] == "median" and summary["class_weights"] is not None
+    # the median split marks half of each image bright, in validation as in evaluation
+    predicted = [c["predicted"] for c in metrics["per_class"]]
+    assert predicted[1] / sum(predicted) == pytest.approx(0.5, abs=0.02)

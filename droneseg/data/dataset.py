@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, Sampler
 
 from droneseg.data.cache import CacheEntry
-from droneseg.data.transforms import AugmentConfig, augment
+from droneseg.data.transforms import AugmentConfig, augment, class_positions
 from droneseg.schemes import LabelScheme
 
 SampleKey = tuple[int, int, int]  # (epoch, position in the epoch, image index)
@@ -79,25 +79,28 @@ class CropDataset(Dataset):
                  rare_crop: float, seed: int) -> None:
         self.entries, self.scheme, self.crop = entries, scheme, crop
         self.augment_cfg, self.rare_crop, self.seed = augment_cfg, rare_crop, seed
-        self._targets: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per worker process, filled lazily
+        # per worker process, filled lazily: image, encoded target, class positions for class-centred crops
+        self._targets: dict[int, tuple[np.ndarray, np.ndarray, dict | None]] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
 
-    def _open(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Memory-mapped image and its encoded target, kept open for the worker's lifetime."""
+    def _open(self, index: int) -> tuple[np.ndarray, np.ndarray, dict | None]:
+        """Memory-mapped image, its encoded target and class positions, kept for the worker's lifetime."""
         if index not in self._targets:
             image, mask = self.entries[index].load()
             # encode the whole image: luma's threshold is the per-image mean, not the crop's
-            self._targets[index] = (image, self.scheme.encode(mask))
+            target = self.scheme.encode(mask)
+            positions = class_positions(target, self.scheme.ignore_index, seed=self.seed + index) if self.rare_crop else None
+            self._targets[index] = (image, target, positions)
         return self._targets[index]
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor]:
         epoch, pos, index = key
         rng = np.random.default_rng([self.seed, epoch, pos])
-        image, target = self._open(index)
+        image, target, positions = self._open(index)
         image, target = augment(image, target, self.crop, self.augment_cfg, self.rare_crop,
-                                self.scheme.ignore_index, rng)
+                                self.scheme.ignore_index, rng, positions)
         return _to_tensors(image, target)
 
 

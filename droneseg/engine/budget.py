@@ -32,7 +32,7 @@ FINAL_LR = 0.01
 """Cosine schedules end at this fraction of the peak learning rate."""
 WARMUP_START = 0.1
 """Warm-up starts at this fraction of the peak learning rate."""
-EVAL_FACTOR = 1.5
+EVAL_FACTOR = 2.0
 EVAL_FIXED_S = 5.0
 MARGIN_S = 3.0
 """Seconds kept for writing the model, curves and summary."""

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from droneseg.classes import DataError
 from droneseg.engine.budget import StepPlan, lr_factor
 from droneseg.losses import LossConfig, build_loss, class_weights_from_counts
-from droneseg.metrics import SegmentationMetrics
+from droneseg.metrics import SegmentationMetrics, image_confusion
 from droneseg.models import ModelConfig, build_model
 from droneseg.schemes import LabelScheme
 from droneseg.tiler import InferenceConfig, Tiler
@@ -132,7 +132,8 @@ class SegmentationTask(pl.LightningModule):
         """The tiler every whole photo goes through (validation, sample figures), on this module's device."""
         return Tiler.from_config(self.net, self.scheme.num_classes, self.inference_cfg, self.device)
 
-    def _shared_step(self, logits: torch.Tensor, target: torch.Tensor, stage: str, weight: int) -> torch.Tensor:
+    def _shared_step(self, logits: torch.Tensor, target: torch.Tensor, stage: str, weight: float,
+                     metrics: bool = True) -> torch.Tensor:
         """Loss of (B, K, h, w) logits against (B, h, w) targets; logged with ``weight`` (images or pixels)."""
         loss, parts = self.criterion(logits, target)
         on_step = stage == "train"
@@ -141,7 +142,7 @@ class SegmentationTask(pl.LightningModule):
         if len(parts) > 1:
             for name, value in parts.items():
                 self.log(f"{stage}/loss_{name}", value, on_step=False, on_epoch=True, batch_size=weight, sync_dist=True)
-        if stage == "val":
+        if stage == "val" and metrics:
             self.val_metrics.update(logits.detach(), target)
         return loss
 
@@ -150,15 +151,29 @@ class SegmentationTask(pl.LightningModule):
         return self._shared_step(self(image), target, "train", image.shape[0])
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        """Whole working-size images through the tiler; loss and metrics band by band (bounded memory)."""
+        """Whole working-size images through the tiler; loss and metrics band by band (bounded memory).
+
+        Each band's loss is weighted by what its mean is taken over: its valid pixels, or with class weights the
+        sum of their weights, so CE and focal average exactly as over the whole image. The luma scheme is scored
+        on the labels the tiler thresholds at each map's own statistic, as evaluate and predict label it.
+        """
         image, target = batch
         tiler = self.tiler()
+        weights = self.criterion.class_weights
+        luma = self.scheme.is_luma
         for b in range(image.shape[0]):
-            for y0, band in tiler.bands(image[b].permute(1, 2, 0)):  # (n, w, K)
+            pixels = image[b].permute(1, 2, 0)  # (h, w, 3)
+            for y0, band in tiler.bands(pixels):  # (n, w, K)
                 rows = target[b : b + 1, y0 : y0 + band.shape[0]]  # (1, n, w)
-                valid = int((rows != self.scheme.ignore_index).sum())
-                if valid:
-                    self._shared_step(band.permute(2, 0, 1)[None], rows, "val", valid)
+                keep = rows != self.scheme.ignore_index
+                if not keep.any():
+                    continue
+                weight = float(weights[rows[keep]].sum()) if weights is not None else int(keep.sum())
+                self._shared_step(band.permute(2, 0, 1)[None], rows, "val", weight, metrics=not luma)
+            if luma:
+                labels = tiler.labels(pixels, tuple(pixels.shape[:2]), luma=self.inference_cfg.luma_threshold)
+                truth = target[b].to(torch.uint8).cpu().numpy()
+                self.val_metrics.update_confusion(image_confusion(truth, labels, 2, self.scheme.ignore_index))
 
     def on_validation_epoch_end(self) -> None:
         result = self.val_metrics.compute()  # synchronised across ranks by torchmetrics

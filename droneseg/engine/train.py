@@ -188,7 +188,8 @@ def train(cfg: RunConfig, out: Path | None = None, resume: Path | None = None, s
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
-    dm = DroneDataModule(cfg.data, Path(cfg.data.root), seed=cfg.train.seed)
+    on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
+    dm = DroneDataModule(cfg.data, Path(cfg.data.root), seed=cfg.train.seed, on_gpu=on_gpu)
     if not dm.splits["val"]:
         raise DataError(f"{cfg.data.root}: the val split is empty; training needs one for early stopping and the best model")
     if resume is None:
