@@ -41,7 +41,7 @@ def _splits(folder: Path, train: list[str], val: list[str]) -> Path:
 
 def bench_training(preset: str, data: dict[str, Path], root: Path, steps: int, n_train: int, peak: float,
                    baseline_sets: tuple[str, ...]) -> dict:
-    """Bare step, pipeline and notebook baseline (on ``baseline_sets``) of one preset; ratios."""
+    """Bare step, pipeline and notebook baseline (on ``baseline_sets`` of ``data``) of one preset; ratios."""
     out: dict = {}
     ids = {name: sorted(p.stem for p in (d / "original_images").iterdir()) for name, d in data.items()}
     pipeline_set = "dev_1500x1000" if "dev_1500x1000" in data else "synthetic_6000x4000"
@@ -126,9 +126,7 @@ def main() -> None:
         large = write_synthetic(root / "large", n=max(photos, 3), size=PHOTO, seed=1)
         data = {"dev_1500x1000": DEV} if (DEV / "original_images").is_dir() else {}
         data["synthetic_6000x4000"] = large
-        # --quick: the demo preset's notebook baseline on 6000x4000 photos (16 full decodes a step) is left out
-        sets = {p: tuple(data) if not args.quick or p == "full" else ("dev_1500x1000",) for p in PRESETS}
-        report["training"] = {p: bench_training(p, data, root, steps, n_train, peak, sets[p]) for p in PRESETS}
+        report["training"] = {p: bench_training(p, data, root, steps, n_train, peak, tuple(data)) for p in PRESETS}
         loader_set = data.get("dev_1500x1000", large)
         loader_ids = sorted(p.stem for p in (loader_set / "original_images").iterdir())[: 4 if args.quick else 20]
         report["loader"] = in_child(training.__file__, {"job": "loader", "config": "full-gpu", "data": str(loader_set),
