@@ -31,6 +31,13 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "fpn-lite0-sqrt-lr2e-3-640": ("full", ["model.arch=FPN", "data.samples_per_epoch=500", "loss.class_weights=sqrt",
                                            "train.lr=0.002", "data.long_side=640", "data.crop=320",
                                            "data.batch_size=6"]),
+    # after the step got 1.3x faster (dense losses, channels-last on CPU): one change each against `full`
+    "full-ema": ("full", ["train.ema=0.99"]),
+    "full-ohem": ("full", ["loss.terms={ohem: 1.0, dice: 0.5}"]),
+    "full-lovasz": ("full", ["loss.terms={ce: 1.0, lovasz: 0.5}"]),
+    "full-rare0.8": ("full", ["data.rare_crop=0.8"]),
+    "full-1024": ("full", ["data.long_side=1024"]),
+    "full-1024-crop512": ("full", ["data.long_side=1024", "data.crop=512", "data.batch_size=2"]),
     # the shipped presets, as they are
     "full": ("full", []),
     "six": ("six", []),

@@ -66,6 +66,7 @@ def bare_step(config: str, overrides: list[str], steps: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     cfg, scheme, task, opt = _task(config, overrides)
+    task.set_memory_format(cfg.train.channels_last is not False)  # as `droneseg train` on a CPU ("auto": NHWC)
     b, c = cfg.data.batch_size, cfg.data.crop
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (b, 3, c, c), dtype=torch.uint8, generator=gen)
@@ -78,7 +79,7 @@ def bare_step(config: str, overrides: list[str], steps: int) -> dict:
     gflop_per_image = counter.get_total_flops() / b / 1e9
     return {"images_per_s": round(rate, 3), "gflop_per_image": round(gflop_per_image, 2),
             "achieved_gflops": round(rate * gflop_per_image, 1), "batch": b, "crop": c, "steps": steps,
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(), "channels_last": task.memory_format is torch.channels_last}
 
 
 def notebook_baseline(config: str, overrides: list[str], data: str, ids: list[str], steps: int) -> dict:

@@ -36,6 +36,8 @@ LABELS = torch.tensor([[[1, 0]]])
         # lovasz class1: errors [0.2 (fg), 0.4 (bg)] sorted [0.4 bg, 0.2 fg]; grads [0.5, 0.5] -> 0.3;
         # class0: errors [0.2 (bg), 0.4 (fg)] -> sorted [0.4 fg, 0.2 bg]; grads [1, 0] -> 0.4; mean 0.35
         ({"lovasz": 1.0}, 0.35),
+        # OHEM keeps the hardest quarter, rounded up: one pixel, the one with p_y = 0.6
+        ({"ohem": 1.0}, -math.log(0.6)),
         ({"ce": 1.0, "dice": 0.5}, -(math.log(0.8) + math.log(0.6)) / 2 + 0.5 * (1 - (2 * 0.6 / 1.8 + 2 * 0.8 / 2.2) / 2)),
     ],
 )
@@ -90,5 +92,32 @@ def test_class_weights_by_hand():
 
 
 def test_unknown_loss_names_choices():
-    with pytest.raises(ValueError, match=r"unknown loss 'bce'; choose from \['ce', 'dice', 'focal', 'lovasz'\]"):
+    with pytest.raises(ValueError, match=r"unknown loss 'bce'; choose from \['ce', 'dice', 'focal', 'lovasz', 'ohem'\]"):
         LossConfig(terms={"bce": 1.0})
+
+
+def test_ohem_keeps_the_hardest_share():
+    # keep half of the two pixels: the one with p_y = 0.6 (loss -ln 0.6) is harder than p_y = 0.8
+    loss = build_loss(LossConfig(terms={"ohem": 1.0}, ohem_keep=0.5), IGNORE)
+    assert float(loss(_logits(PROBS), LABELS)[0]) == pytest.approx(-math.log(0.6), abs=1e-6)
+    # an ignored pixel, however wrong, is never "hard"
+    extra = loss(_logits(PROBS + [[0.99, 0.01]]), torch.tensor([[[1, 0, IGNORE]]]))[0]
+    assert float(extra) == pytest.approx(-math.log(0.6), abs=1e-6)
+
+
+def test_dense_losses_equal_the_per_pixel_reference_on_a_random_batch():
+    """CE against torch's own ignore/weight handling, Dice against a one-hot count over the valid pixels."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, 7, 9, generator=gen, dtype=torch.float64).float()
+    target = torch.randint(0, 5, (2, 7, 9), generator=gen)
+    target[target == 4] = IGNORE  # class 4 absent, and about a fifth of the pixels ignored
+    w = torch.tensor([0.5, 1.0, 2.0, 3.0, 4.0])
+    ce = build_loss(LossConfig(terms={"ce": 1.0}), IGNORE, class_weights=w)(logits, target)[0]
+    assert float(ce) == pytest.approx(float(torch.nn.functional.cross_entropy(logits, target, weight=w,
+                                                                              ignore_index=IGNORE)), rel=1e-6)
+    keep = target != IGNORE
+    probs = logits.softmax(1).permute(0, 2, 3, 1)[keep]  # (P, K)
+    onehot = torch.nn.functional.one_hot(target[keep], 5).float()
+    present = onehot.sum(0) > 0
+    ref = 1 - (2 * (probs * onehot).sum(0) / (probs.sum(0) + onehot.sum(0)))[present].mean()
+    assert float(build_loss(LossConfig(terms={"dice": 1.0}), IGNORE)(logits, target)[0]) == pytest.approx(float(ref), rel=1e-6)

@@ -205,3 +205,21 @@ def test_luma_and_class_weighted_runs_validate_through_the_tiler(synth_root, tmp
     # the median split marks half of each image bright, in validation as in evaluation
     predicted = [c["predicted"] for c in metrics["per_class"]]
     assert predicted[1] / sum(predicted) == pytest.approx(0.5, abs=0.02)
+
+
+def test_ema_validates_and_saves_the_averaged_weights(synth_root, tmp_path):
+    """With ``train.ema`` the checkpoints hold the average as their weights (the raw ones beside), and the saved
+    model is the best checkpoint's average; on a CPU the net trains in channels-last layout."""
+    import torch
+    from safetensors.torch import load_file
+
+    run = _train(synth_root, tmp_path / "runs", "--max-epochs", "2", "--set", "train.ema=0.5",
+                 "--set", "train.sample_every=0", "--set", "train.final_eval=false")
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["ema"] == 0.5 and summary["channels_last"] is True
+    ckpt = torch.load(run / "checkpoints" / "best.ckpt", map_location="cpu", weights_only=True)
+    average, raw = ckpt["state_dict"], ckpt["current_model_state"]
+    name = next(k for k in average if k.startswith("net.") and k.endswith("weight") and average[k].dim() == 4)
+    assert not torch.equal(average[name], raw[name])
+    saved = load_file(run / "model.safetensors")
+    assert torch.equal(saved[name.removeprefix("net.")], average[name])

@@ -20,7 +20,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import yaml
-from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar, WeightAveraging
+from torch.optim.swa_utils import get_ema_avg_fn
 
 from droneseg import __version__
 from droneseg.classes import DataError
@@ -67,6 +68,9 @@ def _trainer(cfg: RunConfig, run: Path, budget: Budget | None) -> pl.Trainer:
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=t.patience))
     if budget is not None:
         callbacks.append(budget)
+    if t.ema is not None:
+        # Lightning's averaging: validation, checkpoints and so the saved model use the averaged weights
+        callbacks.append(WeightAveraging(avg_fn=get_ema_avg_fn(t.ema)))
     return pl.Trainer(
         default_root_dir=run,
         max_epochs=t.max_epochs,
@@ -135,6 +139,8 @@ def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTa
         "val_images": len(dm.splits["val"]),
         "world_size": trainer.world_size,
         "precision": str(trainer.precision),
+        "channels_last": task.memory_format is torch.channels_last,
+        "ema": cfg.train.ema,
         "device": str(trainer.strategy.root_device),
         "class_weights": task.hparams.class_weights,
         "schedule": {"name": cfg.train.schedule, "planned_steps": task.plan.total, "done_steps": trainer.global_step,
