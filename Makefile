@@ -16,11 +16,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/droneseg demo
 
-# the report test renders report.html in headless Chromium: installed here when we may (root, as in CI)
+# the report test renders report.html in headless Chromium, the cluster templates are checked by shellcheck:
+# both installed here when we may (root, as in CI)
 test: $(STAMP)
-	@command -v chromium >/dev/null || [ "$$(id -u)" != 0 ] || { apt-get update -qq && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } || \
-		echo "chromium could not be installed: the report rendering test will skip"
+	@{ command -v chromium >/dev/null && command -v shellcheck >/dev/null; } || [ "$$(id -u)" != 0 ] || \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		chromium shellcheck >/dev/null; } || \
+		echo "chromium/shellcheck could not be installed: the report rendering and template tests will skip"
 	$(BIN)/python -m pytest -q --doctest-modules droneseg tests
 
 bench: $(STAMP)

@@ -90,27 +90,47 @@ def train(
     data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder.")] = None,
     set_: SetOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for run folders.")] = Path("runs"),
-    max_time: Annotated[Optional[str], typer.Option("--max-time", help="Wall-clock budget, e.g. 30m, 2h.")] = None,
+    max_time: Annotated[Optional[str], typer.Option("--max-time", help="Wall-clock budget of the whole command, e.g. 30m, 2h.")] = None,
     max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", min=1)] = None,
-    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder.")] = None,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="Devices (processes) per node: a number or auto [train.devices].")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", min=1, help="Nodes of a cluster job [train.num_nodes].")] = None,
+    run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="The run folder itself: resumed if it holds this run unfinished (a requeued job), else a new run there.")] = None,
+    resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder; with --max-epochs/--max-time, also a finished one.")] = None,
 ) -> None:
-    """Train a model; prints the run folder."""
+    """Train a model; prints the run folder. Under torchrun, srun or an OAR job script it trains on every rank."""
     started = time.monotonic()  # --max-time counts from here, the heavy imports included
     from droneseg.config import load_config
+    from droneseg.engine.train import Requeued
     from droneseg.engine.train import train as run_training
 
     overrides = list(set_ or [])
     if data is not None:
         overrides.append(f"data.root={data.resolve()}")
-    if max_time is not None:
-        overrides.append(f"train.max_time={max_time}")
-    if max_epochs is not None:
-        overrides.append(f"train.max_epochs={max_epochs}")
-    if resume is not None and overrides:
-        raise typer.BadParameter("--resume continues a run exactly as configured; it takes no other options")
-    cfg = load_config(config, overrides)
-    run = run_training(cfg, out=out, resume=resume, started=started)
-    typer.echo(str(run))
+    if devices is not None:
+        overrides.append(f"train.devices={devices}")
+    if num_nodes is not None:
+        overrides.append(f"train.num_nodes={num_nodes}")
+    extend = {"train.max_epochs": max_epochs, "train.max_time": max_time}
+    if resume is not None:
+        if overrides or run_dir is not None:
+            from droneseg.classes import DataError
+
+            raise DataError("--resume continues a run as configured; it takes only --max-epochs and --max-time "
+                            "(to extend it)")
+        cfg = None
+    else:
+        overrides += [f"{k}={v}" for k, v in extend.items() if v is not None]
+        cfg = load_config(config, overrides)
+    try:
+        run = run_training(cfg, out=out, resume=resume, started=started, run_dir=run_dir,
+                           extend=extend if resume is not None else None)
+    except Requeued as stop:
+        typer.echo(f"droneseg: {stop}", err=True)
+        raise typer.Exit(stop.exit_code) from None
+    from droneseg.cluster import detect
+
+    if detect().rank == 0:  # one line for the job, from rank 0
+        typer.echo(str(run))
 
 
 TileOpt = Annotated[Optional[int], typer.Option("--tile", min=16, help="Tile side at working scale [model.json].")]
@@ -146,10 +166,13 @@ def evaluate_cmd(
     """
     from droneseg.evaluate import evaluate
 
+    from droneseg.cluster import detect
+
     folder = evaluate(model, data, split=split, tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta,
                       luma=luma, save_masks=save_masks, numbering=numbering, figures=figures, out=out, device=device,
                       progress=sys.stderr.isatty())
-    typer.echo(str(folder / "report.html"))
+    if detect().rank == 0:  # under torchrun/srun every rank scored a shard; rank 0 wrote the report
+        typer.echo(str(folder / "report.html"))
 
 
 @app.command("predict")
@@ -175,7 +198,10 @@ def predict_cmd(
     summary = predict(model, inputs, out, tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta, luma=luma,
                       backend=backend, gsd=gsd, scale=scale, numbering=numbering, device=device,
                       progress=sys.stderr.isatty())
-    typer.echo(f"{len(summary.photos)} photos segmented into {summary.out}")
+    if summary.rank > 0:  # rank 0 reports for the whole job
+        return
+    typer.echo(f"{len(summary.photos)} photos segmented into {summary.out}"
+               + (f" by {len(summary.ranks)} processes" if len(summary.ranks) > 1 else ""))
     if summary.failed:
         typer.echo(f"{len(summary.failed)} photos could not be read: {', '.join(summary.failed)}", err=True)
         raise typer.Exit(1)

@@ -31,6 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from droneseg.classes import DataError
+from droneseg.cluster import broadcast_object, detect, device_for, gather_objects, process_group
 from droneseg.data.cache import build_cache
 from droneseg.data.layout import Layout, Sample, find_layout, read_split_file
 from droneseg.io import atomic_write_text, read_mask, save_png
@@ -157,10 +158,20 @@ def evaluate(
     Inference settings left None come from ``model.json``. Photos are resized to the model's working size with
     the filter it was trained with. Raises DataError for a dataset, split or output folder that cannot be used.
     """
+    env = detect()
+    with process_group(env) as (rank, world):
+        return _evaluate(model, data, split, tile, overlap, batch, blend, tta, luma, save_masks, numbering, figures,
+                         out, device_for(device, env.local_rank), cache_dir, progress, rank, world)
+
+
+def _evaluate(model: str | Path, data: str | Path, split: str, tile: int | None, overlap: float | None,
+              batch: int | None, blend: str | None, tta: bool | None, luma: str | None, save_masks: bool,
+              numbering: Numbering, figures: int, out: Path | None, dev: torch.device, cache_dir: Path | None,
+              progress: bool, rank: int, world: int) -> Path:
+    """:func:`evaluate` as rank ``rank`` of ``world`` (each scores every world-th image; rank 0 writes)."""
     t_start = time.time()
     # 1. setup: model, scheme, the split's samples, cached working-size images, the tiler
     model_dir = resolve_model_path(model)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     net, info = load_model(model_dir, dev)
     scheme = info.label_scheme()
     written = scheme.written(numbering)  # checked also when no mask is saved: a wrong option is an error
@@ -171,22 +182,25 @@ def evaluate(
         raise DataError(f"{data}: its class table differs from the one {model_dir / 'model.json'} was trained with")
     same = trained_on(info, layout, model_dir)
     ids, split_name, split_file = split_ids(split, model_dir / "splits" if same else None, Path(data))
-    samples = _select(layout.samples, ids, str(split_file))
-    folder = _output_folder(out, model_dir, split_name)
+    all_samples = _select(layout.samples, ids, str(split_file))
+    # under DDP (the end of training, torchrun, srun) each rank scores its shard
+    folder = _output_folder(out, model_dir, split_name) if rank == 0 else None
+    folder = broadcast_object(folder, world)
+    samples = all_samples[rank::world]
     entries = build_cache(samples, layout.table, info.long_side, cache_dir, image_filter=info.image_filter,
-                          progress=progress)
+                          progress=progress and rank == 0)
     tiler = Tiler.from_config(net, scheme.num_classes, settings, dev)
     k, ignore = scheme.num_classes, scheme.ignore_index
-    # one process scores the whole split, also when called on rank 0 at the end of DDP training: no sync
-    metrics = SegmentationMetrics.from_scheme(scheme, curves=True, sync_on_compute=False).to(dev)
-    per_image = PerImageIoU(k, ignore, sync_on_compute=False)
+    # the confusion matrices and curve histograms are sums: torchmetrics adds them up across ranks
+    metrics = SegmentationMetrics.from_scheme(scheme, curves=True, sync_on_compute=world > 1).to(dev)
+    per_image = PerImageIoU(k, ignore, sync_on_compute=world > 1)
     results: list[ImageResult] = []
     strides: set[int] = set()
     small = tempfile.TemporaryDirectory(prefix="droneseg-eval-")  # figure copies: disk, not memory
 
     # 2. loop: one image at a time; labels at the mask's native size, band by band inside the tiler
     for n, (sample, entry) in enumerate(tqdm(list(zip(samples, entries)), desc=f"evaluate {split_name}",
-                                             unit="img", disable=not progress)):
+                                             unit="img", disable=not progress or rank > 0)):
         image, _ = entry.load()  # (h, w, 3) uint8, memory-mapped
         target = scheme.encode(read_mask(sample.mask, sample.mask_kind, layout.table))  # (H, W) uint8 native
         H, W = target.shape
@@ -211,20 +225,33 @@ def evaluate(
             save_png(folder / "masks" / f"{sample.id}.png", written.apply(pred))
         del target, pred
 
-    # 3. finish: figures of the chosen images, pooled numbers, files, report
-    index = {r.id: n for n, r in enumerate(results)}
+    # 3. finish: figures of the chosen images (drawn by rank 0 from the owners' small copies), pooled numbers
+    index = {r.id: n for n, r in enumerate(results)}  # this rank's images
+    order = {s.id: i for i, s in enumerate(all_samples)}
+    results = sorted((r for part in gather_objects(results, world) for r in part), key=lambda r: order[r.id])
+    mine = {}
     for chosen in spread(results, figures):
-        n = index[chosen.id]
-        copies = np.load(Path(small.name) / f"{n}.npz")
-        photo = np.asarray(entries[n].load()[0])
-        photo = np.asarray(Image.fromarray(photo).resize(copies["target"].shape[::-1], Image.Resampling.BOX))
-        panel = folder / "predictions" / f"{chosen.id}.png"
-        prediction_panels([(chosen.id, photo, copies["target"], copies["pred"])], scheme, panel)
-        results[n] = replace(results[n], panel=panel)
+        if chosen.id in index:
+            n = index[chosen.id]
+            copies = np.load(Path(small.name) / f"{n}.npz")
+            photo = np.asarray(entries[n].load()[0])
+            photo = np.asarray(Image.fromarray(photo).resize(copies["target"].shape[::-1], Image.Resampling.BOX))
+            mine[chosen.id] = (photo, copies["target"], copies["pred"])
     small.cleanup()
-    if save_masks:
-        atomic_write_text(folder / "masks" / "class_dict.csv", written.to_csv())
-    result = metrics.compute()
+    panels = {}
+    for part in gather_objects(mine, world):
+        panels.update(part)
+    results = [replace(r, panel=folder / "predictions" / f"{r.id}.png") if r.id in panels else r for r in results]
+    if rank == 0:
+        for image_id, (photo, target, pred) in panels.items():
+            prediction_panels([(image_id, photo, target, pred)], scheme, folder / "predictions" / f"{image_id}.png")
+        if save_masks:
+            atomic_write_text(folder / "masks" / "class_dict.csv", written.to_csv())
+    result = metrics.compute()  # synchronised: every rank calls it
+    per_image_scores = per_image.compute()
+    confmat = metrics.pooled_confusion()
+    if rank > 0:
+        return folder
     if scheme.is_luma:
         result["luma_threshold"] = settings.luma_threshold
     context = {
@@ -234,7 +261,8 @@ def evaluate(
         "trained_on_this_dataset": same,
         "split": split_name,
         "split_file": str(Path(split_file).resolve()),
-        "images": len(samples),
+        "images": len(all_samples),
+        "ranks": world,
         "tta": settings.tta,
         "inference": settings.model_dump(),
         "resolution": "native mask resolution (tiled logits upsampled bilinearly, then argmax)",
@@ -247,6 +275,6 @@ def evaluate(
         "time": datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
     curves_png = model_dir / "training_curves.png"
-    write_evaluation(folder, scheme, result, metrics.confmat.cpu().numpy(), per_image.compute(), results, context,
+    write_evaluation(folder, scheme, result, confmat, per_image_scores, results, context,
                      training_curves=curves_png if curves_png.is_file() else None)
     return folder

@@ -147,7 +147,9 @@ def read_mask(path: Path, kind: MaskKind, table: ClassTable, size: tuple[int, in
 
 @contextmanager
 def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path``; on success it replaces ``path`` in one step."""
+    """Open a temporary sibling of ``path`` (same folder, so same filesystem); on success it is flushed to disk and
+    replaces ``path`` in one step, and the folder entry is flushed too. Until then ``path`` keeps its old content;
+    on an error (or a kill) the temporary file is all that is lost."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -161,6 +163,21 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (POSIX); a no-op where folders cannot be opened (Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a folder; the rename itself is still atomic
+    finally:
+        os.close(fd)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -317,6 +317,12 @@ class SegmentationMetrics(Metric):
             if k == 2:
                 self.table_hist += _binned_counts(p[:, 1:], positive[:, 1:], table)[0]
 
+    def pooled_confusion(self) -> np.ndarray:
+        """(K, K) int64 confusion matrix (rows truth, columns prediction) summed over all ranks when the metric
+        syncs; every rank must call it, as :meth:`compute`."""
+        with self.sync_context(should_sync=self.sync_on_compute):
+            return self.confmat.cpu().numpy().copy()
+
     def compute(self) -> dict:
         out = confusion_to_metrics(self.confmat, self.names)
         if self.curves:

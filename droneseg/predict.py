@@ -25,6 +25,9 @@ Contract
   written, their share of the photo and, with ``gsd`` (metres per photo pixel), area in square metres (a written
   pixel covers gsd² / scale²).
 * A photo that cannot be read is named on stderr in one line and skipped; ``PredictSummary.failed`` lists it.
+* In a job of several processes (``torchrun``, ``srun``, an OAR job started on every node) rank r segments every
+  ``world``-th photo from the r-th, each photo once, on its own device; rank 0 writes ``class_dict.csv``, the one
+  ``class_areas.csv`` of the whole list and ``predict_ranks.json`` (which rank segmented what).
 * Refused before any work: a missing input, two photos with one stem, an output path that is an input photo.
 * ``backend="onnx"`` runs the same tiling on ONNX Runtime with ``model.onnx`` next to ``model.json``
   (``droneseg export`` writes it); without one, the model is exported into a temporary folder for this call.
@@ -52,6 +55,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from droneseg.classes import DataError
+from droneseg.cluster import detect, device_for, gather_objects, process_group
 from droneseg.io import IMAGE_SUFFIXES, atomic_save, atomic_write_text, photo_size, read_image, read_working_image
 from droneseg.runs import load_model, resolve_model_path
 from droneseg.schemes import LabelScheme, Numbering, WrittenClasses
@@ -76,6 +80,8 @@ class PredictSummary:
     class_areas: Path | None
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent reading, inferring, writing
+    rank: int = 0  # in a job of several processes: this one's rank (rank 0's summary covers them all)
+    ranks: dict[int, list[str]] = field(default_factory=dict)  # photos each rank segmented
 
 
 @dataclass
@@ -242,7 +248,19 @@ def predict(
     photos = list_photos(inputs)
     check_outputs(photos, out)
     model_dir = resolve_model_path(model)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    env = detect()
+    with process_group(env) as (rank, world):
+        return _predict(model_dir, photos, out, rank, world, env.local_rank, tile=tile, overlap=overlap, batch=batch,
+                        blend=blend, tta=tta, luma=luma, backend=backend, gsd=gsd, scale=scale, numbering=numbering,
+                        device=device, progress=progress and rank == 0, t_start=t_start)
+
+
+def _predict(model_dir: Path, photos: list[Path], out: Path, rank: int, world: int, local_rank: int, *,
+             tile: int | None, overlap: float | None, batch: int | None, blend: str | None, tta: bool | None,
+             luma: str | None, backend: Backend, gsd: float | None, scale: float, numbering: Numbering,
+             device: str | None, progress: bool, t_start: float) -> PredictSummary:
+    """:func:`predict` on this rank's photos (every ``world``-th from ``rank``); rank 0 writes the run's tables."""
+    dev = device_for(device, local_rank)
     tiler_dev = dev if backend == "torch" else torch.device("cpu")  # ORT takes and returns host arrays
     net, info = load_model(model_dir, tiler_dev)
     scheme = info.label_scheme()
@@ -257,10 +275,11 @@ def predict(
     failed: list[str] = []
     timings = {"read": 0.0, "infer": 0.0, "write": 0.0}
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "class_dict.csv", written.to_csv())
+    if rank == 0:
+        atomic_write_text(out / "class_dict.csv", written.to_csv())
 
-    # 2. loop: one photo at a time; an unreadable one is reported and skipped
-    for path in tqdm(photos, desc="predict", unit="photo", disable=not progress):
+    # 2. loop: one photo at a time (this rank's share); an unreadable one is reported and skipped
+    for path in tqdm(photos[rank::world], desc="predict", unit="photo", disable=not progress):
         t0 = time.perf_counter()
         try:
             W, H = photo_size(path, exif=True)  # as displayed
@@ -286,8 +305,20 @@ def predict(
         timings["infer"] += t2 - t1
         timings["write"] += time.perf_counter() - t2
 
-    # 3. finish: the run's class-area table
+    # 3. finish: the run's class-area table, one for all ranks, in the order of the photo list
+    parts = gather_objects((rows, done, failed), world)
+    ranks = {r: part[1] for r, part in enumerate(parts)}
+    if rank > 0:
+        return PredictSummary(out, done, failed, None, time.perf_counter() - t_start, timings, rank, ranks)
+    order = {str(p): i for i, p in enumerate(photos)}
+    rows = sorted((row for part in parts for row in part[0]), key=lambda row: order[row["photo"]])
+    done = sorted((p for part in parts for p in part[1]), key=order.__getitem__)
+    failed = sorted((p for part in parts for p in part[2]), key=order.__getitem__)
     table = out / "class_areas.csv" if rows else None
     if table is not None:
         areas.write(table, rows)
-    return PredictSummary(out, done, failed, table, time.perf_counter() - t_start, timings)
+    summary = PredictSummary(out, done, failed, table, time.perf_counter() - t_start, timings, rank, ranks)
+    if world > 1:  # which process segmented what, for a job's logs
+        atomic_write_text(out / "predict_ranks.json", json.dumps({"ranks": world, "photos": ranks,
+                                                                  "failed": failed}, indent=1) + "\n")
+    return summary

@@ -3,8 +3,9 @@
 Contract
 --------
 * A run folder is created once and never reused: ``<out>/<name>-<YYYYMMDD-HHMMSS>`` (``-2``, ``-3``…
-  on a clash). Under torchrun/SLURM/OAR every rank derives the same name from the job id; rank 0
-  creates it, the others wait for it.
+  on a clash). In a job (torchrun, SLURM, OAR: :mod:`droneseg.cluster`) every rank and node derives the
+  same name from the job id, ``<name>-job<id>``; rank 0 creates it, the others wait for it, and a
+  requeued job finds it again and resumes it.
 * ``model.json`` holds all that ``predict``/``evaluate``/``export`` need (architecture, scheme,
   working size and resize filter, inference settings, the identity of the training dataset);
   ``model.safetensors`` holds tensors only, so loading a model never unpickles.
@@ -29,49 +30,65 @@ from safetensors.torch import save as safetensors_bytes
 
 from droneseg import __version__
 from droneseg.classes import DataError
+from droneseg.cluster import ClusterEnv, detect
 from droneseg.io import atomic_open, atomic_write_json
 from droneseg.schemes import LabelScheme
 from droneseg.tiler import InferenceConfig
 
 MODEL_FORMAT = 2  # 2: image_filter, inference and dataset at the top level
 RUN_DIR_ENV = "DRONESEG_RUN_DIR"  # set by the process that created the run folder, for the ones it launches
-_JOB_ID_VARS = ("TORCHELASTIC_RUN_ID", "SLURM_JOB_ID", "OAR_JOB_ID")
 
 
-def global_rank() -> int:
-    for var in ("RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "LOCAL_RANK"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 0
+def is_creator(env: ClusterEnv) -> bool:
+    """Whether this process makes the run folder: rank 0 of node 0, not a process another one started."""
+    return env.rank == 0 and env.local_rank == 0 and env.node_rank == 0
 
 
-def world_size() -> int:
-    for var in ("WORLD_SIZE", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
-        if var in os.environ:
-            return int(os.environ[var])
-    return 1
+def finished(run: Path) -> bool:
+    """Whether ``run`` holds a run that ended (its ``train_summary.json`` is written last)."""
+    return (Path(run) / "train_summary.json").is_file()
 
 
-def new_run_dir(out: Path, name: str, wait_s: float = 300.0) -> Path:
-    """A fresh run folder; never an existing one (except the one a parent process made for this run)."""
+def job_run_dir(out: Path, name: str, job_id: str) -> Path:
+    """The folder of a job's run, the same on every rank and node and again after a requeue: ``<name>-job<id>``,
+    or ``-2``, ``-3``… past folders holding finished runs (a job script that trains twice)."""
+    base = Path(out) / f"{name}-job{job_id}"
+    for i in range(1, 1000):
+        run = base if i == 1 else base.with_name(f"{base.name}-{i}")
+        if not finished(run):
+            return run
+    raise DataError(f"{out}: 999 finished runs named {base.name}; pass --run-dir")
+
+
+def shared_run_dir(run: Path, env: ClusterEnv, wait_s: float = 300.0) -> Path:
+    """``run``, made by the creating process (also when it exists: a requeued job that stopped before its first
+    checkpoint starts again there) and waited for by the others. Raises DataError after ``wait_s``."""
+    run = Path(run)
+    if is_creator(env):
+        run.mkdir(parents=True, exist_ok=True)
+        return run
+    deadline = time.monotonic() + wait_s
+    while not run.is_dir():
+        if time.monotonic() > deadline:
+            raise DataError(f"{run}: rank 0 did not create the run folder within {wait_s:.0f} s")
+        time.sleep(0.5)
+    return run
+
+
+def new_run_dir(out: Path, name: str, env: ClusterEnv | None = None, wait_s: float = 300.0) -> Path:
+    """A fresh run folder, never an existing one; in a job, the job's folder (:func:`job_run_dir`), which the
+    creating process makes and the others wait for. Processes a creator started get its folder (``RUN_DIR_ENV``).
+    """
+    env = env or detect()
     inherited = os.environ.get(RUN_DIR_ENV)
-    if inherited and global_rank() > 0 and Path(inherited).is_dir():
+    if inherited and not is_creator(env) and Path(inherited).is_dir():
         return Path(inherited)
     out = Path(out)
-    if world_size() > 1:
-        job = next((os.environ[v] for v in _JOB_ID_VARS if os.environ.get(v) not in (None, "", "none")), None)
-        if job is None:
-            raise DataError("multi-process training needs a job id (torchrun --rdzv-id, SLURM or OAR) to name the run")
-        run = out / f"{name}-job{job}"
-        if global_rank() == 0:
-            run.mkdir(parents=True, exist_ok=False)
-        else:
-            deadline = time.monotonic() + wait_s
-            while not run.is_dir():
-                if time.monotonic() > deadline:
-                    raise DataError(f"{run}: rank 0 did not create the run folder within {wait_s:.0f} s")
-                time.sleep(0.5)
-        return run
+    if env.world_size > 1 and not env.names_run:
+        raise DataError("multi-process training needs a job id to name its run folder alike on every rank "
+                        "(torchrun --rdzv-id ID or --standalone, SLURM or OAR), or --run-dir")
+    if env.names_run:
+        return shared_run_dir(job_run_dir(out, name, env.job_id), env, wait_s)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     for i in range(1, 1000):

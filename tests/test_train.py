@@ -118,8 +118,8 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(synth_root, tmp_path
 
 
 def test_resume_refuses_other_options(synth_root, tmp_path):
-    result = RUN.invoke(app, ["train", "--resume", str(tmp_path), "--max-epochs", "3"])
-    assert result.exit_code != 0 and "--resume" in result.output
+    result = RUN.invoke(app, ["train", "--resume", str(tmp_path), "--set", "train.lr=0.1"])
+    assert result.exit_code != 0 and "takes only --max-epochs and --max-time" in str(result.exception)
 
 
 @pytest.mark.parametrize(
@@ -157,6 +157,7 @@ def test_a_finished_run_is_not_resumed(synth_root, tmp_path):
     run = _train(synth_root, tmp_path / "runs", "--max-epochs", "1", "--set", "train.final_eval=false")
     result = RUN.invoke(app, ["train", "--resume", str(run)])
     assert result.exit_code != 0 and "this run finished (stopped by max_epochs)" in str(result.exception)
+    assert "--max-epochs N or --max-time T" in str(result.exception)  # and says how to extend it
 
 
 def test_the_budget_covers_the_command_and_the_schedule_ends_when_it_does(synth_root, tmp_path):

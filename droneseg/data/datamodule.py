@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from droneseg.classes import DataError
 from droneseg.data.cache import CacheEntry, build_cache
-from droneseg.data.dataset import CropDataset, EpochSampler, WholeImageDataset
+from droneseg.data.dataset import CropDataset, EpochSampler, ShardSampler, WholeImageDataset
 from droneseg.data.layout import Layout, find_layout
 from droneseg.data.splits import make_splits
 from droneseg.data.transforms import AugmentConfig
@@ -96,6 +96,7 @@ class DroneDataModule(pl.LightningDataModule):
         if not self.splits["train"]:
             raise DataError(f"{self.root}: the train split is empty")
         self.entries: dict[str, list[CacheEntry]] = {}
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a mid-epoch checkpoint
 
     def _samples(self, split: str):
         by_id = self.layout.by_id()
@@ -128,12 +129,30 @@ class DroneDataModule(pl.LightningDataModule):
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.workers,
                           persistent_workers=self.workers > 0, pin_memory=self.on_gpu)
 
+    def state_dict(self) -> dict:
+        """Where in its epoch a checkpoint was saved (a requeue saves between two batches)."""
+        trainer = self.trainer
+        if trainer is None:
+            return {}
+        return {"epoch": trainer.current_epoch,
+                "batches_done": trainer.fit_loop.epoch_loop.batch_progress.current.processed}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state:
+            self._resume_at = (int(state["epoch"]), int(state["batches_done"]))
+
     def train_dataloader(self) -> DataLoader:
         n = len(self.entries["train"])
         sampler = EpochSampler(n, self.cfg.samples_per_epoch or n, self.seed)
+        if self._resume_at is not None:  # mid-epoch checkpoint: the rest of that epoch, as if never interrupted
+            epoch, batches = self._resume_at
+            if 0 < batches < -(-len(sampler) // self.cfg.batch_size):
+                sampler.skip(epoch, batches * self.cfg.batch_size)
+            self._resume_at = None
         dataset = CropDataset(self.entries["train"], self.scheme, self.cfg.crop, self.cfg.augment, self.cfg.rare_crop,
                               self.seed)
         return self._loader(dataset, self.cfg.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(WholeImageDataset(self.entries["val"], self.scheme), 1)
+        """Each val image on one rank only (no padding); the metrics' sums are reduced across ranks."""
+        return self._loader(WholeImageDataset(self.entries["val"], self.scheme), 1, ShardSampler(len(self.entries["val"])))

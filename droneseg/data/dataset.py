@@ -33,6 +33,15 @@ def _to_tensors(image: np.ndarray, target: np.ndarray) -> tuple[torch.Tensor, to
     return img, torch.from_numpy(np.array(target, dtype=np.int64))
 
 
+def rank_and_world(rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+    """The given (rank, world size), else the initialised process group's, else (0, 1)."""
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 class EpochSampler(Sampler[SampleKey]):
     """``samples_per_epoch`` draws over ``n_images`` (each image equally often, shuffled per epoch).
 
@@ -46,17 +55,19 @@ class EpochSampler(Sampler[SampleKey]):
             raise ValueError("no training images")
         self.n_images, self.samples, self.seed, self.epoch = n_images, samples_per_epoch, seed, 0
         self._rank, self._world = rank, world_size
+        self._skip: tuple[int, int] | None = None  # (epoch, samples of this rank already trained on)
+
+    def skip(self, epoch: int, samples: int) -> None:
+        """Resume epoch ``epoch`` after this rank's first ``samples`` keys (a checkpoint saved mid-epoch): the rest
+        of the epoch comes as in an uninterrupted run. Applies once, to that epoch."""
+        self._skip = (epoch, samples)
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at the start of every epoch."""
         self.epoch = epoch
 
     def _dist(self) -> tuple[int, int]:
-        if self._rank is not None and self._world is not None:
-            return self._rank, self._world
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-        return 0, 1
+        return rank_and_world(self._rank, self._world)
 
     def __len__(self) -> int:
         return -(-self.samples // self._dist()[1])
@@ -68,8 +79,34 @@ class EpochSampler(Sampler[SampleKey]):
         order = np.concatenate([rng.permutation(self.n_images) for _ in range(reps)])[: self.samples]
         total = len(self) * world
         order = np.concatenate([order, order[: total - len(order)]])  # pad for equal shards
-        for pos in range(rank, total, world):
+        start = 0
+        if self._skip is not None and self._skip[0] == self.epoch:
+            start, self._skip = self._skip[1], None
+        for pos in list(range(rank, total, world))[start:]:
             yield self.epoch, pos, int(order[pos])
+
+
+class ShardSampler(Sampler[int]):
+    """Rank r of w takes images r, r + w, r + 2w…: each image on exactly one rank, no padding (shards may differ
+    by one image; what is computed from them is summed, so uneven shards are exact).
+
+    >>> [list(ShardSampler(5, rank=r, world_size=2)) for r in (0, 1)]
+    [[0, 2, 4], [1, 3]]
+    """
+
+    def __init__(self, n: int, rank: int | None = None, world_size: int | None = None) -> None:
+        self.n, self._rank, self._world = n, rank, world_size
+
+    def _dist(self) -> tuple[int, int]:
+        return rank_and_world(self._rank, self._world)
+
+    def __len__(self) -> int:
+        rank, world = self._dist()
+        return len(range(rank, self.n, world))
+
+    def __iter__(self) -> Iterator[int]:
+        rank, world = self._dist()
+        return iter(range(rank, self.n, world))
 
 
 class CropDataset(Dataset):

@@ -77,8 +77,8 @@ class Budget(pl.Callback):
     """Stops training in time for the final evaluation and keeps the schedule's plan fitted to the deadline."""
 
     def __init__(self, started: float, seconds: float, plan: StepPlan, accumulate: int, final_eval: bool,
-                 crop_pixels: float) -> None:
-        self.started, self.seconds = started, seconds
+                 crop_pixels: float, carry_spent: bool = True) -> None:
+        self.started, self.seconds, self.carry_spent = started, seconds, carry_spent
         self.deadline = started + seconds
         self.spent_before = 0.0  # seconds of earlier sessions of a resumed run
         self.plan, self.accumulate, self.final_eval = plan, accumulate, final_eval
@@ -122,7 +122,8 @@ class Budget(pl.Callback):
     # -- hooks ------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         entries = getattr(trainer.datamodule, "entries", {}).get("val", [])
-        self.val_pixels = 1.3 * sum(float(np.prod(e.load()[0].shape[:2])) for e in entries)  # 1.3: tile overlap
+        # 1.3: tile overlap; each rank validates its shard of the split
+        self.val_pixels = 1.3 * sum(float(np.prod(e.load()[0].shape[:2])) for e in entries) / trainer.world_size
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = None  # the first batch of an epoch waits for the loader: its time is not a step's
@@ -163,7 +164,7 @@ class Budget(pl.Callback):
         """A resumed run has what its earlier sessions left of the budget."""
         self.plan.total = int(state.get("planned", self.plan.total))
         self.step_s, self.val_s = state.get("step_s"), state.get("val_s")
-        self.spent_before = float(state.get("spent", 0.0))
+        self.spent_before = float(state.get("spent", 0.0)) if self.carry_spent else 0.0
         self.deadline = self.started + self.seconds - self.spent_before
 
     def summary(self, trainer: pl.Trainer) -> dict:

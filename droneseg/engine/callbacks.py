@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 import time
 from pathlib import Path
@@ -20,7 +21,8 @@ from droneseg.io import atomic_write_text
 from droneseg.plots import prediction_panels
 
 # images_per_s counts training steps only; epoch_s includes validation
-COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "lr", "epoch_s", "images_per_s", "elapsed_s")
+COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "val_images", "lr", "epoch_s",
+           "images_per_s", "elapsed_s")
 
 
 class EpochLog(pl.Callback):
@@ -54,6 +56,16 @@ class EpochLog(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._fit_start = time.monotonic()
 
+    def _confusions(self, trainer: pl.Trainer, last_val: dict) -> None:
+        """``logs/val_confusion.json``: each epoch's pooled val confusion matrix (rows truth, columns prediction,
+        working size) and the number of images it counts, summed over every rank."""
+        path = self.path.with_name("val_confusion.json")
+        epochs = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+        epochs = {k: v for k, v in epochs.items() if int(k) < trainer.current_epoch}  # a resume trains again
+        if last_val.get("epoch") == trainer.current_epoch:
+            epochs[str(trainer.current_epoch)] = {"images": last_val["images"], "confusion": last_val["confusion"]}
+        atomic_write_text(path, json.dumps(epochs, separators=(",", ":")) + "\n")
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         """After a resume's state is restored: rows of epochs about to be trained again are dropped."""
         if trainer.is_global_zero:
@@ -72,10 +84,11 @@ class EpochLog(pl.Callback):
         pl_module.log("img/s", rate, prog_bar=True, on_step=True, on_epoch=False, rank_zero_only=True)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        m = trainer.callback_metrics  # every rank: computing the epoch's metrics may reduce them across ranks
         if not trainer.is_global_zero:
             return
-        m = trainer.callback_metrics
         seconds = time.monotonic() - self._epoch_start
+        validated = pl_module.last_val.get("epoch") == trainer.current_epoch
 
         def get(key: str) -> float | str:
             return float(m[key]) if key in m else ""
@@ -86,12 +99,14 @@ class EpochLog(pl.Callback):
             "val_loss": get("val/loss"),
             "val_miou": get("val/miou"),
             "val_pixel_accuracy": get("val/pixel_accuracy"),
+            "val_images": pl_module.last_val["images"] if validated else "",
             "lr": self._lr,
             "epoch_s": round(seconds, 3),
             "images_per_s": round(self._images / max(self._train_end - self._epoch_start, 1e-9), 3),
             "elapsed_s": round(self.state_dict()["elapsed"], 3),
         }
         self._write(self._rows() + [row])
+        self._confusions(trainer, pl_module.last_val)
         if self.echo:
             def f(key: str, fmt: str) -> str:
                 return "-" if row[key] == "" else format(row[key], fmt)

@@ -21,19 +21,24 @@ import lightning.pytorch as pl
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar, WeightAveraging
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_avg_fn
 
 from droneseg import __version__
 from droneseg.classes import DataError
+from droneseg.cluster import ClusterEnv, cpu_threads, detect, prepare
 from droneseg.config import RunConfig, dump_config, validate
 from droneseg.data.datamodule import DroneDataModule
 from droneseg.data.splits import save_splits
 from droneseg.engine.budget import Budget
 from droneseg.engine.callbacks import EpochLog, SampleFigures
+from droneseg.engine.checkpoints import AtomicCheckpointIO
+from droneseg.engine.requeue import Requeue, listen, resume_checkpoint, slurm_plugin
 from droneseg.engine.task import SegmentationTask, parse_duration
 from droneseg.io import atomic_write_json, atomic_write_text
 from droneseg.plots import read_metrics_csv, training_curves
-from droneseg.runs import RUN_DIR_ENV, ModelInfo, global_rank, new_run_dir, save_model
+from droneseg.runs import (RUN_DIR_ENV, ModelInfo, finished, is_creator, job_run_dir, new_run_dir, save_model,
+                           shared_run_dir)
 
 MONITOR = "val/miou"
 
@@ -45,15 +50,16 @@ def _precision(cfg: RunConfig) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def _budget(cfg: RunConfig, task: SegmentationTask, started: float) -> Budget | None:
-    """The whole command's time budget (``max_time``), counted from ``started``."""
+def _budget(cfg: RunConfig, task: SegmentationTask, started: float, carry_spent: bool = True) -> Budget | None:
+    """The whole command's time budget (``max_time``), counted from ``started``; a resumed run has what its
+    earlier sessions left of it (``carry_spent``), an extended one the whole of it."""
     if not cfg.train.max_time:
         return None
     return Budget(started, parse_duration(cfg.train.max_time).total_seconds(), task.plan, cfg.train.accumulate,
-                  cfg.train.final_eval, cfg.data.crop**2)
+                  cfg.train.final_eval, cfg.data.crop**2, carry_spent=carry_spent)
 
 
-def _trainer(cfg: RunConfig, run: Path, budget: Budget | None) -> pl.Trainer:
+def _trainer(cfg: RunConfig, run: Path, budget: Budget | None, requeue: Requeue | None, env: ClusterEnv) -> pl.Trainer:
     t = cfg.train
     interactive = sys.stderr.isatty()
     callbacks = [
@@ -68,6 +74,8 @@ def _trainer(cfg: RunConfig, run: Path, budget: Budget | None) -> pl.Trainer:
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=t.patience))
     if budget is not None:
         callbacks.append(budget)
+    if requeue is not None:
+        callbacks.append(requeue)
     if t.ema is not None:
         # Lightning's averaging: validation, checkpoints and so the saved model use the averaged weights
         callbacks.append(WeightAveraging(avg_fn=get_ema_avg_fn(t.ema)))
@@ -81,7 +89,8 @@ def _trainer(cfg: RunConfig, run: Path, budget: Budget | None) -> pl.Trainer:
         accumulate_grad_batches=t.accumulate,
         deterministic=t.deterministic,
         callbacks=callbacks,
-        logger=False,
+        plugins=[AtomicCheckpointIO(), *slurm_plugin(env)],
+        logger=TensorBoardLogger(run, name="logs", version="tensorboard", default_hp_metric=False),
         use_distributed_sampler=False,  # EpochSampler shards by rank itself
         num_sanity_val_steps=0,
         log_every_n_steps=10,
@@ -108,9 +117,9 @@ def _stopped_by(trainer: pl.Trainer) -> str:
     return "max_epochs"
 
 
-def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTask, dm: DroneDataModule,
-            budget: Budget | None, started: float) -> None:
-    """Best weights → model files, curves, summary. Rank 0 only."""
+def _save_model(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTask,
+                dm: DroneDataModule) -> Path | None:
+    """The best checkpoint's weights as ``model.safetensors`` + ``model.json``; -> the checkpoint. Rank 0 only."""
     ckpt = trainer.checkpoint_callback
     best = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None
     if best and best.is_file():
@@ -123,6 +132,28 @@ def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTa
                      inference=cfg.inference.model_dump(mode="json"), dataset=dataset,
                      extra={"run": run.name, "best_checkpoint": best.name if best else None})
     save_model(run, task.net, info)
+    return best
+
+
+def _final_eval(cfg: RunConfig, run: Path, trainer: pl.Trainer) -> dict:
+    """``droneseg evaluate`` of the saved model on val, each rank its shard (every rank calls it)."""
+    from droneseg.evaluate import evaluate  # the same code path as `droneseg evaluate`: one truth
+
+    t_eval = time.monotonic()
+    folder = evaluate(run, cfg.data.root, split="val", figures=2 * cfg.train.samples,
+                      device=str(trainer.strategy.root_device), cache_dir=cfg.data.cache_dir,
+                      progress=sys.stderr.isatty())
+    if not trainer.is_global_zero:
+        return {}
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    return {"val_miou_native": metrics["miou"], "eval_report": str((folder / "report.html").relative_to(run)),
+            "final_eval_s": round(time.monotonic() - t_eval, 1)}
+
+
+def _summary(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTask, dm: DroneDataModule,
+             budget: Budget | None) -> dict:
+    """``train_summary.json`` less the final evaluation; also draws the training curves. Rank 0 only."""
+    ckpt = trainer.checkpoint_callback
     rows = read_metrics_csv(run / "logs" / "metrics.csv") if (run / "logs" / "metrics.csv").exists() else []
     if rows:
         training_curves(rows, run / "training_curves.png")
@@ -148,19 +179,7 @@ def _finish(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTa
         **({"budget": budget.summary(trainer)} if budget is not None else {}),
         **_peak_memory_mb(),
     }
-    if cfg.train.final_eval:
-        from droneseg.evaluate import evaluate  # the same code path as `droneseg evaluate`: one truth
-
-        t_eval = time.monotonic()
-        folder = evaluate(run, cfg.data.root, split="val", figures=2 * cfg.train.samples,
-                          device=str(trainer.strategy.root_device), cache_dir=cfg.data.cache_dir,
-                          progress=sys.stderr.isatty())
-        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-        summary["val_miou_native"] = metrics["miou"]
-        summary["eval_report"] = str((folder / "report.html").relative_to(run))
-        summary["final_eval_s"] = round(time.monotonic() - t_eval, 1)
-    summary["command_s"] = round(time.monotonic() - started, 1)  # this session, from the command's start
-    atomic_write_json(run / "train_summary.json", summary)
+    return summary
 
 
 def _environment() -> dict:
@@ -168,50 +187,158 @@ def _environment() -> dict:
             "python": sys.version.split()[0], "argv": sys.argv}
 
 
-def train(cfg: RunConfig, out: Path | None = None, resume: Path | None = None, started: float | None = None) -> Path:
-    """Train (or resume) a run; returns the run folder.
+class Requeued(Exception):
+    """Training stopped on the scheduler's walltime signal with ``last.ckpt`` saved; ``exit_code`` ends the command
+    (99 on OAR, which resubmits an idempotent job on it; 0 on SLURM, which was asked to requeue)."""
 
-    ``started``: ``time.monotonic()`` when the command began (default: now); ``train.max_time`` counts from there
-    and covers the cache, training and the final evaluation.
+    def __init__(self, run: Path, exit_code: int) -> None:
+        super().__init__(f"{run}: saved at the walltime signal; the job resumes it when it starts again")
+        self.run, self.exit_code = run, exit_code
+
+
+def _differences(saved: dict, cfg: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between a run's saved config and ``cfg`` (the environment aside)."""
+    now = yaml.safe_load(dump_config(cfg))
+
+    def walk(a: object, b: object, key: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)]
+        return [] if a == b or key in ignore else [key]
+
+    return walk({k: v for k, v in saved.items() if k != "environment"}, now, "")
+
+
+def _saved_config(run: Path) -> dict:
+    path = run / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{run}: no config.yaml; not a droneseg run folder")
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+EXTENDABLE = ("train.max_epochs", "train.max_time")
+
+
+def _archive_finished(run: Path) -> Path:
+    """Move a finished run's model and summary to ``previous/N/`` before it is extended: nothing is lost."""
+    n = 1
+    while (run / "previous" / str(n)).exists():
+        n += 1
+    dest = run / "previous" / str(n)
+    dest.mkdir(parents=True)
+    for name in ("train_summary.json", "model.safetensors", "model.json", "training_curves.png"):
+        if (run / name).exists():
+            os.replace(run / name, dest / name)
+    return dest
+
+
+def _resolve_run(cfg: RunConfig, out: Path, resume: Path | None, run_dir: Path | None, extend: dict,
+                 env: ClusterEnv) -> tuple[RunConfig, Path | None, Path | None, bool]:
+    """-> (config, run folder or None for a new one, checkpoint to resume from, whether a finished run is extended).
+
+    ``resume``: that run exactly as configured, save ``extend`` (``train.max_epochs``/``train.max_time``), which
+    also continues a finished run. ``run_dir`` (or, in a job, the job's folder): resumed if it holds an unfinished
+    run with a checkpoint and the same config (a requeued job), else a new run there.
     """
-    started = time.monotonic() if started is None else started
     if resume is not None:
         run = Path(resume)
-        ckpt = run / "checkpoints" / "last.ckpt"
-        if not ckpt.is_file():
-            raise DataError(f"{run}: no checkpoints/last.ckpt to resume from")
-        if (run / "train_summary.json").is_file():
-            stopped = json.loads((run / "train_summary.json").read_text(encoding="utf-8")).get("stopped_by")
-            raise DataError(f"{run}: this run finished (stopped by {stopped}); resume continues interrupted runs only")
-        saved = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+        saved = _saved_config(run)
         saved.pop("environment", None)
+        for key, value in extend.items():
+            section, name = key.split(".")
+            saved[section][name] = value
         cfg = validate(saved, str(run / "config.yaml"))
+        ckpt = resume_checkpoint(run)
+        if ckpt is None:
+            raise DataError(f"{run}: no checkpoints/last.ckpt to resume from")
+        if finished(run) and not extend:
+            stopped = json.loads((run / "train_summary.json").read_text(encoding="utf-8")).get("stopped_by")
+            raise DataError(f"{run}: this run finished (stopped by {stopped}); continue it with --resume {run} "
+                            "--max-epochs N or --max-time T")
+        return cfg, run, ckpt, finished(run)
+    if run_dir is None and env.names_run:
+        run_dir = job_run_dir(out, cfg.name, env.job_id)
+    if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
+        return cfg, run_dir, None, False
+    run = Path(run_dir)
+    if finished(run):
+        raise DataError(f"{run}: holds a finished run; continue it with --resume {run} --max-epochs N or --max-time T")
+    ckpt = resume_checkpoint(run)
+    if ckpt is None:
+        return cfg, run, None, False  # stopped before its first checkpoint: start again in the same folder
+    diff = _differences(_saved_config(run), cfg)
+    if diff:
+        raise DataError(f"{run}: holds an unfinished run configured differently ({diff[0]}); resume it with "
+                        f"--resume {run} or choose another --run-dir")
+    return cfg, run, ckpt, False
+
+
+def _make_run_dir(run_dir: Path | None, out: Path, cfg: RunConfig, env: ClusterEnv) -> Path:
+    if run_dir is None:
+        return new_run_dir(out, cfg.name, env)
+    return shared_run_dir(run_dir, env)
+
+
+def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = None, started: float | None = None,
+          run_dir: Path | None = None, extend: dict | None = None) -> Path:
+    """Train, resume or extend a run; returns the run folder.
+
+    ``started``: ``time.monotonic()`` when the command began (default: now); ``train.max_time`` counts from there
+    and covers the cache, training and the final evaluation. ``resume``: an interrupted run (with ``extend``, e.g.
+    ``{"train.max_epochs": 40}``, a finished one too). ``run_dir``: the run folder itself, resumed if it holds
+    this run unfinished (how a requeued job finds its run). Raises :class:`Requeued` when the scheduler's
+    walltime signal stopped training (``last.ckpt`` saved), DataError for unusable input.
+    """
+    started = time.monotonic() if started is None else started
+    out = Path(out or "runs")
+    env = detect()
+    listen(env)  # from the first second: a walltime signal during the cache build is not lost
+    extend = {k: v for k, v in (extend or {}).items() if v is not None}
+    cfg, run, ckpt, extending = _resolve_run(cfg, out, resume, run_dir, extend, env)
     if not cfg.data.root:
         raise DataError("no dataset: pass --data DIR (or set data.root)")
+    prepare(env, cfg.train.num_nodes)
     # Lightning's start-up banners (accelerator, tips) are noise on the console; our own summary follows
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, not ours
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    # short epochs log at their end anyway (metrics.csv); the per-step TensorBoard points just come less often
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    threads = cfg.train.threads or cpu_threads(env)
+    if threads:
+        torch.set_num_threads(threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
     dm = DroneDataModule(cfg.data, Path(cfg.data.root), seed=cfg.train.seed, on_gpu=on_gpu)
     if not dm.splits["val"]:
         raise DataError(f"{cfg.data.root}: the val split is empty; training needs one for early stopping and the best model")
-    if resume is None:
-        run = new_run_dir(out or Path("runs"), cfg.name)
+    if ckpt is None:
+        run = _make_run_dir(run, out, cfg, env)
         os.environ[RUN_DIR_ENV] = str(run)  # processes Lightning starts for more devices reuse this folder
-        if global_rank() == 0:
+        if is_creator(env):
             atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
             save_splits(dm.splits, run / "splits")
+    else:
+        os.environ[RUN_DIR_ENV] = str(run)
+        if extending and is_creator(env):
+            _archive_finished(run)
+            atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
     task = SegmentationTask(cfg.model.model_dump(mode="json"), cfg.loss.model_dump(mode="json"),
                             cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),
                             inference=cfg.inference.model_dump(mode="json"))
-    budget = _budget(cfg, task, started)
-    trainer = _trainer(cfg, run, budget)
+    budget = _budget(cfg, task, started, carry_spent=not extending)
+    requeue = Requeue(env, run / "checkpoints" / "last.ckpt") if env.requeue_signal is not None else None
+    trainer = _trainer(cfg, run, budget, requeue, env)
     start = time.monotonic()
-    trainer.fit(task, datamodule=dm, ckpt_path=str(run / "checkpoints" / "last.ckpt") if resume else None)
+    trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
+    if requeue is not None and requeue.requeued:
+        raise Requeued(run, env.requeue_exit or 0)
+    best = _save_model(cfg, run, trainer, task, dm) if trainer.is_global_zero else None
+    trainer.strategy.barrier("model saved")
+    summary = _summary(cfg, run, trainer, task, dm, budget) if trainer.is_global_zero else {}
+    if cfg.train.final_eval:
+        summary.update(_final_eval(cfg, run, trainer))
     if trainer.is_global_zero:
-        _finish(cfg, run, trainer, task, dm, budget, started)
+        summary["best_checkpoint"] = best.name if best else None
+        summary["command_s"] = round(time.monotonic() - started, 1)  # this session, from the command's start
+        atomic_write_json(run / "train_summary.json", summary)  # last: its presence marks the run finished
         print(f"trained {trainer.current_epoch} epochs in {time.monotonic() - start:.0f} s", file=sys.stderr)
     return run

@@ -1,0 +1,105 @@
+"""Walltime: on the scheduler's warning signal, save and hand the job back to the queue.
+
+Contract
+--------
+* :func:`listen` installs the handler as soon as the command starts (a signal during the cache build is not lost;
+  its default action would kill the job). The handler only sets a flag: nothing is saved inside it.
+* :class:`Requeue` checks the flag after every training batch. All ranks agree (one tiny all-reduce: the scheduler
+  may signal only some processes), save ``checkpoints/last.ckpt`` at that step boundary, the run's one resume
+  point, and stop. Then SLURM: rank 0 runs ``scontrol requeue <job>``; OAR: the command exits with 99, which an
+  ``idempotent`` job is resubmitted on. Either way the next start resumes the run folder.
+* Lightning's own SLURM handler (an ``hpc_ckpt_N.ckpt`` written inside the signal handler) is switched off
+  (:func:`slurm_plugin`), so two checkpoints never compete; :func:`resume_checkpoint` still takes the newer of
+  ``last.ckpt`` and any ``hpc_ckpt_*.ckpt`` by global step, so neither silently wins.
+* A signal during validation or the final evaluation is acted on at the next training batch, or not at all.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+
+from droneseg.cluster import ClusterEnv
+
+log = logging.getLogger(__name__)
+
+
+class _Flag:
+    """Set by the signal handler, read at step boundaries."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+
+    def __call__(self, signum: int, frame) -> None:
+        self.received = signum
+
+
+FLAG = _Flag()
+
+
+def listen(env: ClusterEnv) -> signal.Signals | None:
+    """Catch the job's requeue signal from now on (main thread only); -> the signal, or None outside a job."""
+    import threading
+
+    if env.requeue_signal is None or threading.current_thread() is not threading.main_thread():
+        return None
+    FLAG.received = None
+    signal.signal(env.requeue_signal, FLAG)
+    return env.requeue_signal
+
+
+def slurm_plugin(env: ClusterEnv) -> list:
+    """Lightning's SLURM environment with its requeue handler off (ours saves at a step boundary instead)."""
+    if env.scheduler != "slurm" or env.launcher != "srun":
+        return []
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    return [SLURMEnvironment(auto_requeue=False)]
+
+
+class Requeue(pl.Callback):
+    """Save ``last.ckpt`` and requeue the job once its warning signal has arrived (see the module contract)."""
+
+    def __init__(self, env: ClusterEnv, last_checkpoint: Path) -> None:
+        self.env, self.last_checkpoint = env, Path(last_checkpoint)
+        self.requeued = False
+        self.command: list[str] | None = None  # the requeue command run, for the log
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch,
+                           batch_idx: int) -> None:
+        if self.requeued:
+            return
+        received = trainer.strategy.reduce_boolean_decision(FLAG.received is not None, all=False)
+        if not received:
+            return
+        self.requeued = True
+        trainer.save_checkpoint(self.last_checkpoint)  # every rank calls it; rank 0 writes (AtomicCheckpointIO)
+        trainer.should_stop = True
+        if trainer.is_global_zero:
+            print(f"requeue signal: saved {self.last_checkpoint} at step {trainer.global_step}", file=sys.stderr)
+            if self.env.scheduler == "slurm" and self.env.job_id:
+                self.command = ["scontrol", "requeue", self.env.job_id]
+                result = subprocess.run(self.command, capture_output=True, text=True)
+                if result.returncode:
+                    print(f"'{' '.join(self.command)}' failed ({result.returncode}): {result.stderr.strip()}",
+                          file=sys.stderr)
+
+
+def _global_step(path: Path) -> int:
+    return int(torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("global_step", -1))
+
+
+def resume_checkpoint(run: Path) -> Path | None:
+    """The checkpoint a run resumes from: the one with the most optimiser steps among ``checkpoints/last.ckpt``
+    and Lightning's ``hpc_ckpt_*.ckpt`` (ties go to ``last.ckpt``); None when there is none."""
+    candidates = [p for p in [Path(run) / "checkpoints" / "last.ckpt", *sorted(Path(run).glob("hpc_ckpt_*.ckpt"))]
+                  if p.is_file()]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (_global_step(p), p.name == "last.ckpt"))
