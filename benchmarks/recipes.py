@@ -38,6 +38,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "full-rare0.8": ("full", ["data.rare_crop=0.8"]),
     "full-1024": ("full", ["data.long_side=1024"]),
     "full-1024-crop512": ("full", ["data.long_side=1024", "data.crop=512", "data.batch_size=2"]),
+    "full-crop256-b8": ("full", ["data.crop=256", "data.batch_size=8"]),
     # the shipped presets, as they are
     "full": ("full", []),
     "six": ("six", []),
