@@ -112,9 +112,8 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(synth_root, tmp_path
     rows, ref_rows = _rows(run), _rows(ref_run)
     assert [int(r["epoch"]) for r in rows] == list(range(int(epochs)))  # each epoch exactly once
     assert json.loads((run / "train_summary.json").read_text())["epochs"] == int(epochs)
-    # same data order and RNG: the losses follow the uninterrupted run's
-    for a, b in zip(rows, ref_rows):
-        assert float(a["train_loss"]) == pytest.approx(float(b["train_loss"]), rel=1e-4)
+    # same data order, RNG and schedule: the losses are the uninterrupted run's, bit for bit
+    assert [r["train_loss"] for r in rows] == [r["train_loss"] for r in ref_rows]
 
 
 def test_resume_refuses_other_options(synth_root, tmp_path):
@@ -175,6 +174,18 @@ def test_the_budget_covers_the_command_and_the_schedule_ends_when_it_does(synth_
     assert plan["final_lr"] <= 0.01 * 0.1  # near the schedule's end (1% of the peak), far below the peak
     lrs = [float(r["lr"]) for r in _rows(run)]
     assert max(lrs) > 5 * lrs[-1]  # it rose and decayed within the budget
+
+
+def test_when_max_epochs_ends_first_the_schedule_spans_its_steps_and_runs_repeat(synth_root, tmp_path):
+    """A generous budget must not stretch the schedule over steps that never run (it would never anneal), nor
+    make it depend on the wall clock: two runs give the same losses bit for bit."""
+    args = ("--max-epochs", "3", "--max-time", "10m", "--set", "train.final_eval=false", "--set", "train.sample_every=0",
+            "--set", "train.schedule=cosine")
+    runs = [_train(synth_root, tmp_path / f"runs{i}", *args) for i in range(2)]
+    plan = json.loads((runs[0] / "train_summary.json").read_text())["schedule"]
+    assert plan["planned_steps"] == plan["done_steps"] == 3 * 2  # 4 samples per epoch, batches of 2
+    assert plan["final_lr"] == pytest.approx(0.003 * 0.01, rel=0.05)  # demo's peak lr, cosine down to 1%
+    assert [r["train_loss"] for r in _rows(runs[0])] == [r["train_loss"] for r in _rows(runs[1])]
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ Contract
   seconds; the budget counts from the command's start, so cache building is inside it), it times training steps
   (loading included, validation excluded) and validation passes, and
   1. re-plans ``StepPlan.total`` = steps done + steps that fit before the deadline, less one more validation,
-     the final evaluation's reserve and a margin, each epoch's validation spread over its steps;
+     the final evaluation's reserve and a margin, each epoch's validation spread over its steps; never more than
+     the steps ``max_epochs``/``max_steps`` allow (that limit, when it binds first, fixes the schedule);
   2. stops training (``trainer.should_stop``, so Lightning validates the last weights) when what remains is no
      longer than that reserve. Under DDP rank 0's numbers are broadcast, so every rank plans the same schedule.
 * The final evaluation's reserve: before any validation is timed, a guess from the step time (a forward pass is
@@ -115,6 +116,11 @@ class Budget(pl.Callback):
         left = max(0.0, self.deadline - time.monotonic() - self.reserve())
         total = trainer.global_step + int(left / per_batch / self.accumulate)
         total = int(trainer.strategy.broadcast(max(total, trainer.global_step + 1), src=0))
+        # the time fits more steps than max_epochs allows: the schedule spans max_epochs' steps, so it anneals
+        # when training ends (and is the same from run to run, not a wall-clock guess)
+        allowed = trainer.estimated_stepping_batches
+        if math.isfinite(allowed):
+            total = min(total, max(1, int(allowed)))
         if abs(total - self.plan.total) > 0.02 * max(1, self.plan.total):  # log the moves that matter
             self.history.append({"step": trainer.global_step, "planned": total})
         self.plan.total = total
