@@ -150,9 +150,11 @@ def pipeline(config: str, overrides: list[str], data: str, steps: int, splits: s
 def loader_rate(config: str, data: str, ids: list[str], n: int) -> dict:
     """Augmented crops per second that one loader process makes from the cache (what a GPU's workers each add):
     the preset's crop size, augmentation and class-centred crop rate, after the cache is built."""
+    import numpy as np
+
     from droneseg.config import load_config
     from droneseg.data.cache import build_cache
-    from droneseg.data.dataset import CropDataset
+    from droneseg.data.dataset import CropDataset, EpochSampler, class_counts, images_per_class
     from droneseg.data.layout import find_layout
     from droneseg.schemes import get_scheme
 
@@ -161,13 +163,18 @@ def loader_rate(config: str, data: str, ids: list[str], n: int) -> dict:
     by_id = layout.by_id()
     with tempfile.TemporaryDirectory() as tmp:
         entries = build_cache([by_id[i] for i in ids], layout.table, cfg.data.long_side, Path(tmp), progress=False)
-        ds = CropDataset(entries, get_scheme(cfg.data.scheme, layout.table), cfg.data.crop, cfg.data.augment,
-                         cfg.data.rare_crop, seed=0)
-        for i in range(len(entries)):  # open every image once, as a worker's first epoch does
-            ds[(0, i, i)]
+        scheme = get_scheme(cfg.data.scheme, layout.table)
+        ds = CropDataset(entries, scheme, cfg.data.crop, cfg.data.augment, seed=0)
+        counts = class_counts(entries, scheme)
+        sampler = EpochSampler(len(entries), n, 0, rank=0, world_size=1, class_images=images_per_class(counts),
+                               class_share=cfg.data.rare_crop)
+        for i in range(len(entries)):  # open every image and find its class pixels once, as a worker's first epoch does
+            ds[(0, i, i, int(np.argmax(counts[i])))]
+        sampler.set_epoch(1)
+        keys = list(sampler)  # the preset's mix of uniform and class-centred crops
         t0 = time.perf_counter()
-        for k in range(n):
-            ds[(1, k, k % len(entries))]
+        for key in keys:
+            ds[key]
         rate = n / (time.perf_counter() - t0)
     return {"crops_per_s": round(rate, 1), "crop": cfg.data.crop, "long_side": cfg.data.long_side,
             "rare_crop": cfg.data.rare_crop, "photos": len(ids), "crops": n}

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from droneseg.errors import DataError  # noqa: F401  (re-exported: DataError has always been importable from here)
+
 IGNORE_INDEX = 255
 """Target value of pixels that count for neither loss nor metrics."""
 
@@ -56,10 +58,6 @@ _BUILTIN_ROWS: tuple[tuple[str, int, int, int], ...] = (
 )
 
 
-class DataError(ValueError):
-    """Bad input data; the message names the file and the problem on one line."""
-
-
 def _pack_rgb(rgb: np.ndarray) -> np.ndarray:
     """(…, 3) uint8 -> (…) int32 key r<<16 | g<<8 | b."""
     rgb = rgb.astype(np.int32, copy=False)
@@ -75,11 +73,11 @@ class ClassTable:
 
     def __post_init__(self) -> None:
         if len(self.names) != len(self.colors):
-            raise ValueError("names and colours differ in length")
+            raise DataError("names and colours differ in length")
         if len(set(self.names)) != len(self.names):
-            raise ValueError(f"duplicate class names in {self.names}")
+            raise DataError(f"duplicate class names in {self.names}")
         if len(self.names) > IGNORE_INDEX:
-            raise ValueError(f"at most {IGNORE_INDEX} classes, got {len(self.names)}")
+            raise DataError(f"at most {IGNORE_INDEX} classes, got {len(self.names)}")
 
     def __len__(self) -> int:
         return len(self.names)
@@ -138,7 +136,7 @@ class ClassTable:
         try:
             return self.names.index(name)
         except ValueError:
-            raise KeyError(f"unknown class {name!r}; choose from {sorted(self.names)}") from None
+            raise DataError(f"unknown class {name!r}; choose from {sorted(self.names)}") from None
 
     @cached_property
     def _rgb_lut(self) -> np.ndarray:
@@ -147,16 +145,17 @@ class ClassTable:
         lut[_pack_rgb(self.colors)] = np.arange(len(self), dtype=np.uint8)
         return lut
 
-    def rgb_to_index(self, rgb: np.ndarray, source: str | Path = "<array>") -> np.ndarray:
+    def rgb_to_index(self, rgb: np.ndarray, source: str | Path = "<array>", strict: bool = True) -> np.ndarray:
         """(H, W, 3) uint8 colour mask -> (H, W) uint8 source indices.
 
-        Raises DataError naming ``source``, the first unknown colour and how many pixels have it.
+        Raises DataError naming ``source``, the first unknown colour and how many pixels have it; with
+        ``strict=False`` unknown colours become IGNORE_INDEX instead.
         """
         if rgb.ndim != 3 or rgb.shape[2] != 3:
             raise DataError(f"{source}: colour mask must be (H, W, 3), got shape {rgb.shape}")
         out = self._rgb_lut[_pack_rgb(rgb)]
         bad = out == IGNORE_INDEX
-        if bad.any():
+        if strict and bad.any():
             colors, counts = np.unique(rgb[bad], axis=0, return_counts=True)
             worst = int(np.argmax(counts))
             more = f" (and {len(colors) - 1} more unknown colours)" if len(colors) > 1 else ""

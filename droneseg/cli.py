@@ -1,5 +1,7 @@
 """The ``droneseg`` command: each sub-command parses its options, calls one public function, and
-prints where the output went. Bad input ends with one ``droneseg: error: …`` line and exit code 2.
+prints where the output went. Bad input ends with one ``droneseg: error: …`` line and exit code 2; a bug ends
+with one ``droneseg: internal error: …`` line and exit code 3 (``--debug`` shows the traceback). The exit codes
+are listed in :mod:`droneseg.errors`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,17 @@ DataDir = Annotated[Optional[Path], typer.Argument(help="Dataset folder (Kaggle 
 ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="Folder of photos (with --masks).")]
 MasksOpt = Annotated[Optional[Path], typer.Option("--masks", help="Folder of masks, paired with photos by file stem.")]
 TableOpt = Annotated[Optional[Path], typer.Option("--class-table", help="class_dict CSV overriding the one found.")]
+
+
+DEBUG_ENV = "DRONESEG_DEBUG"
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[bool, typer.Option("--debug", help=f"Print the traceback of any error (or {DEBUG_ENV}=1).")] = False,
+) -> None:
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 def _workers() -> int:
@@ -73,6 +86,8 @@ def check_data(
     report = check_dataset(layout, workers=workers, progress=sys.stderr.isatty())
     for line in report.problems:
         typer.echo(f"problem: {line}")
+    for line in report.notes:
+        typer.echo(f"warning: {line}")
     typer.echo(report.class_table_text(layout.table))
     if report.ok:
         typer.echo(f"{report.checked} pairs checked: all clean")
@@ -133,7 +148,7 @@ def train(
         typer.echo(str(run))
 
 
-TileOpt = Annotated[Optional[int], typer.Option("--tile", min=16, help="Tile side at working scale [model.json].")]
+TileOpt = Annotated[Optional[int], typer.Option("--tile", min=32, help="Tile side at working scale [model.json].")]
 OverlapOpt = Annotated[Optional[float], typer.Option("--overlap", min=0.0, max=0.9, help="Tile overlap share [model.json].")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles per forward pass [model.json].")]
 BlendOpt = Annotated[Optional[str], typer.Option("--blend", help="gaussian or cosine tile weights [model.json].")]
@@ -273,19 +288,70 @@ DEMO_SCENES = 48
 DEMO_SIZE = (384, 256)
 
 
-def main() -> None:
-    """Console entry point: bad input (DataError, ValueError, …) becomes one line on stderr and exit code 2."""
+def _debug() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0") or "--debug" in sys.argv[1:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``argv``: the arguments, default ``sys.argv[1:]``); always ends with ``sys.exit``.
+
+    The user's errors (:class:`~droneseg.errors.UserError`, a usage error of an option, and an ``OSError`` that
+    names its file: missing, unreadable, disk full) become one ``droneseg: error:`` line and their exit code;
+    anything else is a bug, said to be one, with exit code 3. ``--debug`` or ``DRONESEG_DEBUG=1`` adds the
+    traceback."""
+    from droneseg.errors import EXIT_INPUT, EXIT_INTERRUPTED
+
     try:
-        app()
-    except (ValueError, KeyError, OSError) as exc:  # DataError is a ValueError
-        if isinstance(exc, KeyError) and exc.args:
-            msg = exc.args[0]
-        elif isinstance(exc, OSError) and exc.filename:
-            msg = f"{exc.filename}: {exc.strerror or exc}"
-        else:
-            msg = exc
-        typer.echo(f"droneseg: error: {msg}", err=True)
-        sys.exit(2)
+        code = app(args=argv, prog_name="droneseg", standalone_mode=False)
+    except typer.Abort:  # Ctrl-C outside training (which saves and raises Interrupted instead)
+        typer.echo("droneseg: interrupted", err=True)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - click's own errors, by name: typer vendors click
+        kinds = {c.__name__ for c in type(exc).__mro__}
+        if "NoArgsIsHelpError" in kinds:  # plain `droneseg`: its help
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(0)
+        if "UsageError" in kinds:
+            ctx = getattr(exc, "ctx", None)
+            where = f" (see: droneseg {ctx.info_name} --help)" if ctx is not None and ctx.parent is not None else ""
+            typer.echo(f"droneseg: error: {exc.format_message()}{where}", err=True)  # type: ignore[attr-defined]
+            sys.exit(EXIT_INPUT)
+        if "ClickException" in kinds:
+            typer.echo(f"droneseg: error: {exc.format_message()}", err=True)  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        _fail(exc)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _fail(exc: Exception) -> None:
+    """The user's error as one line and its exit code, else an internal error."""
+    from droneseg.errors import EXIT_INPUT, UserError
+
+    _traceback_if_debug(exc)
+    if isinstance(exc, UserError):
+        typer.echo(f"droneseg: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        typer.echo(f"droneseg: error: {exc.filename}: {exc.strerror or exc}", err=True)
+        sys.exit(EXIT_INPUT)
+    _internal(exc)
+
+
+def _traceback_if_debug(exc: BaseException) -> None:
+    if _debug():
+        import traceback
+
+        traceback.print_exception(exc)
+
+
+def _internal(exc: BaseException) -> None:
+    from droneseg.errors import EXIT_INTERNAL
+
+    first = str(exc).splitlines()[0] if str(exc) else ""
+    how = "" if _debug() else f"; run again with --debug (or {DEBUG_ENV}=1) for the traceback"
+    typer.echo(f"droneseg: internal error: {type(exc).__name__}: {first} (a bug in droneseg or a library, not in "
+               f"your input{how}, and please report it)", err=True)
+    sys.exit(EXIT_INTERNAL)
 
 
 if __name__ == "__main__":

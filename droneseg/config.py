@@ -23,7 +23,7 @@ from droneseg.classes import DataError
 from droneseg.data.datamodule import DataConfig
 from droneseg.engine.task import TrainConfig
 from droneseg.losses import LossConfig
-from droneseg.models import ModelConfig
+from droneseg.models import NAMED_WEIGHTS, ModelConfig
 from droneseg.tiler import InferenceConfig
 
 
@@ -90,6 +90,31 @@ def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunCon
     for assignment in overrides or []:
         apply_override(raw, assignment)
     return validate(raw, origin)
+
+
+def resolve_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
+    """``cfg`` with every path it holds made absolute against ``base`` (default: the working folder): the dataset
+    root, a scheme YAML, a split folder, a weights file, the cache folder. A run's ``config.yaml`` then repeats the
+    run from any folder. Names (``full``, ``auto``, ``imagenet``…) stay names.
+
+    >>> resolve_paths(load_config("demo", ["data.root=data", "model.weights=w.safetensors"]), Path("/x")).data.root
+    '/x/data'
+    """
+    base = Path.cwd() if base is None else Path(base)
+    absolute = lambda p: str((base / Path(p).expanduser()).resolve())  # noqa: E731
+    data, model = cfg.data, cfg.model
+    changes_data: dict = {}
+    if data.root:
+        changes_data["root"] = absolute(data.root)
+    if data.scheme.endswith((".yaml", ".yml")):
+        changes_data["scheme"] = absolute(data.scheme)
+    if data.splits not in ("auto", "seed"):
+        changes_data["splits"] = absolute(data.splits)
+    if data.cache_dir:
+        changes_data["cache_dir"] = absolute(data.cache_dir)
+    changes_model = {"weights": absolute(model.weights)} if model.weights and model.weights not in NAMED_WEIGHTS else {}
+    return cfg.model_copy(update={"data": data.model_copy(update=changes_data),
+                                  "model": model.model_copy(update=changes_model)})
 
 
 def dump_config(cfg: RunConfig) -> str:

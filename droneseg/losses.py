@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import Tensor, nn
 
+from droneseg.errors import DataError
+
 LossFn = Callable[[Tensor, Tensor, Tensor, "Tensor | None", "LossConfig"], Tensor]
 
 
@@ -45,9 +47,9 @@ class LossConfig(BaseModel):
     def _known(cls, v: dict[str, float]) -> dict[str, float]:
         unknown = sorted(set(v) - set(LOSSES))
         if unknown:
-            raise ValueError(f"unknown loss {unknown[0]!r}; choose from {sorted(LOSSES)}")
+            raise DataError(f"unknown loss {unknown[0]!r}; choose from {sorted(LOSSES)}")
         if not v or all(w == 0 for w in v.values()):
-            raise ValueError("give at least one loss with a non-zero weight")
+            raise DataError("give at least one loss with a non-zero weight")
         return v
 
 
@@ -174,7 +176,7 @@ def class_weights_from_counts(counts: np.ndarray, how: Literal["none", "inverse"
     counts = np.asarray(counts, dtype=np.float64)
     seen = counts > 0
     if not seen.any():
-        raise ValueError("no labelled training pixels to derive class weights from")
+        raise DataError("no labelled training pixels to derive class weights from")
     w = np.zeros_like(counts)
     if how == "inverse":
         w[seen] = counts.sum() / (seen.sum() * counts[seen])

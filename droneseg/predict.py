@@ -3,7 +3,8 @@
 Contract
 --------
 * Inputs: photo files or folders (JPEG, PNG, TIFF; a folder is listed sorted, not recursively). EXIF orientation
-  is applied; grey, RGBA and 16-bit photos become RGB (:func:`droneseg.io.read_image`).
+  is applied (as everywhere in droneseg); grey, RGBA, CMYK and 16-bit photos become RGB
+  (:func:`droneseg.io.read_image`).
 * Working scale: a photo is decoded at the model's working scale (its long side = the model's ``long_side``, with
   the resize filter it was trained with; :func:`droneseg.io.read_working_image`, the training cache's decoder).
   That a photo of another size was taken from the same height is unknown, so its long side, not the dataset's
@@ -25,10 +26,13 @@ Contract
   written, their share of the photo and, with ``gsd`` (metres per photo pixel), area in square metres (a written
   pixel covers gsd² / scale²).
 * A photo that cannot be read is named on stderr in one line and skipped; ``PredictSummary.failed`` lists it.
+* A photo's alpha channel is a validity mask: transparent pixels get no class (255 in the mask, transparent in the
+  colour mask, untinted in the overlay) and count in no area of ``class_areas.csv``.
 * In a job of several processes (``torchrun``, ``srun``, an OAR job started on every node) rank r segments every
   ``world``-th photo from the r-th, each photo once, on its own device; rank 0 writes ``class_dict.csv``, the one
   ``class_areas.csv`` of the whole list and ``predict_ranks.json`` (which rank segmented what).
-* Refused before any work: a missing input, two photos with one stem, an output path that is an input photo.
+* Refused before any work: a missing input, two photos with one stem, an output path that is an input photo, an
+  output folder another ``predict`` is writing to (a lock held for the whole run; files are atomic anyway).
 * ``backend="onnx"`` runs the same tiling on ONNX Runtime with ``model.onnx`` next to ``model.json``
   (``droneseg export`` writes it); without one, the model is exported into a temporary folder for this call.
 
@@ -38,13 +42,14 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -54,12 +59,13 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from droneseg.classes import DataError
-from droneseg.cluster import detect, device_for, gather_objects, process_group
-from droneseg.io import IMAGE_SUFFIXES, atomic_save, atomic_write_text, photo_size, read_image, read_working_image
-from droneseg.runs import load_model, resolve_model_path
+from droneseg.classes import IGNORE_INDEX, DataError
+from droneseg.cluster import broadcast_object, detect, device_for, gather_objects, process_group
+from droneseg.io import (IMAGE_SUFFIXES, atomic_save, atomic_write_text, folder_lock, photo_size, read_alpha,
+                         read_image, read_working_image)
+from droneseg.runs import ModelInfo, load_model, resolve_model_path
 from droneseg.schemes import LabelScheme, Numbering, WrittenClasses
-from droneseg.tiler import Tiler
+from droneseg.tiler import InferenceConfig, Tiler
 
 Backend = Literal["torch", "onnx"]
 OVERLAY_ALPHA = 0.5
@@ -198,8 +204,12 @@ def write_outputs(photo: np.ndarray, labels: np.ndarray, written: WrittenClasses
     indexed = Image.fromarray(labels)  # mode L, shares nothing with labels
     counts = np.array(indexed.histogram()[:k])
     indexed.putpalette(palette.tobytes())
-    atomic_save(files["color"], lambda fh: indexed.convert("RGB").save(fh, format="PNG", compress_level=PNG_LEVEL))
-    del indexed
+    nodata = bool((labels == IGNORE_INDEX).any())  # transparent input pixels stay transparent in the colour mask
+    if nodata:
+        indexed.info["transparency"] = IGNORE_INDEX
+    colour = indexed.convert("RGBA" if nodata else "RGB")
+    atomic_save(files["color"], lambda fh: colour.save(fh, format="PNG", compress_level=PNG_LEVEL))
+    del indexed, colour
     overlay = np.empty_like(photo)
     a = round(OVERLAY_ALPHA * 256)  # blend in 8-bit fixed point: (photo·(256-a) + colour·a + 128) / 256
     tint = palette.astype(np.uint16) * a + 128  # (256, 3)
@@ -209,6 +219,9 @@ def write_outputs(photo: np.ndarray, labels: np.ndarray, written: WrittenClasses
         mixed *= 256 - a
         mixed += tint.take(labels[band], axis=0)
         overlay[band] = mixed >> 8
+        if nodata:  # nodata pixels show the photo as it is (black where it was transparent)
+            hole = labels[band] == IGNORE_INDEX
+            overlay[band][hole] = photo[band][hole]
     atomic_save(files["overlay"], lambda fh: Image.fromarray(overlay).save(fh, format="JPEG", quality=OVERLAY_QUALITY,
                                                                          subsampling=0))  # 4:4:4: crisp class edges
     return counts
@@ -239,11 +252,11 @@ def predict(
     t_start = time.perf_counter()
     # 1. setup: check arguments and inputs before loading anything
     if not 0.0 < scale <= 1.0:
-        raise ValueError(f"scale must be in (0, 1], got {scale}")
+        raise DataError(f"scale must be in (0, 1], got {scale}")
     if gsd is not None and not gsd > 0:
-        raise ValueError(f"gsd must be a positive number of metres per pixel, got {gsd}")
+        raise DataError(f"gsd must be a positive number of metres per pixel, got {gsd}")
     if backend not in ("onnx", "torch"):
-        raise KeyError(f"unknown backend {backend!r}; choose from ['onnx', 'torch']")
+        raise DataError(f"unknown backend {backend!r}; choose from ['onnx', 'torch']")
     out = Path(out)
     photos = list_photos(inputs)
     check_outputs(photos, out)
@@ -253,6 +266,23 @@ def predict(
         return _predict(model_dir, photos, out, rank, world, env.local_rank, tile=tile, overlap=overlap, batch=batch,
                         blend=blend, tta=tta, luma=luma, backend=backend, gsd=gsd, scale=scale, numbering=numbering,
                         device=device, progress=progress and rank == 0, t_start=t_start)
+
+
+@contextlib.contextmanager
+def _job_lock(out: Path, rank: int, world: int) -> Iterator[None]:
+    """One predict at a time per output folder (another job's ranks would interleave class_areas.csv): the job's
+    rank 0 holds the lock for all its ranks, and they all stop if it cannot."""
+    with contextlib.ExitStack() as stack:
+        refused = None
+        if rank == 0:
+            try:
+                stack.enter_context(folder_lock(out, "droneseg predict"))
+            except DataError as exc:
+                refused = str(exc)
+        refused = broadcast_object(refused, world)
+        if refused:
+            raise DataError(refused)
+        yield
 
 
 def _predict(model_dir: Path, photos: list[Path], out: Path, rank: int, world: int, local_rank: int, *,
@@ -270,6 +300,15 @@ def _predict(model_dir: Path, photos: list[Path], out: Path, rank: int, world: i
     run = net if backend == "torch" else onnx_runner(model_dir, scheme, dev)
     tiler = Tiler.from_config(run, scheme.num_classes, settings, tiler_dev)
     areas = ClassAreas(list(scheme.names), gsd)
+    with _job_lock(out, rank, world):  # settings checked and model loaded: now the folder is ours
+        return _segment(photos, out, rank, world, written, tiler, areas, info, settings, scheme, scale, progress,
+                        t_start)
+
+
+def _segment(photos: list[Path], out: Path, rank: int, world: int, written: WrittenClasses, tiler: Tiler,
+             areas: ClassAreas, info: ModelInfo, settings: InferenceConfig, scheme: LabelScheme, scale: float,
+             progress: bool, t_start: float) -> PredictSummary:
+    """:func:`_predict`'s loop over this rank's photos and the run's tables, with the output folder locked."""
     rows: list[dict[str, str]] = []
     done: list[str] = []
     failed: list[str] = []
@@ -282,12 +321,13 @@ def _predict(model_dir: Path, photos: list[Path], out: Path, rank: int, world: i
     for path in tqdm(photos[rank::world], desc="predict", unit="photo", disable=not progress):
         t0 = time.perf_counter()
         try:
-            W, H = photo_size(path, exif=True)  # as displayed
+            W, H = photo_size(path)  # as displayed
             size = (max(1, round(W * scale)), max(1, round(H * scale)))
             # the training cache's decoder: the model sees the pixels evaluate gives it, so scoring these masks
             # repeats evaluate's numbers
-            small = read_working_image(path, info.long_side, info.image_filter, exif=True)
-            photo = small if size == (small.shape[1], small.shape[0]) else read_image(path, size=size, exif=True)
+            small = read_working_image(path, info.long_side, info.image_filter)
+            photo = small if size == (small.shape[1], small.shape[0]) else read_image(path, size=size)
+            valid = read_alpha(path, size)  # transparent pixels: nodata
         except _READ_ERRORS as exc:
             msg = str(exc) if isinstance(exc, DataError) else f"{path}: cannot read ({exc})"
             tqdm.write(f"skipped {msg}", file=sys.stderr)
@@ -296,6 +336,8 @@ def _predict(model_dir: Path, photos: list[Path], out: Path, rank: int, world: i
         t1 = time.perf_counter()
         luma_rule = settings.luma_threshold if scheme.is_luma else None
         labels = tiler.labels(small, (size[1], size[0]), luma=luma_rule)  # (h_out, w_out) uint8 targets
+        if valid is not None:
+            labels[~valid] = IGNORE_INDEX  # no class, no area
         t2 = time.perf_counter()
         counts = write_outputs(photo, labels, written, output_paths(path, out))
         del photo, small, labels  # before the next photo is read

@@ -60,7 +60,7 @@ class TargetSpec(BaseModel):
     @classmethod
     def _rgb(cls, v: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
         if v is not None and not all(0 <= c <= 255 for c in v):
-            raise ValueError(f"colour {v} is outside 0..255")
+            raise DataError(f"colour {v} is outside 0..255")
         return v
 
 
@@ -147,7 +147,7 @@ class LabelScheme:
     def written(self, numbering: Numbering = "auto") -> WrittenClasses:
         """The numbering masks are written in (see the module contract); raises KeyError for an unknown one."""
         if numbering not in NUMBERINGS:
-            raise KeyError(f"unknown numbering {numbering!r}; choose from {list(NUMBERINGS)}")
+            raise DataError(f"unknown numbering {numbering!r}; choose from {list(NUMBERINGS)}")
         if numbering == "dataset" and self.is_luma:
             raise ValueError("the luma scheme has no source classes: its masks are written as dark 0 / bright 1")
         if numbering == "dataset" or (numbering == "auto" and self.one_to_one):
@@ -309,4 +309,4 @@ def get_scheme(name_or_path: str, table: ClassTable | None = None) -> LabelSchem
         return SCHEMES[name_or_path](table)
     if name_or_path.endswith((".yaml", ".yml")):
         return load_scheme_file(name_or_path, table)
-    raise KeyError(f"unknown label scheme {name_or_path!r}; choose from {sorted(SCHEMES)} or a .yaml file")
+    raise DataError(f"unknown label scheme {name_or_path!r}; choose from {sorted(SCHEMES)} or a .yaml file")

@@ -39,6 +39,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import Tensor
 
+from droneseg.errors import DataError
+
 BAND_ELEMS = 1 << 22
 """Output rows per upsampling step are chosen so that K x rows x W (the most logits that step may interpolate)
 stays within this many floats: 16 MB, whatever the photo size."""
@@ -66,7 +68,8 @@ class InferenceConfig(BaseModel):
     """How a network meets a photo; saved in ``model.json``, overridable by ``evaluate`` and ``predict`` options."""
 
     model_config = ConfigDict(extra="forbid")
-    tile: int = Field(default=512, ge=16, description="tile side at working scale, pixels")
+    tile: int = Field(default=512, ge=32, description="tile side at working scale, pixels (>= 32: smaller tiles "
+                      "are mostly border and no network's receptive field fits)")
     overlap: float = Field(default=0.25, ge=0.0, lt=1.0, description="share of a tile shared with its neighbour")
     batch: int = Field(default=4, ge=1, description="tiles per forward pass")
     blend: Literal["gaussian", "cosine"] = Field(default="gaussian", description="window weighting overlapping tiles")
@@ -81,7 +84,7 @@ class InferenceConfig(BaseModel):
             err = exc.errors()[0]
             key = str(err["loc"][0]) if err["loc"] else ""
             where = f"--{key.replace('_', '-')}" if values.get(key) is not None else f"inference.{key} in model.json"
-            raise ValueError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
+            raise DataError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
 
 
 _LUMA_STATS = {
@@ -96,7 +99,7 @@ def luma_threshold(prob: Tensor, how: LumaThreshold = "mean") -> Tensor:
     The original project's 1-class mode: each image is split at its own statistic, not at 0.5.
     """
     if how not in _LUMA_STATS:
-        raise KeyError(f"unknown luma threshold {how!r}; choose from {sorted(_LUMA_STATS)}")
+        raise DataError(f"unknown luma threshold {how!r}; choose from {sorted(_LUMA_STATS)}")
     if prob.ndim < 2 or not prob.is_floating_point():
         raise ValueError(f"prob must be a float (…, H, W) map, got {prob.dtype} of shape {tuple(prob.shape)}")
     level = _LUMA_STATS[how](prob.flatten(-2))  # (…,)
@@ -220,13 +223,13 @@ class Tiler:
 
     def __post_init__(self) -> None:
         if self.tile < 1:
-            raise ValueError(f"tile must be >= 1 pixel, got {self.tile}")
+            raise DataError(f"tile must be >= 1 pixel, got {self.tile}")
         if not 0.0 <= self.overlap < 1.0:
-            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+            raise DataError(f"overlap must be in [0, 1), got {self.overlap}")
         if self.batch < 1:
-            raise ValueError(f"batch must be >= 1, got {self.batch}")
+            raise DataError(f"batch must be >= 1, got {self.batch}")
         if self.blend not in WINDOWS:
-            raise KeyError(f"unknown blend {self.blend!r}; choose from {sorted(WINDOWS)}")
+            raise DataError(f"unknown blend {self.blend!r}; choose from {sorted(WINDOWS)}")
 
     @classmethod
     def from_config(cls, run: Callable[[Tensor], Tensor], num_classes: int, cfg: InferenceConfig,

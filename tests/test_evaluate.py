@@ -47,7 +47,7 @@ def val_ids(data: Path) -> list[str]:
 @pytest.mark.parametrize("numbering", ["auto", "dataset"])
 def test_miou_equals_an_independent_recomputation_from_the_saved_masks(synth_root, tmp_path, numbering):
     # 'six' groups classes: by default its masks hold its own 0..5, with its class table beside them
-    model = save_tiny_model(tmp_path / "run", "six", long_side=48, inference={"tile": 24})  # 48x32 in 24² tiles
+    model = save_tiny_model(tmp_path / "run", "six", long_side=48, inference={"tile": 32})  # 48x32 in two 32² tiles
     folder = evaluate(model, synth_root, save_masks=True, numbering=numbering, figures=3, progress=False)
     metrics = json.loads((folder / "metrics.json").read_text())
     expected = rescore(synth_root, folder / "masks", val_ids(synth_root), "six",
@@ -64,7 +64,7 @@ def test_miou_equals_an_independent_recomputation_from_the_saved_masks(synth_roo
     for name in ("metrics.txt", "per_class.csv", "confusion_matrix.png", "confusion_matrix_normalized.csv",
                  "pr_curves.png", "roc_curves.png", "report.html"):
         assert (folder / name).is_file(), name
-    assert metrics["context"]["inference"]["tile"] == 24 and metrics["context"]["curves"] == "every pixel"
+    assert metrics["context"]["inference"]["tile"] == 32 and metrics["context"]["curves"] == "every pixel"
 
 
 def test_predict_masks_rescore_evaluate_miou_when_the_photo_spans_several_tiles(tmp_path):

@@ -11,6 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torchmetrics.classification import MulticlassAUROC, MulticlassAveragePrecision
 
+from droneseg.errors import DataError
 from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics
 from droneseg.tiler import luma_threshold
 from droneseg.schemes import get_scheme
@@ -208,7 +209,7 @@ def test_luma_threshold_at_map_mean_and_median() -> None:
     assert luma_threshold(prob, "median").tolist() == [[0, 0], [1, 1]]
     # a batch splits each map at its own statistic: 1 - prob = [[.9, .8], [.7, .1]], mean 0.625
     assert luma_threshold(torch.stack([prob, 1 - prob]), "mean")[1].tolist() == [[1, 1], [1, 0]]
-    with pytest.raises(KeyError, match="choose from"):
+    with pytest.raises(DataError, match="choose from"):
         luma_threshold(prob, "mode")  # type: ignore[arg-type]
 
 

@@ -277,7 +277,7 @@ def test_bad_inputs_fail_before_any_work_naming_the_problem(model_dir, tmp_path)
         predict(model_dir, [tmp_path / "x.png"], tmp_path / "out", scale=2.0, progress=False)
     with pytest.raises(ValueError, match="--blend: .*gaussian"):
         predict(model_dir, [tmp_path / "x.png"], tmp_path / "out", blend="box", progress=False)
-    with pytest.raises(KeyError, match="numbering"):
+    with pytest.raises(DataError, match="numbering"):
         predict(model_dir, [tmp_path / "x.png"], tmp_path / "out", numbering="both", progress=False)  # type: ignore
     assert not (tmp_path / "out").exists()
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
+import re
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -218,15 +220,42 @@ def test_mismatched_confusion_matrix_is_named(paved_case: Case, tmp_path: Path) 
         write_evaluation(tmp_path, get_scheme("six"), c.metrics, c.confusion, c.per_image, c.images, {})
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed")
-def test_report_renders_in_headless_chromium(full_case: Case, tmp_path: Path) -> None:
-    shot = tmp_path / "shot.png"
-    subprocess.run(
+_PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(String(e.message || (e.target && e.target.src))), true);
+const __ce = console.error; console.error = (...a) => { window.__errors.push(a.join(" ")); __ce(...a); };
+window.addEventListener("load", () => {
+  const imgs = [...document.images];
+  const r = {errors: window.__errors, images: imgs.length, tables: document.querySelectorAll("table").length,
+             broken: imgs.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.alt)};
+  const p = document.createElement("pre"); p.id = "probe"; p.textContent = JSON.stringify(r); document.body.appendChild(p);
+});
+</script>"""
+
+
+def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'profile'}",
-         f"--screenshot={shot}", "--window-size=1200,3000", full_case.report.as_uri()],
-        check=True, capture_output=True, timeout=120,
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={profile}", *args],
+        check=True, capture_output=True, timeout=120, text=True,
     )
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (make test installs it as root)")
+def test_report_renders_in_headless_chromium(full_case: Case, tmp_path: Path) -> None:
+    """The page as a browser runs it: no console or script errors, every figure decodes, the tables are there, and
+    the screenshot is a page of text, cards and figures."""
+    probe = tmp_path / "probed.html"
+    probe.write_text(full_case.report.read_text(encoding="utf-8").replace("<head>", "<head>" + _PROBE, 1),
+                     encoding="utf-8")
+    dom = _chromium("--virtual-time-budget=10000", "--dump-dom", probe.as_uri(), profile=tmp_path / "p1").stdout
+    found = re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S)
+    assert found, dom[-2000:]
+    result = json.loads(html.unescape(found.group(1)))
+    assert result["errors"] == [] and result["broken"] == []
+    assert result["images"] >= 3 and result["tables"] >= 2
+    shot = tmp_path / "shot.png"
+    _chromium(f"--screenshot={shot}", "--window-size=1200,3000", full_case.report.as_uri(), profile=tmp_path / "p2")
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape[:2] == (3000, 1200)
     assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # text, cards, figures: far from one colour

@@ -149,5 +149,5 @@ def test_bad_user_scheme_names_file_and_key(tmp_path, body, problem):
 
 
 def test_unknown_scheme_lists_choices():
-    with pytest.raises(KeyError, match=r"\['full', 'luma', 'paved', 'six'\]"):
+    with pytest.raises(DataError, match=r"\['full', 'luma', 'paved', 'six'\]"):
         get_scheme("seven")

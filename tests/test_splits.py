@@ -36,3 +36,19 @@ def test_bad_split_files_name_the_file_and_the_id(tmp_path, train, val, problem)
     with pytest.raises(DataError, match=problem) as err:
         make_splits(IDS, tmp_path, 0.2, 0.0, 0)
     assert str(tmp_path) in str(err.value)
+
+
+def test_seeded_splits_keep_augmented_copies_with_their_source_photo():
+    """`droneseg augment` writes `<id>_aug<k>`: a copy of a training photo must never be scored in val or test."""
+    photos = [f"{i:03d}" for i in range(20)]
+    ids = photos + [f"{p}_aug{k}" for p in photos for k in range(3)] + ["x_aug1"]  # x_aug1: no source, its own photo
+    for seed in range(5):
+        splits = make_splits(ids, None, 0.2, 0.1, seed=seed)
+        where = {i: name for name, members in splits.items() for i in members}
+        assert sorted(where) == sorted(ids)
+        for p in photos:
+            assert {where[f"{p}_aug{k}"] for k in range(3)} == {where[p]}
+        assert len(splits["val"]) % 4 == 0 or "x_aug1" in splits["val"]  # whole groups of 4
+    # the photos alone split as before the copies existed
+    assert make_splits(photos, None, 0.2, 0.1, seed=0) == {
+        k: [i for i in v if "_aug" not in i] for k, v in make_splits(ids[:-1], None, 0.2, 0.1, seed=0).items()}

@@ -12,6 +12,7 @@ from PIL import Image
 from droneseg.classes import ClassTable
 from droneseg.data import synthetic
 from droneseg.data.synthetic import render_scene, write_synthetic
+from droneseg.errors import DataError
 
 TABLE = ClassTable.builtin()
 REQUIRED = [("paved-area",), ("grass",), ("dirt", "gravel"), ("tree",), ("roof",), ("wall",), ("water", "pool"),
@@ -98,7 +99,7 @@ def test_colour_alone_does_not_give_the_class(scenes):
 def test_refuses_to_write_into_a_non_empty_folder(tmp_path):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match=re.escape(str(tmp_path / "data"))):
+    with pytest.raises(DataError, match=re.escape(str(tmp_path / "data"))):
         write_synthetic(tmp_path / "data", n=1, size=(32, 32))
     assert [p.name for p in (tmp_path / "data").iterdir()] == ["keep.txt"]
 

@@ -29,9 +29,9 @@ from tqdm import tqdm
 
 from droneseg.classes import ClassTable, DataError
 from droneseg.data.layout import Sample, image_size
-from droneseg.io import ImageFilter, atomic_save, read_mask, read_working_image
+from droneseg.io import ImageFilter, atomic_save, mask_size_problem, photo_view, read_mask, read_working_image
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: photos as displayed (EXIF orientation applied), palette masks by colour
 
 
 def default_cache_dir() -> Path:
@@ -82,9 +82,9 @@ def _build_one(args: tuple[Sample, ClassTable, int | None, ImageFilter, CacheEnt
     size = (image.shape[1], image.shape[0])
     mask = None
     if sample.mask is not None:
-        msize = image_size(sample.mask)
-        if msize != image_size(sample.image):
-            raise DataError(f"{sample.mask}: mask is {msize[0]}x{msize[1]} but its image is not; run droneseg check-data")
+        problem = mask_size_problem(sample.mask, image_size(sample.mask), sample.image, photo_view(sample.image))
+        if problem:
+            raise DataError(f"{problem}; run droneseg check-data")
         mask = read_mask(sample.mask, sample.mask_kind, table, size=size)
     # mask first: an entry counts as built when its image file exists
     if mask is not None:

@@ -15,12 +15,13 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader
 
 from droneseg.classes import DataError
 from droneseg.data.cache import CacheEntry, build_cache
-from droneseg.data.dataset import CropDataset, EpochSampler, ShardSampler, WholeImageDataset
+from droneseg.data.dataset import (CropDataset, EpochSampler, ShardSampler, WholeImageDataset, class_counts,
+                                   ignore_sigint, images_per_class)
 from droneseg.data.layout import Layout, find_layout
 from droneseg.data.splits import make_splits
 from droneseg.data.transforms import AugmentConfig
@@ -40,7 +41,8 @@ class DataConfig(BaseModel):
         default="auto", description="loader processes; auto: 0 for CPU training on <= 4 cores (crops from the "
         "memory-mapped cache cost less than a process competing with the step), else min(8, cores - 1) per device")
     samples_per_epoch: int | None = Field(default=None, ge=1, description="crops per epoch; null = one per training image")
-    rare_crop: float = Field(default=0.0, ge=0.0, le=1.0, description="share of crops centred on a randomly chosen class")
+    rare_crop: float = Field(default=0.0, ge=0.0, le=1.0, description="share of crops centred on a class drawn "
+                             "uniformly among the training classes, in an image holding it (class-uniform sampling)")
     splits: str = Field(default="auto", description="auto (dataset's splits/ if present, else seeded), seed, or a folder")
     val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
     test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
@@ -48,6 +50,13 @@ class DataConfig(BaseModel):
     image_filter: Literal["area", "bilinear"] = "area"
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache_dir: str | None = Field(default=None, description="null = $DRONESEG_CACHE or ~/.cache/droneseg")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> "DataConfig":
+        if self.long_side is not None and self.crop > self.long_side:
+            raise ValueError(f"crop {self.crop} is larger than the working size (long side {self.long_side}): "
+                             "lower data.crop or raise data.long_side")
+        return self
 
 
 def open_dataset(root: Path, scheme_name: str) -> tuple[Layout, LabelScheme]:
@@ -85,18 +94,21 @@ def loader_workers(setting: int | str, on_gpu: bool, cores: int | None = None) -
 
 
 class DroneDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, root: Path, seed: int, on_gpu: bool = False) -> None:
+    def __init__(self, cfg: DataConfig, root: Path, seed: int, on_gpu: bool = False,
+                 split_dir: Path | None = None) -> None:
+        """``split_dir``: split files that override ``cfg.splits`` (a resumed run's own ``splits/``)."""
         super().__init__()
         self.cfg, self.root, self.seed, self.on_gpu = cfg, Path(root), seed, on_gpu
         self.workers = loader_workers(cfg.workers, on_gpu)
         self.layout, self.scheme = open_dataset(self.root, cfg.scheme)
         ids = [s.id for s in self.layout.samples]
-        self.splits = make_splits(ids, resolve_split_dir(cfg, self.root), cfg.val_fraction, cfg.test_fraction,
-                                  cfg.split_seed)
+        self.splits = make_splits(ids, split_dir or resolve_split_dir(cfg, self.root), cfg.val_fraction,
+                                  cfg.test_fraction, cfg.split_seed)
         if not self.splits["train"]:
             raise DataError(f"{self.root}: the train split is empty")
         self.entries: dict[str, list[CacheEntry]] = {}
         self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a mid-epoch checkpoint
+        self._counts: np.ndarray | None = None  # (N, K) class pixels per training image
 
     def _samples(self, split: str):
         by_id = self.layout.by_id()
@@ -115,19 +127,28 @@ class DroneDataModule(pl.LightningDataModule):
     def setup(self, stage: str) -> None:
         for split in ("train", "val"):
             self.entries[split] = self._cache(split, progress=False)
+        self._counts = None
+
+    def _train_counts(self) -> np.ndarray:
+        """(N, K) pixels of each target class in each training image at working size; computed once."""
+        if self._counts is None:
+            self._counts = class_counts(self.entries["train"], self.scheme)
+        return self._counts
 
     def train_class_counts(self) -> np.ndarray:
         """(K,) training pixels per target class at working size (for class weights)."""
-        counts = np.zeros(self.scheme.num_classes, dtype=np.int64)
-        for entry in self.entries["train"]:
-            target = self.scheme.encode(entry.load()[1])
-            counts += np.bincount(target.ravel(), minlength=256)[: self.scheme.num_classes]
-        return counts
+        return self._train_counts().sum(axis=0)
+
+    def class_images(self) -> dict[int, list[int]]:
+        """Class -> indices of the training images holding at least one pixel of it (for class-uniform crops)."""
+        return images_per_class(self._train_counts())
 
     def _loader(self, dataset, batch_size: int, sampler=None) -> DataLoader:
         # pinned host memory lets the copy to a GPU run asynchronously
+        # workers ignore Ctrl-C: training stops at a step boundary and needs them until then
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.workers,
-                          persistent_workers=self.workers > 0, pin_memory=self.on_gpu)
+                          persistent_workers=self.workers > 0, pin_memory=self.on_gpu,
+                          worker_init_fn=ignore_sigint if self.workers else None)
 
     def state_dict(self) -> dict:
         """Where in its epoch a checkpoint was saved (a requeue saves between two batches)."""
@@ -143,14 +164,15 @@ class DroneDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         n = len(self.entries["train"])
-        sampler = EpochSampler(n, self.cfg.samples_per_epoch or n, self.seed)
+        sampler = EpochSampler(n, self.cfg.samples_per_epoch or n, self.seed,
+                               class_images=self.class_images() if self.cfg.rare_crop else None,
+                               class_share=self.cfg.rare_crop)
         if self._resume_at is not None:  # mid-epoch checkpoint: the rest of that epoch, as if never interrupted
             epoch, batches = self._resume_at
             if 0 < batches < -(-len(sampler) // self.cfg.batch_size):
                 sampler.skip(epoch, batches * self.cfg.batch_size)
             self._resume_at = None
-        dataset = CropDataset(self.entries["train"], self.scheme, self.cfg.crop, self.cfg.augment, self.cfg.rare_crop,
-                              self.seed)
+        dataset = CropDataset(self.entries["train"], self.scheme, self.cfg.crop, self.cfg.augment, self.seed)
         return self._loader(dataset, self.cfg.batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -75,7 +75,7 @@ def _files(folder: Path, suffixes: tuple[str, ...], problems: list[str]) -> dict
     """Stem -> file for image files in ``folder``; other non-hidden files are reported as stray."""
     out: dict[str, Path] = {}
     for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or p.is_dir():
+        if p.name.startswith(".") or p.is_dir() or p.name in TABLE_NAMES:  # a class table beside them is no stray
             continue
         if p.suffix.lower() not in suffixes:
             problems.append(f"{p}: stray file (not {', '.join(suffixes)})")
@@ -124,9 +124,15 @@ def _pair(
     return samples
 
 
-def _mask_kind_of(path: Path) -> MaskKind:
-    with open_image(path) as im:
-        return "rgb" if im.mode in ("RGB", "RGBA") else "index"
+def _mask_kind_of(paths: list[Path]) -> MaskKind:
+    """Colour or index masks, from the first mask that opens (an unreadable one is check-data's to name)."""
+    for path in paths:
+        try:
+            with open_image(path) as im:
+                return "rgb" if im.mode in ("RGB", "RGBA", "RGBX", "CMYK") else "index"
+        except DataError:
+            continue
+    return "index"
 
 
 def find_layout(
@@ -146,7 +152,7 @@ def find_layout(
                 raise DataError(f"{d}: not a folder")
         cls_table, table_path = (ClassTable.from_csv(table), Path(table)) if table else _find_table(masks, masks.parent)
         mask_files = _files(masks, (".png", ".tif", ".tiff"), problems)
-        kind: MaskKind = _mask_kind_of(next(iter(mask_files.values()))) if mask_files else "index"
+        kind: MaskKind = _mask_kind_of(list(mask_files.values()))
         img_files = _files(images, IMAGE_SUFFIXES, problems)
         samples = _pair(img_files, [(mask_files, kind)], problems)
         return Layout("folders", images.parent, cls_table, table_path, samples, problems)
@@ -184,16 +190,27 @@ def find_layout(
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the header only."""
+    """(W, H) from the header only, as stored (masks have no EXIF turn; photos: :func:`droneseg.io.photo_size`)."""
     with open_image(path) as im:
         return im.size
 
 
 def read_split_file(path: Path) -> list[str]:
-    """Ids one per line (blank lines and ``#`` comments skipped; ``000.jpg`` counts as ``000``)."""
+    """Ids one per line (blank lines and ``#`` comments skipped; ``000.jpg`` counts as ``000``).
+
+    An id names a photo of the dataset, never a place: an entry with a folder in it (``../../etc/passwd``,
+    ``a/b``) is refused with a DataError naming the file and line."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read split file ({exc.strerror or exc})") from None
-    return [Path(s).stem for s in (ln.split("#")[0].strip() for ln in lines) if s]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read split file ({getattr(exc, 'strerror', None) or exc})") from None
+    ids = []
+    for line_no, line in enumerate(lines, start=1):
+        entry = line.split("#")[0].strip()
+        if not entry:
+            continue
+        if "/" in entry or "\\" in entry or entry in (".", ".."):
+            raise DataError(f"{path}:{line_no}: {entry!r} is not an image id (a file name without folders)")
+        ids.append(Path(entry).stem)
+    return ids
 

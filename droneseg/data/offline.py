@@ -24,6 +24,7 @@ from droneseg.data.datamodule import DataConfig, open_dataset, resolve_split_dir
 from droneseg.data.layout import KAGGLE_IMAGES, KAGGLE_INDEX, KAGGLE_RGB, Layout
 from droneseg.data.splits import make_splits, save_splits
 from droneseg.data.transforms import AugmentConfig, color_jitter, scaled_crop
+from droneseg.errors import DataError
 from droneseg.io import atomic_save, atomic_write_text, read_image, read_mask, save_png
 
 UNLABELED = 0
@@ -33,7 +34,7 @@ def _augment_full(image: np.ndarray, mask: np.ndarray, cfg: AugmentConfig, crop:
                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A whole-photo copy (flips, quarter turns, jitter) or, with ``crop``, a random scaled square crop."""
     if crop:
-        image, mask = scaled_crop(image, mask, crop, cfg.scale, 0.0, UNLABELED, rng)
+        image, mask = scaled_crop(image, mask, crop, cfg.scale, UNLABELED, rng)
     if cfg.hflip and rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
     if cfg.vflip and rng.random() < 0.5:
@@ -69,7 +70,7 @@ def augment_dataset(
     """Write the augmented dataset to ``out`` (which must not exist or be empty); returns ``out``."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: exists and is not empty; augment never overwrites data")
+        raise DataError(f"{out}: exists and is not empty; augment never overwrites data")
     cfg = cfg or AugmentConfig()
     layout, _ = open_dataset(Path(data), "full")
     dcfg = DataConfig(splits=splits, val_fraction=val_fraction)

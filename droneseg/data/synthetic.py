@@ -27,6 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from droneseg.classes import ClassTable
+from droneseg.errors import DataError
 
 _TABLE = ClassTable.builtin()
 _MIN_SIDE = 16
@@ -440,7 +441,7 @@ def _people_and_extras(cv: _Canvas) -> None:
 def render_scene(width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One scene from ``rng``: (H, W, 3) uint8 RGB photo and (H, W) uint8 source-index mask."""
     if min(width, height) < _MIN_SIDE:
-        raise ValueError(f"scene size {width}x{height} is below the minimum {_MIN_SIDE}x{_MIN_SIDE}")
+        raise DataError(f"scene size {width}x{height} is below the minimum {_MIN_SIDE}x{_MIN_SIDE}")
     cv = _Canvas(int(width), int(height), rng)
     roads = _ground_and_roads(cv)
     _hedges(cv, roads)
@@ -473,18 +474,18 @@ def write_synthetic(out: str | Path, n: int, size: tuple[int, int] = (768, 512),
     """
     out = Path(out)
     if n < 1:
-        raise ValueError(f"n must be at least 1, got {n}")
+        raise DataError(f"n must be at least 1, got {n}")
     if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+        raise DataError(f"seed must be non-negative, got {seed}")
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise DataError(f"val_fraction must be in [0, 1), got {val_fraction}")
     if not 1 <= jpeg_quality <= 100:
-        raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        raise DataError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
     width, height = size
     if min(width, height) < _MIN_SIDE:
-        raise ValueError(f"size {width}x{height} is below the minimum {_MIN_SIDE}x{_MIN_SIDE}")
+        raise DataError(f"size {width}x{height} is below the minimum {_MIN_SIDE}x{_MIN_SIDE}")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not an empty folder; synthetic data never overwrites files")
+        raise DataError(f"{out} exists and is not an empty folder; synthetic data never overwrites files")
     folders = [out / d for d in ("original_images", "label_images_semantic", "RGB_color_image_masks", "splits")]
     for folder in folders:
         folder.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,7 @@ touch the image alone. Pixels brought in from outside the photo are ``ignore`` i
 
 >>> rng = np.random.default_rng(0)
 >>> img, tgt = np.zeros((8, 8, 3), np.uint8), np.ones((8, 8), np.uint8)
->>> [a.shape for a in scaled_crop(img, tgt, 4, (1.0, 1.0), 0.0, 255, rng)]
+>>> [a.shape for a in scaled_crop(img, tgt, 4, (1.0, 1.0), 255, rng)]
 [(4, 4, 3), (4, 4)]
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class AugmentConfig(BaseModel):
@@ -29,6 +29,13 @@ class AugmentConfig(BaseModel):
     rot90: bool = True
     scale: tuple[float, float] = Field(default=(0.75, 1.33), description="zoom range of a crop (log-uniform)")
     color_jitter: float = Field(default=0.2, ge=0.0, le=0.9, description="max relative change of brightness/contrast/saturation")
+
+    @field_validator("scale")
+    @classmethod
+    def _zoom_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1]:
+            raise ValueError(f"must be (low, high) with 0 < low <= high, got {list(v)}")
+        return v
 
 
 POSITIONS_PER_CLASS = 1024
@@ -54,40 +61,26 @@ def class_positions(target: np.ndarray, ignore: int, seed: int = 0, cap: int = P
     return out
 
 
-def _pick_center(target: np.ndarray, rare: float, ignore: int, rng: np.random.Generator,
-                 positions: dict[int, np.ndarray] | None = None) -> tuple[int, int] | None:
-    """With probability ``rare``, a random pixel of a class drawn uniformly among those present."""
-    if rare <= 0 or rng.random() >= rare:
-        return None
-    positions = class_positions(target, ignore) if positions is None else positions
-    if not positions:
-        return None
-    classes = sorted(positions)
-    pool = positions[classes[int(rng.integers(len(classes)))]]
-    y, x = divmod(int(pool[int(rng.integers(len(pool)))]), target.shape[1])
-    return y, x
-
-
 def scaled_crop(
     image: np.ndarray,
     target: np.ndarray,
     crop: int,
     scale: tuple[float, float],
-    rare: float,
     ignore: int,
     rng: np.random.Generator,
-    positions: dict[int, np.ndarray] | None = None,
+    centre_on: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """A crop x crop sample of a window of crop/s source pixels, s log-uniform in ``scale``.
 
-    ``rare`` is the probability that the window is centred on a pixel of a class chosen uniformly
-    among the classes present, which shows small classes far more often than uniform crops do;
-    ``positions`` (:func:`class_positions` of the target) saves looking for those pixels each time.
+    The window is placed uniformly, or centred on one of the pixels ``centre_on`` (flat indices into the
+    target, e.g. one class's entry of :func:`class_positions`) drawn uniformly: a class-centred crop.
     """
     h, w = target.shape
     s = float(np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]))))
     win = max(1, round(crop / s))
-    center = _pick_center(target, rare, ignore, rng, positions)
+    center = None
+    if centre_on is not None and len(centre_on):
+        center = divmod(int(centre_on[int(rng.integers(len(centre_on)))]), w)
     if center is None:
         top = int(rng.integers(0, max(h - win, 0) + 1))
         left = int(rng.integers(0, max(w - win, 0) + 1))
@@ -140,12 +133,12 @@ def augment(
     target: np.ndarray,
     crop: int,
     cfg: AugmentConfig,
-    rare: float,
     ignore: int,
     rng: np.random.Generator,
-    positions: dict[int, np.ndarray] | None = None,
+    centre_on: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The whole training transform: scaled crop, flips and turns, colour jitter."""
-    image, target = scaled_crop(image, target, crop, cfg.scale, rare, ignore, rng, positions)
+    """The whole training transform: scaled crop (class-centred when ``centre_on`` is given), flips and turns,
+    colour jitter."""
+    image, target = scaled_crop(image, target, crop, cfg.scale, ignore, rng, centre_on)
     image, target = flip_rotate(image, target, cfg, rng)
     return color_jitter(image, cfg.color_jitter, rng), target

@@ -25,6 +25,10 @@ COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", 
            "images_per_s", "elapsed_s")
 
 
+def _or_blank(value: float | None) -> float | str:
+    return "" if value is None else value
+
+
 class EpochLog(pl.Callback):
     def __init__(self, path: Path, echo: bool = False) -> None:
         self.path = Path(path)
@@ -95,7 +99,8 @@ class EpochLog(pl.Callback):
 
         row = {
             "epoch": trainer.current_epoch,
-            "train_loss": get("train/loss_epoch"),
+            "train_loss": _or_blank(pl_module.epoch_train_loss()) if hasattr(pl_module, "epoch_train_loss")
+            else get("train/loss_epoch"),
             "val_loss": get("val/loss"),
             "val_miou": get("val/miou"),
             "val_pixel_accuracy": get("val/pixel_accuracy"),

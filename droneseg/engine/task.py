@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from droneseg.classes import DataError
 from droneseg.engine.budget import StepPlan, lr_factor
+from droneseg.errors import Diverged
 from droneseg.losses import LossConfig, build_loss, class_weights_from_counts
 from droneseg.metrics import SegmentationMetrics, image_confusion
 from droneseg.models import ModelConfig, build_model
@@ -131,6 +132,10 @@ class SegmentationTask(pl.LightningModule):
         self.val_losses = torchmetrics.MetricCollection({n: torchmetrics.MeanMetric() for n in names})
         self.val_images = torchmetrics.SumMetric()
         self.last_val: dict = {}  # the latest validation's pooled confusion matrix and image count (for the log)
+        # this rank's epoch train loss as (weighted sum, weight), saved in checkpoints: an epoch resumed mid-way
+        # (requeue, Ctrl-C) reports the mean over all its batches, as if never interrupted
+        self._train_sum, self._train_n, self._train_epoch = 0.0, 0.0, -1
+        self._restored_epoch: int | None = None
 
     def setup(self, stage: str) -> None:
         """Class weights need the cached training masks, which exist only once the DataModule is set up; the memory
@@ -181,6 +186,8 @@ class SegmentationTask(pl.LightningModule):
                 self.val_metrics.update(logits.detach(), target)
             return loss
         # training: the total also per step, so never synced (a collective per step); the terms once per epoch
+        self._train_sum = self._train_sum + values["loss"].double() * weight  # a device tensor: no sync per step
+        self._train_n += weight
         for name, value in values.items():
             self.log(f"train/{name}", value, prog_bar=name == "loss", on_step=name == "loss", on_epoch=True,
                      batch_size=weight, sync_dist=name != "loss")
@@ -188,7 +195,21 @@ class SegmentationTask(pl.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         image, target = batch
-        return self._shared_step(self(image), target, "train", image.shape[0])
+        loss = self._shared_step(self(image), target, "train", image.shape[0])
+        self._stop_if_diverged(loss, batch_idx)
+        return loss
+
+    def _stop_if_diverged(self, loss: torch.Tensor, batch_idx: int) -> None:
+        """Raise :class:`Diverged` before a NaN or infinite loss reaches the weights (every rank agrees first, so
+        none waits in an all-reduce that the others left)."""
+        bad = (~torch.isfinite(loss.detach())).float()
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")
+        if bool(bad):
+            raise Diverged(f"the training loss became {float(loss.detach()):g} at epoch {self.current_epoch}, step "
+                           f"{self.trainer.global_step} (batch {batch_idx} of the epoch); stopped before it reached "
+                           "the weights, checkpoints/last.ckpt holds the last epoch end: lower train.lr, use "
+                           "train.precision=32, or check the data")
 
     def validation_step(self, batch, batch_idx: int) -> None:
         """Whole working-size images through the tiler; loss and metrics band by band (bounded memory).
@@ -244,14 +265,31 @@ class SegmentationTask(pl.LightningModule):
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: lr_factor(plan.progress(step), schedule, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def on_train_epoch_start(self) -> None:
+        if self._restored_epoch != self.current_epoch:  # a new epoch (an epoch-end checkpoint's sums are done)
+            self._train_sum, self._train_n = 0.0, 0.0
+        self._restored_epoch = None
+        self._train_epoch = self.current_epoch
+
+    def epoch_train_loss(self) -> float | None:
+        """This rank's mean training loss over the current epoch's batches (weighted by batch size)."""
+        return float(self._train_sum / self._train_n) if self._train_n else None
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Global RNG states, so a resumed run draws what an uninterrupted one would have."""
+        """Global RNG states, so a resumed run draws what an uninterrupted one would have; the epoch's loss sums."""
         checkpoint["droneseg_rng"] = {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
+        checkpoint["droneseg_train_loss"] = {"epoch": self._train_epoch, "sum": float(self._train_sum),
+                                             "n": float(self._train_n)}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        loss = checkpoint.get("droneseg_train_loss")
+        if loss:
+            self._restored_epoch = int(loss["epoch"])
+            self._train_sum = torch.tensor(loss["sum"], dtype=torch.float64)
+            self._train_n = float(loss["n"])
         rng = checkpoint.get("droneseg_rng")
         if rng:
             torch.set_rng_state(rng["torch"])

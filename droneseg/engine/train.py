@@ -27,14 +27,16 @@ from torch.optim.swa_utils import get_ema_avg_fn
 from droneseg import __version__
 from droneseg.classes import DataError
 from droneseg.cluster import ClusterEnv, cpu_threads, detect, prepare
-from droneseg.config import RunConfig, dump_config, validate
+from droneseg.config import RunConfig, dump_config, resolve_paths, validate
 from droneseg.data.datamodule import DroneDataModule
 from droneseg.data.splits import save_splits
 from droneseg.engine.budget import Budget
 from droneseg.engine.callbacks import EpochLog, SampleFigures
-from droneseg.engine.checkpoints import AtomicCheckpointIO
-from droneseg.engine.requeue import Requeue, listen, resume_checkpoint, slurm_plugin
+from droneseg.engine.checkpoints import AtomicCheckpointIO, load_checkpoint_file
+from droneseg.engine.requeue import (Requeue, StopTraining, interrupt_at_step, listen, resume_checkpoint,
+                                     slurm_plugin)
 from droneseg.engine.task import SegmentationTask, parse_duration
+from droneseg.errors import Diverged, Interrupted
 from droneseg.io import atomic_write_json, atomic_write_text
 from droneseg.plots import read_metrics_csv, training_curves
 from droneseg.runs import (RUN_DIR_ENV, ModelInfo, finished, is_creator, job_run_dir, new_run_dir, save_model,
@@ -59,12 +61,16 @@ def _budget(cfg: RunConfig, task: SegmentationTask, started: float, carry_spent:
                   cfg.train.final_eval, cfg.data.crop**2, carry_spent=carry_spent)
 
 
-def _trainer(cfg: RunConfig, run: Path, budget: Budget | None, requeue: Requeue | None, env: ClusterEnv) -> pl.Trainer:
+def _trainer(cfg: RunConfig, run: Path, budget: Budget | None, requeue: Requeue, env: ClusterEnv) -> pl.Trainer:
     t = cfg.train
     interactive = sys.stderr.isatty()
     callbacks = [
         ModelCheckpoint(dirpath=run / "checkpoints", filename="best", monitor=MONITOR, mode="max", save_top_k=1,
-                        save_last=True, auto_insert_metric_name=False, enable_version_counter=False),
+                        save_last=False, auto_insert_metric_name=False, enable_version_counter=False),
+        # last.ckpt at every epoch end: Lightning's save_last writes it only when a best checkpoint is written, so a
+        # kill after epochs without improvement would lose all of them (trainer.checkpoint_callback stays "best")
+        ModelCheckpoint(dirpath=run / "checkpoints", filename="last", monitor=None, save_top_k=1,
+                        auto_insert_metric_name=False, enable_version_counter=False),
         EpochLog(run / "logs" / "metrics.csv", echo=not interactive),
         SampleFigures(run / "samples", t.sample_every, t.samples),
     ]
@@ -74,8 +80,7 @@ def _trainer(cfg: RunConfig, run: Path, budget: Budget | None, requeue: Requeue 
         callbacks.append(EarlyStopping(monitor=MONITOR, mode="max", patience=t.patience))
     if budget is not None:
         callbacks.append(budget)
-    if requeue is not None:
-        callbacks.append(requeue)
+    callbacks.append(requeue)
     if t.ema is not None:
         # Lightning's averaging: validation, checkpoints and so the saved model use the averaged weights
         callbacks.append(WeightAveraging(avg_fn=get_ema_avg_fn(t.ema)))
@@ -123,7 +128,7 @@ def _save_model(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: Segmentati
     ckpt = trainer.checkpoint_callback
     best = Path(ckpt.best_model_path) if ckpt and ckpt.best_model_path else None
     if best and best.is_file():
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        state = load_checkpoint_file(best)["state_dict"]
         task.load_state_dict(state)
     dataset = {"root": str(Path(cfg.data.root).resolve()), "fingerprint": dm.layout.fingerprint(),
                "images": len(dm.layout.samples)}
@@ -286,13 +291,16 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     and covers the cache, training and the final evaluation. ``resume``: an interrupted run (with ``extend``, e.g.
     ``{"train.max_epochs": 40}``, a finished one too). ``run_dir``: the run folder itself, resumed if it holds
     this run unfinished (how a requeued job finds its run). Raises :class:`Requeued` when the scheduler's
-    walltime signal stopped training (``last.ckpt`` saved), DataError for unusable input.
+    walltime signal stopped training (``last.ckpt`` saved), :class:`~droneseg.errors.Interrupted` after Ctrl-C
+    (``last.ckpt`` saved), DataError for unusable input.
     """
     started = time.monotonic() if started is None else started
     out = Path(out or "runs")
     env = detect()
     listen(env)  # from the first second: a walltime signal during the cache build is not lost
     extend = {k: v for k, v in (extend or {}).items() if v is not None}
+    if cfg is not None:
+        cfg = resolve_paths(cfg)  # config.yaml repeats the run from any folder
     cfg, run, ckpt, extending = _resolve_run(cfg, out, resume, run_dir, extend, env)
     if not cfg.data.root:
         raise DataError("no dataset: pass --data DIR (or set data.root)")
@@ -302,12 +310,15 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, not ours
     # short epochs log at their end anyway (metrics.csv); the per-step TensorBoard points just come less often
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+    warnings.filterwarnings("ignore", message=".*exists and is not empty.*")  # a resume writes into its own run
     threads = cfg.train.threads or cpu_threads(env)
     if threads:
         torch.set_num_threads(threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
-    dm = DroneDataModule(cfg.data, Path(cfg.data.root), seed=cfg.train.seed, on_gpu=on_gpu)
+    # a resumed run keeps its own splits, whatever the dataset's folder says now
+    own_splits = run / "splits" if ckpt is not None and (run / "splits" / "train.txt").is_file() else None
+    dm = DroneDataModule(cfg.data, Path(cfg.data.root), seed=cfg.train.seed, on_gpu=on_gpu, split_dir=own_splits)
     if not dm.splits["val"]:
         raise DataError(f"{cfg.data.root}: the val split is empty; training needs one for early stopping and the best model")
     if ckpt is None:
@@ -325,12 +336,21 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
                             cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),
                             inference=cfg.inference.model_dump(mode="json"))
     budget = _budget(cfg, task, started, carry_spent=not extending)
-    requeue = Requeue(env, run / "checkpoints" / "last.ckpt") if env.requeue_signal is not None else None
+    requeue = Requeue(env, run / "checkpoints" / "last.ckpt")  # the job's walltime signal and Ctrl-C
     trainer = _trainer(cfg, run, budget, requeue, env)
     start = time.monotonic()
-    trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None)
-    if requeue is not None and requeue.requeued:
+    with interrupt_at_step():
+        try:
+            trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
+        except StopTraining:
+            pass  # saved at a step boundary on the walltime signal or Ctrl-C: below
+        except Diverged as exc:
+            raise Diverged(f"{run}: {exc}") from None
+    if requeue.requeued:
         raise Requeued(run, env.requeue_exit or 0)
+    if requeue.interrupted:
+        raise Interrupted(f"{run}: interrupted (Ctrl-C); saved checkpoints/last.ckpt at step {trainer.global_step}; "
+                          f"continue with: droneseg train --resume {run}")
     best = _save_model(cfg, run, trainer, task, dm) if trainer.is_global_zero else None
     trainer.strategy.barrier("model saved")
     summary = _summary(cfg, run, trainer, task, dm, budget) if trainer.is_global_zero else {}

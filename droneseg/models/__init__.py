@@ -19,6 +19,7 @@ from typing import Annotated, Any
 import torch  # the doctest above runs in this namespace
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
+from droneseg.errors import DataError
 from droneseg.models.base import SegmentationModel, SmpModel, default_stats
 from droneseg.models.pretrained import (
     LITE0_ENCODER,
@@ -53,19 +54,19 @@ class ModelConfig(BaseModel):
     @classmethod
     def _known_arch(cls, arch: str) -> str:
         if arch not in ARCHITECTURES:
-            raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+            raise DataError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
         return arch
 
     @model_validator(mode="after")
     def _weights_fit_network(self) -> ModelConfig:
         """Reject named weights the chosen network cannot take; ``lite0`` sets its encoder when none was given."""
         if self.arch == CLASSIC and self.weights in NAMED_WEIGHTS:
-            raise ValueError(f"weights {self.weights!r} are for smp encoders; the classic {CLASSIC!r} takes a file")
+            raise DataError(f"weights {self.weights!r} are for smp encoders; the classic {CLASSIC!r} takes a file")
         if self.weights == "lite0":
             if "encoder" not in self.model_fields_set:
                 self.encoder = LITE0_ENCODER
             if self.encoder != LITE0_ENCODER or self.in_channels != 3:
-                raise ValueError(
+                raise DataError(
                     f"weights 'lite0' need encoder {LITE0_ENCODER!r} and in_channels 3, "
                     f"got {self.encoder!r} and {self.in_channels}"
                 )
@@ -86,9 +87,9 @@ def _check_encoder(name: str) -> None:
 
     if name.startswith("tu-"):
         if not timm.is_model(name.removeprefix("tu-")):
-            raise KeyError(f"unknown encoder {name!r}: timm has no model {name.removeprefix('tu-')!r}")
+            raise DataError(f"unknown encoder {name!r}: timm has no model {name.removeprefix('tu-')!r}")
     elif name not in smp.encoders.encoders:
-        raise KeyError(f"unknown encoder {name!r}; choose from {sorted(smp.encoders.encoders)} or 'tu-<timm model>'")
+        raise DataError(f"unknown encoder {name!r}; choose from {sorted(smp.encoders.encoders)} or 'tu-<timm model>'")
 
 
 def _build_smp(class_name: str, cfg: ModelConfig, num_classes: int) -> SegmentationModel:
@@ -105,7 +106,7 @@ def _build_smp(class_name: str, cfg: ModelConfig, num_classes: int) -> Segmentat
             )
             params = smp.encoders.get_preprocessing_params(cfg.encoder, "imagenet")
         except OSError as exc:
-            raise RuntimeError(
+            raise DataError(
                 f"could not download 'imagenet' weights for encoder {cfg.encoder!r} ({type(exc).__name__}); "
                 "connect to the internet, or use weights 'lite0' or a local weights file"
             ) from exc
@@ -117,7 +118,9 @@ def _build_smp(class_name: str, cfg: ModelConfig, num_classes: int) -> Segmentat
     if cfg.weights == "lite0":
         load_efficientnet_lite0_into(net.encoder)
         mean, std = LITE0_MEAN, LITE0_STD
-    model = SmpModel(net, num_classes, net.encoder.output_stride, cfg.in_channels, mean, std)
+    # PAN's feature pyramid attention max-pools its 1/output_stride map three times: 8 cells a side at least
+    min_size = 8 * net.encoder.output_stride if class_name == "PAN" else 1
+    model = SmpModel(net, num_classes, net.encoder.output_stride, cfg.in_channels, mean, std, min_size)
     if cfg.weights is not None and cfg.weights not in NAMED_WEIGHTS:
         load_weights_file(model, cfg.weights)
     return model
@@ -143,7 +146,7 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:
     try:
         builder = ARCHITECTURES[cfg.arch]
     except KeyError:
-        raise KeyError(f"unknown architecture {cfg.arch!r}; choose from {sorted(ARCHITECTURES)}") from None
+        raise DataError(f"unknown architecture {cfg.arch!r}; choose from {sorted(ARCHITECTURES)}") from None
     return builder(cfg, num_classes)
 
 

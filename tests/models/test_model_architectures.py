@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from droneseg.models import ModelConfig, build_model
+from droneseg.models import ARCHITECTURES, ModelConfig, build_model
 from droneseg.models.base import IMAGENET_MEAN, IMAGENET_STD, SmpModel
 from droneseg.models.unet import UNet
 
@@ -140,3 +140,33 @@ def test_four_channel_input_gets_repeated_average_stats() -> None:
     model = build_model(ModelConfig(channels=[4, 8], in_channels=4), num_classes=2)
     assert model(torch.rand(1, 4, 9, 9)).shape == (1, 2, 9, 9)
     torch.testing.assert_close(model.mean.flatten(), torch.full((4,), sum(IMAGENET_MEAN) / 3))
+
+
+# -- one harness over every architecture droneseg offers ----------------------------------------------------------
+@pytest.fixture(scope="module", params=sorted(ARCHITECTURES))
+def any_arch(request) -> tuple[str, nn.Module]:
+    arch = request.param
+    cfg = ModelConfig(arch=arch, channels=[8, 16]) if arch == "unet" else ModelConfig(arch=arch, encoder="resnet18")
+    torch.manual_seed(0)
+    return arch, build_model(cfg, 5)
+
+
+@pytest.mark.parametrize("size", [(67, 45), (80, 48), (33, 17)], ids=["67x45", "80x48", "33x17"])
+@pytest.mark.parametrize("batch", [1, 2])
+def test_every_architecture_takes_odd_sizes_and_any_batch_in_train_and_eval(any_arch, size, batch) -> None:
+    """The model contract for all of ARCHITECTURES: (B, 3, H, W) -> finite (B, K, H, W) logits for sides that are
+    no multiple of the stride (PAN needed 128 px before its minimum size was padded), batch 1 included in training
+    (BatchNorm after image-level pooling: DeepLabV3, DeepLabV3Plus, UPerNet, PAN)."""
+    arch, model = any_arch
+    x = torch.rand(batch, 3, *size)
+    model.train()
+    logits = model(x)
+    assert logits.shape == (batch, 5, *size), arch
+    F.cross_entropy(logits, torch.randint(0, 5, (batch, *size))).backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads), arch
+    model.zero_grad(set_to_none=True)
+    model.eval()
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (batch, 5, *size) and torch.isfinite(out).all(), arch

@@ -10,6 +10,7 @@ import torch
 from huggingface_hub.errors import LocalEntryNotFoundError
 from pydantic import ValidationError
 
+from droneseg.errors import DataError
 from droneseg.models import ARCHITECTURES, ModelConfig, build_model, model_summary
 from droneseg.models.pretrained import LITE0_ENCODER
 from droneseg.models.unet import UNet
@@ -33,7 +34,7 @@ def test_unknown_arch_lists_sorted_choices() -> None:
     choices = re.escape(str(sorted(ARCHITECTURES)))
     with pytest.raises(ValidationError, match=f"unknown architecture 'unet3d'; choose from {choices}"):
         ModelConfig(arch="unet3d")
-    with pytest.raises(KeyError, match=f"unknown architecture 'unet3d'; choose from {choices}"):
+    with pytest.raises(DataError, match=f"unknown architecture 'unet3d'; choose from {choices}"):
         build_model(ModelConfig.model_construct(arch="unet3d"), num_classes=2)
 
 
@@ -49,12 +50,12 @@ def test_bad_channel_lists_are_rejected(channels: list[int]) -> None:
 
 
 def test_unknown_smp_encoder_lists_sorted_choices() -> None:
-    with pytest.raises(KeyError, match=r"unknown encoder 'resnet19'; choose from \[.*'resnet18', 'resnet34'"):
+    with pytest.raises(DataError, match=r"unknown encoder 'resnet19'; choose from \[.*'resnet18', 'resnet34'"):
         build_model(ModelConfig(arch="Unet", encoder="resnet19"), num_classes=2)
 
 
 def test_unknown_timm_encoder_is_named() -> None:
-    with pytest.raises(KeyError, match="timm has no model 'no_such_net'"):
+    with pytest.raises(DataError, match="timm has no model 'no_such_net'"):
         build_model(ModelConfig(arch="Unet", encoder="tu-no_such_net"), num_classes=2)
 
 
@@ -78,7 +79,7 @@ def test_imagenet_weights_offline_fail_with_a_clear_message(monkeypatch: pytest.
         raise LocalEntryNotFoundError("no connection and no cached file")
 
     monkeypatch.setattr(smp.encoders, "hf_hub_download", offline)
-    with pytest.raises(RuntimeError, match="could not download 'imagenet' weights for encoder 'resnet18'.*'lite0'"):
+    with pytest.raises(DataError, match="could not download 'imagenet' weights for encoder 'resnet18'.*'lite0'"):
         build_model(ModelConfig(arch="Unet", encoder="resnet18", weights="imagenet"), num_classes=2)
 
 
