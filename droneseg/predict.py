@@ -246,8 +246,8 @@ def predict(
 ) -> PredictSummary:
     """Segment every photo of ``inputs`` into ``out`` (see the module contract).
 
-    Inference settings left None come from ``model.json``. Raises DataError (bad inputs), ValueError or KeyError
-    (bad options) before any photo is read.
+    Inference settings left None come from ``model.json``. Raises DataError (bad inputs or options, an output folder
+    another predict holds) before any photo is read or any output written.
     """
     t_start = time.perf_counter()
     # 1. setup: check arguments and inputs before loading anything

@@ -112,6 +112,10 @@ class Requeue(pl.Callback):
                            batch_idx: int) -> None:
         if self.requeued or self.interrupted:
             return
+        if batch_idx + 1 >= trainer.num_training_batches:
+            # the epoch's last batch: Lightning restores a checkpoint saved here as a finished epoch and skips its
+            # end (validation, log row); act after the next step instead, the epoch-end checkpoint written first
+            return
         # one all-reduce of a code: 2 requeue signal, 1 Ctrl-C, 0 nothing; the largest on any rank wins
         code = 2 if FLAG.received is not None else 1 if FLAG.interrupted else 0
         if trainer.world_size > 1:
