@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[onnx,test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[onnx,geo,test]'
 	touch $(STAMP)
 
 .PHONY: install demo test bench
@@ -30,3 +30,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/cache.py
 	$(BIN)/python benchmarks/predict.py
 	$(BIN)/python benchmarks/evaluate.py
+	$(BIN)/python benchmarks/ortho.py --out benchmarks/results/ortho-random.json

@@ -15,6 +15,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from droneseg.errors import DataError
+
 app = typer.Typer(
     name="droneseg",
     help="Semantic segmentation of aerial drone photos: demo, synth, check-data, train, evaluate, predict, export, augment.",
@@ -69,6 +71,26 @@ def synth(
     typer.echo(f"wrote {n} synthetic scenes to {path}")
 
 
+@app.command("synth-ortho")
+def synth_ortho(
+    out: Annotated[Path, typer.Argument(help="GeoTIFF to write (its true classes go to <stem>_labels.tif beside it).")],
+    size: Annotated[str, typer.Option("--size", help="WIDTHxHEIGHT in pixels.")] = "4000x3000",
+    gsd: Annotated[float, typer.Option("--gsd", help="Metres per pixel.")] = 0.05,
+    crs: Annotated[str, typer.Option("--crs", help="Any CRS GDAL knows: EPSG:32633, a WKT or PROJ string.")] = "EPSG:32633",
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same ground.")] = 0,
+) -> None:
+    """Write a synthetic georeferenced orthomosaic (RGBA GeoTIFF with a transparent collar) to try `predict` on."""
+    from droneseg.geo import require
+
+    require()
+    from droneseg.geo.scene import labels_path, write_synthetic_ortho
+
+    if out.exists():
+        raise DataError(f"{out} exists; synthetic data never overwrites files")
+    areas = write_synthetic_ortho(out, _parse_size(size), gsd=gsd, crs=crs, seed=seed)
+    typer.echo(f"wrote {out} and {labels_path(out)}: {sum(areas.values()):.1f} m² of valid ground")
+
+
 @app.command("check-data")
 def check_data(
     data: DataDir = None,
@@ -111,6 +133,7 @@ def train(
     num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", min=1, help="Nodes of a cluster job [train.num_nodes].")] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="The run folder itself: resumed if it holds this run unfinished (a requeued job), else a new run there.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder; with --max-epochs/--max-time, also a finished one.")] = None,
+    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the dataset's photos at their own size [data.gsd]; model.json then records the model's GSD, for orthomosaics.")] = None,
 ) -> None:
     """Train a model; prints the run folder. Under torchrun, srun or an OAR job script it trains on every rank."""
     started = time.monotonic()  # --max-time counts from here, the heavy imports included
@@ -125,11 +148,11 @@ def train(
         overrides.append(f"train.devices={devices}")
     if num_nodes is not None:
         overrides.append(f"train.num_nodes={num_nodes}")
+    if gsd is not None:
+        overrides.append(f"data.gsd={gsd}")
     extend = {"train.max_epochs": max_epochs, "train.max_time": max_time}
     if resume is not None:
         if overrides or run_dir is not None:
-            from droneseg.classes import DataError
-
             raise DataError("--resume continues a run as configured; it takes only --max-epochs and --max-time "
                             "(to extend it)")
         cfg = None
@@ -193,7 +216,7 @@ def evaluate_cmd(
 @app.command("predict")
 def predict_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
-    inputs: Annotated[list[Path], typer.Argument(help="Photos or folders of photos (JPEG, PNG, TIFF).")],
+    inputs: Annotated[list[Path], typer.Argument(help="Photos, orthomosaics (GeoTIFF, VRT, JP2…) or folders of them.")],
     out: Annotated[Path, typer.Option("--out", help="Folder for masks, colour masks, overlays, class_dict.csv and class_areas.csv.")],
     tile: TileOpt = None,
     overlap: OverlapOpt = None,
@@ -202,21 +225,37 @@ def predict_cmd(
     tta: TtaOpt = None,
     luma: LumaOpt = None,
     backend: Annotated[str, typer.Option("--backend", help="torch or onnx.")] = "torch",
-    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per photo pixel, for areas in m².")] = None,
-    scale: Annotated[float, typer.Option("--scale", help="Write outputs at this fraction of the photo's size (0.25: a fast preview); the network still sees its training scale.")] = 1.0,
+    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Photos: metres per photo pixel, for areas in m² (an orthomosaic's comes from its geotransform).")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="Photos: write outputs at this fraction of the photo's size (0.25: a fast preview); the network still sees its training scale.")] = 1.0,
     numbering: NumberingOpt = "auto",
     device: DeviceOpt = None,
+    model_gsd: Annotated[Optional[float], typer.Option("--model-gsd", help="Orthomosaics: metres of ground per pixel the model works at [model.json; unknown: the ortho's own].")] = None,
+    confidence: Annotated[bool, typer.Option("--confidence", help="Orthomosaics: also write <stem>_confidence.tif (top class probability x 255).")] = False,
+    vector: Annotated[str, typer.Option("--vector", help="Orthomosaics: polygons as gpkg, geojson, or none.")] = "gpkg",
+    min_area: Annotated[Optional[float], typer.Option("--min-area", help="Orthomosaics: merge regions under this many m² into their neighbours.")] = None,
+    simplify: Annotated[Optional[float], typer.Option("--simplify", help="Orthomosaics: simplify polygons as a coverage (tolerance in CRS units; shared edges stay shared).")] = None,
+    strip: Annotated[int, typer.Option("--strip", min=64, help="Orthomosaics: strip width in working pixels (memory grows with it; each strip reads about a tile of context more on each side).")] = 4096,
 ) -> None:
-    """Segment photos of any size: index masks, colour masks, overlays, class areas (settings from model.json)."""
-    from droneseg.predict import predict
+    """Segment photos of any size, and georeferenced orthomosaics (GeoTIFF and other GDAL rasters, read window by
+    window): masks, colour masks, overlays and class areas for photos; a class COG, polygons, areas in m² and a
+    preview for orthomosaics (the geo extra). Settings from model.json."""
+    from droneseg.predict import OrthoOptions, predict
 
+    if vector not in ("gpkg", "geojson", "none"):
+        raise DataError(f"--vector: choose gpkg, geojson or none, got {vector!r}")
+    ortho = OrthoOptions(model_gsd=model_gsd, confidence=confidence, vector=None if vector == "none" else vector,
+                         min_area=min_area, simplify=simplify, strip=strip)
     summary = predict(model, inputs, out, tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta, luma=luma,
                       backend=backend, gsd=gsd, scale=scale, numbering=numbering, device=device,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), ortho=ortho)
     if summary.rank > 0:  # rank 0 reports for the whole job
         return
-    typer.echo(f"{len(summary.photos)} photos segmented into {summary.out}"
+    n_photos = len(summary.photos) - len(summary.orthos)
+    typer.echo(f"{n_photos} photos" + (f" and {len(summary.orthos)} orthomosaics" if summary.orthos else "")
+               + f" segmented into {summary.out}"
                + (f" by {len(summary.ranks)} processes" if len(summary.ranks) > 1 else ""))
+    for ortho in summary.orthos.values():
+        typer.echo("  " + ortho["files"]["classes"])
     if summary.failed:
         typer.echo(f"{len(summary.failed)} photos could not be read: {', '.join(summary.failed)}", err=True)
         raise typer.Exit(1)

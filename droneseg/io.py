@@ -79,20 +79,35 @@ def _unreadable(path: Path) -> str:
     return f"not a readable image ({size} bytes; accepted: {', '.join(IMAGE_SUFFIXES)})"
 
 
-def _tiff_layout(path: Path) -> str | None:
-    """'5 bands of 16-bit unsigned integers' from a TIFF's first directory, read without decoding; None if not a
-    TIFF. (Pillow refuses to open layouts it has no mode for, such as 5-band 16-bit multispectral frames.)"""
+BIGTIFF = "BigTIFF"
+
+
+def tiff_directory(path: Path):
+    """The first image directory of a TIFF (a Pillow ``ImageFileDirectory_v2``, tag -> value), read without
+    decoding; :data:`BIGTIFF` for a BigTIFF (whose header Pillow's directory reader does not parse); None when the
+    file is no TIFF or cannot be read."""
     from PIL import TiffImagePlugin
 
     try:
         with open(path, "rb") as fh:
             head = fh.read(8)
+            if head[:4] in (b"II+\x00", b"MM\x00+"):
+                return BIGTIFF
             if head[:4] not in (b"II*\x00", b"MM\x00*"):
                 return None
             ifd = TiffImagePlugin.ImageFileDirectory_v2(head)
             fh.seek(ifd.next)
             ifd.load(fh)
     except (OSError, ValueError, SyntaxError, KeyError):
+        return None
+    return ifd
+
+
+def _tiff_layout(path: Path) -> str | None:
+    """'5 bands of 16-bit unsigned integers' from a TIFF's first directory, read without decoding; None if not a
+    TIFF. (Pillow refuses to open layouts it has no mode for, such as 5-band 16-bit multispectral frames.)"""
+    ifd = tiff_directory(path)
+    if ifd is None or ifd == BIGTIFF:
         return None
     bands = int(ifd.get(277, 1))  # SamplesPerPixel
     bits = ifd.get(258, (1,))  # BitsPerSample
@@ -282,29 +297,38 @@ def _palette_to_index(im: Image.Image, table: ClassTable) -> np.ndarray | None:
 
 
 @contextmanager
-def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` (same folder, so same filesystem); on success it is flushed to disk and
-    replaces ``path`` in one step, and the folder entry is flushed too. Until then ``path`` keeps its old content;
-    on an error (or a kill) the temporary file is all that is lost."""
+def atomic_path(path: Path, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary sibling of ``path`` (same folder, so same filesystem) for a writer that needs a file name
+    (GDAL, pyogrio); on success it is flushed to disk and replaces ``path`` in one step, and the folder entry is
+    flushed too. Until then ``path`` keeps its old content; on an error (or a kill) the temporary file is all that
+    is lost. ``suffix``: the temporary name's ending, for writers that pick a format by it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs should read like any other file
     try:
-        with os.fdopen(fd, mode) as fh:
-            yield fh
-            fh.flush()
+        yield tmp
+        with open(tmp, "rb+") as fh:  # the writer closed it; its bytes may still be in the page cache only
             os.fsync(fh.fileno())
         os.replace(tmp, path)
     except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         if exc.filename is None:  # name the file the user will look for (a full disk says only "No space left")
             raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
         raise
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
+    """``open`` on a temporary sibling of ``path`` that replaces it once written (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp, os.fdopen(os.open(tmp, os.O_WRONLY | os.O_TRUNC), mode) as fh:
+        yield fh
 
 
 def _fsync_folder(folder: Path) -> None:

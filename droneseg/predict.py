@@ -61,6 +61,7 @@ from tqdm import tqdm
 
 from droneseg.classes import IGNORE_INDEX, DataError
 from droneseg.cluster import broadcast_object, detect, device_for, gather_objects, process_group
+from droneseg.geo import GDAL_SUFFIXES, is_ortho, require
 from droneseg.io import (IMAGE_SUFFIXES, atomic_save, atomic_write_text, folder_lock, photo_size, read_alpha,
                          read_image, read_working_image)
 from droneseg.runs import ModelInfo, load_model, resolve_model_path
@@ -76,6 +77,18 @@ PNG_LEVEL = 3  # zlib level: half the time of PIL's default 6 on 6000x4000 masks
 _READ_ERRORS = (DataError, OSError, SyntaxError, Image.DecompressionBombError)
 
 
+@dataclass(frozen=True)
+class OrthoOptions:
+    """How orthomosaic inputs are segmented (:mod:`droneseg.geo.ortho`); photos ignore them."""
+
+    model_gsd: float | None = None  # metres per working pixel; None: model.json's
+    confidence: bool = False
+    vector: Literal["gpkg", "geojson"] | None = "gpkg"
+    min_area: float | None = None  # m²
+    simplify: float | None = None  # CRS units
+    strip: int = 4096  # working pixels of core width per strip
+
+
 @dataclass
 class PredictSummary:
     """What a prediction run did; the caller exits non-zero when ``failed`` is not empty."""
@@ -88,6 +101,7 @@ class PredictSummary:
     timings: dict[str, float] = field(default_factory=dict)  # seconds spent reading, inferring, writing
     rank: int = 0  # in a job of several processes: this one's rank (rank 0's summary covers them all)
     ranks: dict[int, list[str]] = field(default_factory=dict)  # photos each rank segmented
+    orthos: dict[str, dict] = field(default_factory=dict)  # orthomosaic -> {"files", "seconds", "tiles", …}
 
 
 @dataclass
@@ -122,7 +136,7 @@ def list_photos(inputs: list[Path]) -> list[Path]:
     photos: dict[Path, Path] = {}  # resolved -> as given
     for p in map(Path, inputs):
         if p.is_dir():
-            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + GDAL_SUFFIXES)
         elif p.is_file():
             found = [p]
         else:
@@ -135,6 +149,11 @@ def list_photos(inputs: list[Path]) -> list[Path]:
 
 
 def output_paths(photo: Path, out: Path) -> dict[str, Path]:
+    """What predicting ``photo`` writes (for an orthomosaic, every file it may write)."""
+    if is_ortho(photo):
+        from droneseg.geo.ortho import ortho_paths  # no rasterio needed: paths only
+
+        return {**ortho_paths(photo, out, True, "gpkg"), "geojson": ortho_paths(photo, out, False, "geojson")["polygons"]}
     return {
         "mask": out / f"{photo.stem}.png",
         "color": out / f"{photo.stem}_color.png",
@@ -243,6 +262,7 @@ def predict(
     numbering: Numbering = "auto",
     device: str | None = None,
     progress: bool = True,
+    ortho: OrthoOptions | None = None,
 ) -> PredictSummary:
     """Segment every photo of ``inputs`` into ``out`` (see the module contract).
 
@@ -258,14 +278,19 @@ def predict(
     if backend not in ("onnx", "torch"):
         raise DataError(f"unknown backend {backend!r}; choose from ['onnx', 'torch']")
     out = Path(out)
+    ortho = ortho or OrthoOptions()
+    if ortho.model_gsd is not None and not ortho.model_gsd > 0:
+        raise DataError(f"model gsd must be a positive number of metres per pixel, got {ortho.model_gsd}")
     photos = list_photos(inputs)
     check_outputs(photos, out)
+    if any(is_ortho(p) for p in photos):
+        require()  # before the model is loaded: a missing extra is said at once
     model_dir = resolve_model_path(model)
     env = detect()
     with process_group(env) as (rank, world):
         return _predict(model_dir, photos, out, rank, world, env.local_rank, tile=tile, overlap=overlap, batch=batch,
                         blend=blend, tta=tta, luma=luma, backend=backend, gsd=gsd, scale=scale, numbering=numbering,
-                        device=device, progress=progress and rank == 0, t_start=t_start)
+                        device=device, progress=progress and rank == 0, t_start=t_start, ortho=ortho)
 
 
 @contextlib.contextmanager
@@ -288,12 +313,15 @@ def _job_lock(out: Path, rank: int, world: int) -> Iterator[None]:
 def _predict(model_dir: Path, photos: list[Path], out: Path, rank: int, world: int, local_rank: int, *,
              tile: int | None, overlap: float | None, batch: int | None, blend: str | None, tta: bool | None,
              luma: str | None, backend: Backend, gsd: float | None, scale: float, numbering: Numbering,
-             device: str | None, progress: bool, t_start: float) -> PredictSummary:
+             device: str | None, progress: bool, t_start: float, ortho: OrthoOptions) -> PredictSummary:
     """:func:`predict` on this rank's photos (every ``world``-th from ``rank``); rank 0 writes the run's tables."""
     dev = device_for(device, local_rank)
     tiler_dev = dev if backend == "torch" else torch.device("cpu")  # ORT takes and returns host arrays
     net, info = load_model(model_dir, tiler_dev)
     scheme = info.label_scheme()
+    if scheme.is_luma and any(is_ortho(p) for p in photos):
+        raise DataError(f"{next(p for p in photos if is_ortho(p))}: the luma scheme splits each photo at its own "
+                        "mean brightness; it has no meaning on an orthomosaic")
     written = scheme.written(numbering)
     settings = info.inference_config().override(tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta,
                                                 luma_threshold=luma)
@@ -302,14 +330,15 @@ def _predict(model_dir: Path, photos: list[Path], out: Path, rank: int, world: i
     areas = ClassAreas(list(scheme.names), gsd)
     with _job_lock(out, rank, world):  # settings checked and model loaded: now the folder is ours
         return _segment(photos, out, rank, world, written, tiler, areas, info, settings, scheme, scale, progress,
-                        t_start)
+                        t_start, ortho)
 
 
 def _segment(photos: list[Path], out: Path, rank: int, world: int, written: WrittenClasses, tiler: Tiler,
              areas: ClassAreas, info: ModelInfo, settings: InferenceConfig, scheme: LabelScheme, scale: float,
-             progress: bool, t_start: float) -> PredictSummary:
+             progress: bool, t_start: float, ortho: OrthoOptions) -> PredictSummary:
     """:func:`_predict`'s loop over this rank's photos and the run's tables, with the output folder locked."""
     rows: list[dict[str, str]] = []
+    orthos: dict[str, dict] = {}
     done: list[str] = []
     failed: list[str] = []
     timings = {"read": 0.0, "infer": 0.0, "write": 0.0}
@@ -320,6 +349,20 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
     # 2. loop: one photo at a time (this rank's share); an unreadable one is reported and skipped
     for path in tqdm(photos[rank::world], desc="predict", unit="photo", disable=not progress):
         t0 = time.perf_counter()
+        if is_ortho(path):
+            try:
+                result = _segment_ortho(path, out, tiler, written, info, ortho, progress)
+            except DataError as exc:
+                tqdm.write(f"skipped {exc}", file=sys.stderr)
+                failed.append(str(path))
+                continue
+            orthos[str(path)] = {"files": {k: str(v) for k, v in result.files.items()},
+                                 "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
+                                 "working_scale": list(result.scale), "tiles": result.tiles,
+                                 "tiles_skipped": result.tiles_skipped, "polygons": result.polygons}
+            done.append(str(path))
+            timings["infer"] += time.perf_counter() - t0
+            continue
         try:
             W, H = photo_size(path)  # as displayed
             size = (max(1, round(W * scale)), max(1, round(H * scale)))
@@ -348,10 +391,11 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
         timings["write"] += time.perf_counter() - t2
 
     # 3. finish: the run's class-area table, one for all ranks, in the order of the photo list
-    parts = gather_objects((rows, done, failed), world)
+    parts = gather_objects((rows, done, failed, orthos), world)
+    orthos = {k: v for part in parts for k, v in part[3].items()}
     ranks = {r: part[1] for r, part in enumerate(parts)}
     if rank > 0:
-        return PredictSummary(out, done, failed, None, time.perf_counter() - t_start, timings, rank, ranks)
+        return PredictSummary(out, done, failed, None, time.perf_counter() - t_start, timings, rank, ranks, orthos)
     order = {str(p): i for i, p in enumerate(photos)}
     rows = sorted((row for part in parts for row in part[0]), key=lambda row: order[row["photo"]])
     done = sorted((p for part in parts for p in part[1]), key=order.__getitem__)
@@ -359,8 +403,26 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
     table = out / "class_areas.csv" if rows else None
     if table is not None:
         areas.write(table, rows)
-    summary = PredictSummary(out, done, failed, table, time.perf_counter() - t_start, timings, rank, ranks)
+    summary = PredictSummary(out, done, failed, table, time.perf_counter() - t_start, timings, rank, ranks, orthos)
     if world > 1:  # which process segmented what, for a job's logs
         atomic_write_text(out / "predict_ranks.json", json.dumps({"ranks": world, "photos": ranks,
                                                                   "failed": failed}, indent=1) + "\n")
     return summary
+
+
+def _segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, info: ModelInfo,
+                   ortho: OrthoOptions, progress: bool):
+    """One orthomosaic through :func:`droneseg.geo.ortho.segment_ortho` -> its OrthoResult."""
+    import warnings
+
+    from droneseg.geo.ortho import segment_ortho
+
+    model_gsd = ortho.model_gsd if ortho.model_gsd is not None else info.gsd
+    with warnings.catch_warnings():  # said at once, on one line, above the progress bar
+        warnings.showwarning = lambda message, *args, **kwargs: tqdm.write(f"warning: {message}", file=sys.stderr)
+        result = segment_ortho(path, out, tiler, written, model_gsd, image_filter=info.image_filter,
+                               confidence=ortho.confidence, vector=ortho.vector, min_area=ortho.min_area,
+                               simplify=ortho.simplify, strip=ortho.strip, progress=progress,
+                               meta={"model_gsd_source": "--model-gsd" if ortho.model_gsd is not None else
+                                     ("model.json" if info.gsd is not None else "unknown")})
+    return result

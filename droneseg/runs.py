@@ -35,7 +35,7 @@ from droneseg.io import atomic_open, atomic_write_json
 from droneseg.schemes import LabelScheme
 from droneseg.tiler import InferenceConfig
 
-MODEL_FORMAT = 2  # 2: image_filter, inference and dataset at the top level
+MODEL_FORMAT = 3  # 2: image_filter, inference and dataset at the top level; 3: gsd
 RUN_DIR_ENV = "DRONESEG_RUN_DIR"  # set by the process that created the run folder, for the ones it launches
 
 
@@ -108,7 +108,8 @@ class ModelInfo:
     ``long_side``/``image_filter``: how photos are brought to the working scale (as the training cache did);
     ``inference``: :class:`~droneseg.tiler.InferenceConfig` values (tile, overlap, blend, TTA…);
     ``dataset``: ``{"root", "fingerprint", "images"}`` of the training dataset, so that ``evaluate`` uses the run's
-    own split files only on that dataset.
+    own split files only on that dataset; ``gsd``: metres of ground per working pixel (``data.gsd`` scaled by the
+    photos' native size over the working size), None when the training photos' GSD was not given.
     """
 
     model: dict
@@ -118,6 +119,7 @@ class ModelInfo:
     image_filter: str = "area"
     inference: dict = field(default_factory=dict)
     dataset: dict | None = None
+    gsd: float | None = None  # metres per working pixel (the ground the network saw per pixel); None: unknown
     version: str = __version__
     format: int = MODEL_FORMAT
     extra: dict = field(default_factory=dict)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import torch
@@ -59,6 +59,18 @@ def gaussian_window(n: int) -> Tensor:
 
 WINDOWS: dict[str, Callable[[int], Tensor]] = {"cosine": cosine_window, "gaussian": gaussian_window}
 LumaThreshold = Literal["mean", "median"]
+TileSkip = Callable[[int, int, int, int], bool]
+"""``skip(y, x, th, tw)``: whether the tile at working row y, column x, of th x tw pixels holds no data."""
+
+
+class WorkingImage(Protocol):
+    """What the tiler reads tiles from: an (h, w, 3) uint8 array, or anything sliced like one."""
+
+    shape: tuple[int, ...]
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray: ...
+
+
 SampleSink = Callable[[Tensor, Tensor], None]
 """``on_samples(ys, logits)``: output rows ``ys`` (m,) int64 and their upsampled logits (m, ceil(W / stride), K) at
 columns 0, stride, 2·stride…"""
@@ -158,13 +170,23 @@ class Columns:
     span: int  # max(count)
 
     @classmethod
-    def between(cls, w: int, W: int, device: torch.device) -> Columns:
-        left, right, fx = source_index(w, W)
+    def between(cls, w: int, W: int, device: torch.device, x0: int = 0, x1: int | None = None,
+                source: tuple[int, int] | None = None) -> Columns:
+        """Output columns ``x0..x1`` (default all W) of the w -> W mapping, numbered from 0. ``source`` = (offset,
+        width): the w source columns held are columns offset..offset+width of a wider source; they must hold every
+        column the output columns read. A window of the output then samples exactly as the whole output would."""
+        left, right, fx = (v[x0:x1] for v in source_index(w, W))
+        if source is not None:
+            offset, w = source
+            left, right = left - offset, right - offset
+            if len(left) and (int(left.min()) < 0 or int(right.max()) >= w):
+                raise ValueError(f"output columns {x0}..{x1} read source columns {int(left.min()) + offset}.."
+                                 f"{int(right.max()) + offset}, outside the {offset}..{offset + w} held")
         key = 2 * left + (fx > 0).long()  # non-decreasing: fx grows within a pair; fx == 0 copies the left pixel
         pair = 2 * torch.arange(w - 1) + 1
         start = torch.searchsorted(key, pair)
         count = torch.searchsorted(key, pair, right=True) - start
-        span = int(count.max()) if w > 1 else 0
+        span = int(count.max()) if w > 1 and len(key) else 0
         return cls(left.to(device), right.to(device), fx.to(device), start.to(device), count.to(device), span)
 
     def interpolate(self, rows: Tensor, index: Tensor | None = None) -> Tensor:
@@ -219,6 +241,8 @@ class Tiler:
     blend: str = "gaussian"
     device: torch.device = torch.device("cpu")
     peak_buffer_elems: int = 0  # largest float buffer so far, in elements
+    tiles_run: int = 0  # tiles inferred so far
+    tiles_skipped: int = 0  # tiles a skip predicate spared
     interpolated_pixels: int = 0  # output pixels whose K logits were interpolated (the rest took a shared class)
 
     def __post_init__(self) -> None:
@@ -236,6 +260,10 @@ class Tiler:
                     device: torch.device | str = "cpu") -> Tiler:
         return cls(run, num_classes, cfg.tile, cfg.overlap, cfg.batch, cfg.tta, cfg.blend, torch.device(device))
 
+    def stride(self, tile: int | None = None) -> int:
+        """Pixels between the origins of neighbouring tiles of side ``tile`` (default: the configured one)."""
+        return max(1, round((tile or self.tile) * (1 - self.overlap)))
+
     def _track(self, *buffers: Tensor) -> None:
         """Record the largest float buffer."""
         self.peak_buffer_elems = max(self.peak_buffer_elems, *(b.numel() for b in buffers))
@@ -252,13 +280,14 @@ class Tiler:
         for y0, band in self._bands(image):
             yield y0, band.clone()
 
-    def _bands(self, image: np.ndarray | Tensor) -> Iterator[tuple[int, Tensor]]:
-        """As :meth:`bands`, but each band is a view of the accumulator, valid until the next one is asked for."""
+    def _bands(self, image: np.ndarray | Tensor, skip: TileSkip | None = None) -> Iterator[tuple[int, Tensor]]:
+        """As :meth:`bands`, but each band is a view of the accumulator, valid until the next one is asked for;
+        tiles ``skip`` is true for are not inferred."""
         # 1. setup: tile grid, per-tile axis weights, the accumulator of one tile row's height (channels last)
         h, w = image.shape[:2]
         th, tw = min(self.tile, h), min(self.tile, w)
-        ys = tile_origins(h, th, max(1, round(th * (1 - self.overlap))))
-        xs = tile_origins(w, tw, max(1, round(tw * (1 - self.overlap))))
+        ys = tile_origins(h, th, self.stride(th))
+        xs = tile_origins(w, tw, self.stride(tw))
         make = WINDOWS[self.blend]
         wys = [v.to(self.device) for v in axis_weights(ys, th, h, make(th))]
         wxs = [v.to(self.device) for v in axis_weights(xs, tw, w, make(tw))]
@@ -267,20 +296,25 @@ class Tiler:
         self._track(acc)
         # 2. loop: one row of tiles at a time, in batches along the row
         for r, y in enumerate(ys):
-            for c0 in range(0, len(xs), self.batch):
-                cols = xs[c0 : c0 + self.batch]
+            row = [(c, x) for c, x in enumerate(xs) if skip is None or not skip(y, x, th, tw)]
+            self.tiles_skipped += len(xs) - len(row)
+            for c0 in range(0, len(row), self.batch):
+                cols = [x for _, x in row[c0 : c0 + self.batch]]
+                self.tiles_run += len(cols)
                 if isinstance(image, Tensor):
                     crops = torch.stack([image[y : y + th, x : x + tw] for x in cols]).to(self.device)
                 else:  # copies of the tiles only: the photo may be a read-only memory map of 72 MB
                     crops = torch.from_numpy(np.stack([image[y : y + th, x : x + tw] for x in cols])).to(self.device)
                 logits = self._infer(crops.permute(0, 3, 1, 2).float().div_(255.0))  # (B, K, th, tw)
-                for b, x in enumerate(cols):
-                    weight = (wys[r][:, None] * wxs[c0 + b][None, :])[..., None]  # (th, tw, 1)
+                for b, (c, x) in enumerate(row[c0 : c0 + self.batch]):
+                    weight = (wys[r][:, None] * wxs[c][None, :])[..., None]  # (th, tw, 1)
                     acc[:, x : x + tw].addcmul_(logits[b].permute(1, 2, 0), weight)
                     wsum[:, x : x + tw] += weight
                 del logits
             # 3. rows above the next tile row are final: emit them, then shift the rest up in place
             n = (ys[r + 1] if r + 1 < len(ys) else h) - y
+            if skip is not None:  # pixels under skipped tiles only: logits 0, not 0 / 0
+                wsum[:n].clamp_(min=torch.finfo(torch.float32).tiny)
             yield y, acc[:n].div_(wsum[:n])  # (n, w, K)
             for i in range(0, th - n, n):  # chunks of n rows never overlap their source: no full-size temporary
                 m = min(n, th - n - i)
@@ -299,22 +333,72 @@ class Tiler:
         sample_stride: int = 1,
     ) -> np.ndarray:
         """(h, w, 3) uint8 working-size photo -> (H, W) uint8 targets at ``size`` = (H, W) (see the contract)."""
+        H, W = size
+        out = np.empty((H, W), np.float32 if luma else np.uint8)
+        for o0, values, _ in self._rows(image, size, luma is not None, on_samples, sample_stride):
+            out[o0 : o0 + len(values)] = values
+        if luma:
+            return luma_threshold(torch.from_numpy(out), luma).numpy()
+        return out
+
+    @torch.inference_mode()
+    def iter_labels(
+        self,
+        image: np.ndarray | WorkingImage,
+        size: tuple[int, int],
+        region: tuple[int, int, int, int] | None = None,
+        window_of: tuple[int, int, int, int] | None = None,
+        confidence: bool = False,
+        skip: TileSkip | None = None,
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """Labels of a window of the (H, W) output, in bands of rows, top to bottom: yields (first row, (n, w')
+        uint8 targets, (n, w') uint8 confidence or None), rows counted from the window's top.
+
+        ``region`` = (y0, y1, x0, x1): that window of the output (default all of it), exactly as :meth:`labels`
+        would give those pixels. ``window_of`` = (row, col, hg, wg): ``image`` is the window at (row, col) of a
+        working image of hg x wg, the one the output is upsampled from (an orthomosaic strip read with context);
+        it must hold the working pixels the region reads (else ValueError). ``image`` may be any object with
+        ``shape`` and numpy slicing (read on demand: :class:`droneseg.geo.raster.WorkingWindow`). ``confidence``:
+        round(255 · the top softmax probability), taken at working resolution and upsampled bilinearly (a
+        K-channel softmax at output size would cost K times the memory). ``skip(y, x, th, tw)``: tiles it is
+        true for are not inferred (no data under them); pixels no tile covers get logits 0.
+        """
+        yield from self._rows(image, size, False, None, 1, region, window_of, confidence, skip)
+
+    def _rows(self, image, size: tuple[int, int], prob: bool, on_samples: SampleSink | None, sample_stride: int,
+              region: tuple[int, int, int, int] | None = None, window_of: tuple[int, int, int, int] | None = None,
+              confidence: bool = False, skip: TileSkip | None = None
+              ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+        """The one upsampling loop behind :meth:`labels` and :meth:`iter_labels`: yields (first row of the window,
+        labels (n, w') uint8 or, with ``prob``, the bright-class probability (n, w') float32, confidence)."""
         # 1. setup: PyTorch's bilinear source rows and columns of every output row and column
         h, w = image.shape[:2]
         H, W = size
-        top, bottom, fy = source_index(h, H)
+        ry0, ry1, rx0, rx1 = region or (0, H, 0, W)
+        if not (0 <= ry0 < ry1 <= H and 0 <= rx0 < rx1 <= W):
+            raise ValueError(f"region {region} is not a window of the {H}x{W} output")
+        if on_samples is not None and (region is not None or window_of is not None):
+            raise ValueError("on_samples needs the whole output, not a region")
+        oy, ox, hg, wg = window_of or (0, 0, h, w)
+        top, bottom, fy = source_index(hg, H)
+        top, bottom = top - oy, bottom - oy  # rows of the window held
+        if int(top[ry0]) < 0 or int(bottom[ry1 - 1]) >= h:
+            raise ValueError(f"output rows {ry0}..{ry1} read working rows {int(top[ry0]) + oy}..{int(bottom[ry1 - 1]) + oy}"
+                             f", outside the {oy}..{oy + h} held")
         fy = fy.to(self.device)
-        cols = Columns.between(w, W, self.device)
+        cols = Columns.between(wg, W, self.device, rx0, rx1, source=(ox, w))
         sampled_cols = torch.arange(0, W, sample_stride, device=self.device)
-        out = np.empty((H, W), np.uint8)
-        prob = np.empty((H, W), np.float32) if luma else None
-        rows_per_band = max(1, BAND_ELEMS // (self.num_classes * max(w, W)))
-        held, held_y0, Y = None, 0, 0  # finished working rows held_y0.. as (m, w, K); the next output row
+        rows_per_band = max(1, BAND_ELEMS // (self.num_classes * max(w, rx1 - rx0)))
+        held, held_y0, Y = None, 0, ry0  # finished working rows held_y0.. as (m, w, K); the next output row
+        held_top = None  # with confidence: (m, w) top softmax probability of the held rows
         # 2. loop: as working rows finish, upsample every output row whose two source rows are ready
-        for y0, band in self._bands(image):
+        for y0, band in self._bands(image, skip):
+            if confidence:
+                band_top = band.softmax(-1).amax(-1)
+                held_top = band_top if held_top is None or not len(held_top) else torch.cat([held_top, band_top])
             held = band if held is None or not len(held) else torch.cat([held, band])
             ready = y0 + band.shape[0]
-            Y_end = H if ready == h else int(torch.searchsorted(bottom, ready))
+            Y_end = min(ry1, int(torch.searchsorted(bottom, ready)))  # rows whose lower source row has arrived
             for Y0 in range(Y, Y_end, rows_per_band):
                 Y1 = min(Y_end, Y0 + rows_per_band)
                 t, b = (top[Y0:Y1] - held_y0).to(self.device), (bottom[Y0:Y1] - held_y0).to(self.device)
@@ -325,20 +409,24 @@ class Tiler:
                     if first < Y1 - Y0:
                         picked = torch.arange(first, Y1 - Y0, sample_stride, device=self.device)
                         on_samples(picked + Y0, cols.interpolate(rows.index_select(0, picked), sampled_cols))
-                if prob is not None:  # bright-minus-dark logit: softmax[1] is its sigmoid; it upsamples like logits
-                    prob[Y0:Y1] = torch.sigmoid(cols.interpolate(rows[..., 1] - rows[..., 0])).cpu().numpy()
+                if prob:  # bright-minus-dark logit: softmax[1] is its sigmoid; it upsamples like logits
+                    values = torch.sigmoid(cols.interpolate(rows[..., 1] - rows[..., 0])).cpu().numpy()
                 else:
                     labels, mixed = upsampled_argmax(rows, cols, self._track)
-                    out[Y0:Y1] = labels.cpu().numpy()
+                    values = labels.cpu().numpy()
                     self.interpolated_pixels += mixed
-            Y = Y_end
+                conf = None
+                if confidence:
+                    top_p = torch.lerp(held_top[t], held_top[b], fy[Y0:Y1, None])  # (n, w)
+                    conf = cols.interpolate(top_p).mul_(255).round_().to(torch.uint8).cpu().numpy()
+                yield Y0 - ry0, values, conf
+            Y = max(Y, Y_end)  # bands above the region end before its first row
             self._track(held)
-            if Y == H:  # every output row is written: the remaining tiles cannot change any
+            if Y == ry1:  # every output row is written: the remaining tiles cannot change any
                 break
             # 3. keep only the working rows later output rows read (a copy: the band is a view); when the next
             # output row reads beyond what has arrived, nothing is kept and the next band starts where it starts
             keep_from = min(int(top[Y]) - held_y0, held.shape[0])
             held, held_y0 = held[keep_from:].clone(), held_y0 + keep_from
-        if prob is not None:
-            out[:] = luma_threshold(torch.from_numpy(prob), luma).numpy()
-        return out
+            if held_top is not None:
+                held_top = held_top[keep_from:].clone()

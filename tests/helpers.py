@@ -25,11 +25,11 @@ def tiny_net(num_classes: int, seed: int = 0) -> torch.nn.Module:
 
 
 def save_tiny_model(folder: Path, scheme: str = "full", long_side: int | None = 100, inference: dict | None = None,
-                    dataset: dict | None = None) -> Path:
+                    dataset: dict | None = None, gsd: float | None = None) -> Path:
     """``tiny_net`` saved as a run's model.safetensors + model.json in ``folder``."""
     s, cfg = get_scheme(scheme), ModelConfig(channels=[8, 16])
     info = ModelInfo(model=cfg.model_dump(mode="json"), scheme=s.to_dict(), long_side=long_side,
-                     inference=inference or {}, dataset=dataset)
+                     inference=inference or {}, dataset=dataset, gsd=gsd)
     Path(folder).mkdir(parents=True, exist_ok=True)
     save_model(folder, tiny_net(s.num_classes), info)
     return Path(folder)

@@ -292,3 +292,33 @@ def test_outputs_much_smaller_than_the_working_size_are_the_same_bilinear_argmax
     logits = run(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
     expected = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)[0].argmax(0).numpy()
     assert (labels == expected).mean() >= 0.999
+
+
+@pytest.mark.parametrize("size", [(70, 90), (151, 200), (40, 50)])
+def test_labels_of_a_window_read_from_a_window_equal_the_whole_outputs(size):
+    """iter_labels(region=, window_of=) gives exactly the pixels labels() gives, also from a cut-out of the working
+    image that holds only what the region reads; its confidence is the top softmax probability upsampled."""
+    net = tiny_net(5)
+    tiler = Tiler(net, 5, tile=32, overlap=0.25, batch=3)
+    image = scene(90, 70, seed=3)
+    H, W = size
+    whole = tiler.labels(image, (H, W))
+    conf_whole = np.concatenate([c for _, _, c in tiler.iter_labels(image, (H, W), confidence=True)])
+    logits = net(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
+    top = F.interpolate(logits.softmax(1).amax(1, keepdim=True), size=(H, W), mode="bilinear", align_corners=False)
+    assert np.abs(conf_whole.astype(int) - top[0, 0].detach().mul(255).round().numpy()).max() <= 40  # tiles vs one pass
+    for y0, y1, x0, x1 in [(0, H, 0, W), (5, H - 3, 7, W - 11), (H // 2, H // 2 + 3, W // 3, W // 3 + 1)]:
+        rows = list(tiler.iter_labels(image, (H, W), region=(y0, y1, x0, x1), confidence=True))
+        assert np.array_equal(np.concatenate([r for _, r, _ in rows]), whole[y0:y1, x0:x1])
+        assert np.array_equal(np.concatenate([c for _, _, c in rows]), conf_whole[y0:y1, x0:x1])
+    # a cut-out of the working image (rows 10.., columns 20..) and the region reading only those: with a pixelwise
+    # net (tiling cannot change its logits) the upsampling alone decides, and must give the whole output's pixels
+    flat = Tiler(pixelwise(torch.randn(3, 5)), 5, tile=32, overlap=0.25)
+    reference = flat.labels(image, (H, W))
+    sy, sx = 70 / H, 90 / W
+    y0, x0 = int(np.ceil((10 + 0.5) / sy - 0.5)), int(np.ceil((20 + 0.5) / sx - 0.5))
+    cut = np.ascontiguousarray(image[10:, 20:])
+    rows = flat.iter_labels(cut, (H, W), region=(y0, H, x0, W), window_of=(10, 20, 70, 90))
+    assert np.array_equal(np.concatenate([r for _, r, _ in rows]), reference[y0:, x0:])
+    with pytest.raises(ValueError, match="outside"):
+        list(flat.iter_labels(cut, (H, W), region=(0, H, 0, W), window_of=(10, 20, 70, 90)))

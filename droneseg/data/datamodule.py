@@ -48,6 +48,8 @@ class DataConfig(BaseModel):
     test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
     split_seed: int = 0
     image_filter: Literal["area", "bilinear"] = "area"
+    gsd: float | None = Field(default=None, gt=0, description="metres per pixel of the dataset's photos at their own "
+                              "size (null = unknown); model.json records the working GSD it gives, for orthomosaics")
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     cache_dir: str | None = Field(default=None, description="null = $DRONESEG_CACHE or ~/.cache/droneseg")
 

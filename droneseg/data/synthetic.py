@@ -20,7 +20,6 @@ Contract
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from droneseg.classes import ClassTable
 from droneseg.errors import DataError
+from droneseg.io import atomic_save, atomic_write_text
 
 _TABLE = ClassTable.builtin()
 _MIN_SIDE = 16
@@ -104,10 +104,11 @@ class _Canvas:
     texture gain, stripe amplitude, stripe angle, stripe period in metres).
     """
 
-    def __init__(self, width: int, height: int, rng: np.random.Generator) -> None:
+    def __init__(self, width: int, height: int, rng: np.random.Generator, gsd: float | None = None) -> None:
         self.size, self.rng = (width, height), rng
         short = min(width, height)
-        self.meter = short / rng.uniform(30.0, 60.0)
+        span = rng.uniform(30.0, 60.0)  # drawn either way: a fixed gsd changes the scale, not the scene's stream
+        self.meter = short / span if gsd is None else 1.0 / gsd
         self.f = min(1.0, _TEX_SHORT / short)
         self.tex_size = (max(1, round(width * self.f)), max(1, round(height * self.f)))
         sun, lean = rng.uniform(0, 2 * np.pi, 2)
@@ -438,11 +439,15 @@ def _people_and_extras(cv: _Canvas) -> None:
         cv.poly(box, cv.add("obstacle"), relief=120, lift=True)
 
 
-def render_scene(width: int, height: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """One scene from ``rng``: (H, W, 3) uint8 RGB photo and (H, W) uint8 source-index mask."""
+def render_scene(width: int, height: int, rng: np.random.Generator, gsd: float | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """One scene from ``rng``: (H, W, 3) uint8 RGB photo and (H, W) uint8 source-index mask. ``gsd``: metres per
+    pixel (default: the short side spans 30-60 m, drawn from ``rng``)."""
     if min(width, height) < _MIN_SIDE:
         raise DataError(f"scene size {width}x{height} is below the minimum {_MIN_SIDE}x{_MIN_SIDE}")
-    cv = _Canvas(int(width), int(height), rng)
+    if gsd is not None and not gsd > 0:
+        raise DataError(f"gsd must be a positive number of metres per pixel, got {gsd}")
+    cv = _Canvas(int(width), int(height), rng, gsd)
     roads = _ground_and_roads(cv)
     _hedges(cv, roads)
     parking = _lots(cv)
@@ -454,15 +459,12 @@ def render_scene(width: int, height: int, rng: np.random.Generator) -> tuple[np.
 
 
 def _replace(path: Path, write: str | Image.Image, quality: int | None = None) -> None:
-    """Write text or an image under a temporary name, then rename it into place (no half-written files)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+    """Write text, a PNG or (with ``quality``) a JPEG through the package's atomic writer."""
     if isinstance(write, str):
-        tmp.write_text(write, encoding="utf-8")
-    elif quality is None:
-        write.save(tmp, format="PNG")
+        atomic_write_text(path, write)
     else:
-        write.save(tmp, format="JPEG", quality=quality)
-    os.replace(tmp, path)
+        atomic_save(path, lambda fh: write.save(fh, format="PNG" if quality is None else "JPEG",
+                                                **({} if quality is None else {"quality": quality})))
 
 
 def write_synthetic(out: str | Path, n: int, size: tuple[int, int] = (768, 512), seed: int = 0,

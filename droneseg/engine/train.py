@@ -37,7 +37,7 @@ from droneseg.engine.requeue import (Requeue, StopTraining, interrupt_at_step, l
                                      slurm_plugin)
 from droneseg.engine.task import SegmentationTask, parse_duration
 from droneseg.errors import Diverged, Interrupted
-from droneseg.io import atomic_write_json, atomic_write_text
+from droneseg.io import atomic_write_json, atomic_write_text, photo_size, working_size
 from droneseg.plots import read_metrics_csv, training_curves
 from droneseg.runs import (RUN_DIR_ENV, ModelInfo, finished, is_creator, job_run_dir, new_run_dir, save_model,
                            shared_run_dir)
@@ -122,6 +122,20 @@ def _stopped_by(trainer: pl.Trainer) -> str:
     return "max_epochs"
 
 
+def working_gsd(gsd: float | None, photos: list[Path], long_side: int | None) -> float | None:
+    """Metres per working pixel: the photos' ``gsd`` times native long side over working long side; None when
+    ``gsd`` is None. Raises DataError when the photos differ in size (their working GSDs would differ)."""
+    if gsd is None:
+        return None
+    sizes = {photo_size(p) for p in photos}
+    if len(sizes) > 1:
+        a, b = sorted(sizes)[:2]
+        raise DataError(f"data.gsd: the photos differ in size ({a[0]}x{a[1]}, {b[0]}x{b[1]}…), so one GSD cannot "
+                        "describe the scale the model sees; train on photos of one size or leave data.gsd unset")
+    (size,) = sizes
+    return gsd * max(size) / max(working_size(size, long_side))
+
+
 def _save_model(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTask,
                 dm: DroneDataModule) -> Path | None:
     """The best checkpoint's weights as ``model.safetensors`` + ``model.json``; -> the checkpoint. Rank 0 only."""
@@ -135,6 +149,7 @@ def _save_model(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: Segmentati
     info = ModelInfo(model=cfg.model.model_dump(mode="json"), scheme=dm.scheme.to_dict(), long_side=cfg.data.long_side,
                      crop=cfg.data.crop, image_filter=cfg.data.image_filter,
                      inference=cfg.inference.model_dump(mode="json"), dataset=dataset,
+                     gsd=working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side),
                      extra={"run": run.name, "best_checkpoint": best.name if best else None})
     save_model(run, task.net, info)
     return best
@@ -321,6 +336,7 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     dm = DroneDataModule(cfg.data, Path(cfg.data.root), seed=cfg.train.seed, on_gpu=on_gpu, split_dir=own_splits)
     if not dm.splits["val"]:
         raise DataError(f"{cfg.data.root}: the val split is empty; training needs one for early stopping and the best model")
+    working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side)  # refused now, not at the end
     if ckpt is None:
         run = _make_run_dir(run, out, cfg, env)
         os.environ[RUN_DIR_ENV] = str(run)  # processes Lightning starts for more devices reuse this folder

@@ -1,0 +1,89 @@
+"""Seconds and peak memory of ``droneseg predict`` on a large synthetic orthomosaic, per model.
+
+The orthomosaic is written once by :func:`droneseg.geo.scene.write_synthetic_ortho` (RGBA GeoTIFF, UTM 33N, an
+elliptic valid area leaving a transparent collar, ground drawn at ``--render-gsd`` and brought to ``--gsd``) into
+the cache folder, outside the repository. Each model runs in its own process (peak RSS = VmHWM of that process
+alone, ~0.7 GB of it importing torch), through the public :func:`droneseg.predict.predict` with the model read at
+``--model-gsd``: inference in strips, the class COG with overviews, polygons in a GeoPackage, class areas, the
+preview. Models: ``NAME=RUN_FOLDER`` (repeatable); none given: the random timing U-Net of ``common.py``.
+
+    python benchmarks/ortho.py --model demo=runs/demo-… --model full=runs/full-… [--size 20000] [--gsd 0.02]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import in_child, machine, peak_rss_mb, timing_model
+
+
+def child(config: dict) -> dict:
+    t0 = time.perf_counter()
+    from droneseg.predict import OrthoOptions, predict
+
+    baseline = peak_rss_mb()
+    t1 = time.perf_counter()
+    s = predict(config["model"], [Path(config["ortho"])], Path(config["out"]), progress=False,
+                ortho=OrthoOptions(model_gsd=config["model_gsd"], vector="gpkg", strip=config["strip"]))
+    (result,) = s.orthos.values()
+    files = result["files"]
+    return {"seconds": round(time.perf_counter() - t1, 1), "stages_s": result["seconds"],
+            "tiles": result["tiles"], "tiles_skipped": result["tiles_skipped"], "polygons": result["polygons"],
+            "working_scale": result["working_scale"], "peak_rss_mb": round(peak_rss_mb()),
+            "rss_after_imports_mb": round(baseline), "import_s": round(t1 - t0, 2),
+            "class_cog_mb": round(os.path.getsize(files["classes"]) / 2**20, 1),
+            "polygons_mb": round(os.path.getsize(files["polygons"]) / 2**20, 1)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--child")
+    ap.add_argument("--model", action="append", default=[], help="NAME=RUN_FOLDER")
+    ap.add_argument("--size", type=int, default=20000, help="side of the square orthomosaic, pixels")
+    ap.add_argument("--gsd", type=float, default=0.02, help="metres per pixel of the orthomosaic")
+    ap.add_argument("--render-gsd", type=float, default=0.05, help="metres per pixel the ground is drawn at")
+    ap.add_argument("--model-gsd", type=float, default=0.05, help="metres per working pixel of the models")
+    ap.add_argument("--strip", type=int, default=4096)
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("DRONESEG_CACHE", Path.home() / ".cache/droneseg")))
+    ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ortho.json")
+    args = ap.parse_args()
+    if args.child:
+        print(json.dumps(child(json.loads(args.child))))
+        return
+    from droneseg.geo.scene import write_synthetic_ortho
+
+    ortho = args.cache / f"bench-ortho-{args.size}-{args.gsd:g}-{args.render_gsd:g}.tif"
+    made_s = None
+    if not ortho.is_file():
+        ortho.parent.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        write_synthetic_ortho(ortho, (args.size, args.size), gsd=args.gsd, render_gsd=args.render_gsd, seed=0)
+        made_s = round(time.perf_counter() - t, 1)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        models = dict(m.split("=", 1) for m in args.model)
+        if not models:
+            models = {"unet-random": str(timing_model(Path(tmp) / "model", long_side=None)[0])}
+        for name, run in models.items():
+            print(f"{name}: predicting {ortho.name}", file=sys.stderr, flush=True)
+            results[name] = {"run": run, **in_child(__file__, {"model": run, "ortho": str(ortho), "strip": args.strip,
+                                                               "model_gsd": args.model_gsd, "out": f"{tmp}/{name}"},
+                                                      timeout=7200)}
+            print(json.dumps(results[name]), file=sys.stderr, flush=True)
+    report = {"benchmark": "ortho", "command": " ".join(["python", *sys.argv]), "machine": machine(),
+              "ortho": {"size": [args.size, args.size], "gsd_m": args.gsd, "render_gsd_m": args.render_gsd,
+                        "file_mb": round(ortho.stat().st_size / 2**20), "written_in_s": made_s},
+              "model_gsd_m": args.model_gsd, "strip": args.strip, "results": results}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=1) + "\n")
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""Orthomosaics: georeferenced rasters in, georeferenced classes, polygons and areas out (the ``geo`` extra).
+
+Contract
+--------
+* :func:`is_ortho` tells, without the extra, whether ``predict`` should treat an input as an orthomosaic: a TIFF
+  carrying GeoTIFF tags (or a BigTIFF, which no photo is), or a raster format only GDAL reads (``.vrt``, ``.jp2``,
+  ``.img``). Everything else stays a photo.
+* :func:`require` raises a :class:`~droneseg.errors.UserError` naming the extra (``pip install 'droneseg[geo]'``)
+  when rasterio, pyogrio or shapely is missing; photo users never import them.
+* The work itself: :mod:`droneseg.geo.raster` (reading windows at the model's ground sampling distance),
+  :mod:`droneseg.geo.outputs` (Cloud-Optimized GeoTIFF, polygons, class areas, preview) and
+  :mod:`droneseg.geo.ortho` (the block loop that joins them to :class:`~droneseg.tiler.Tiler`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from droneseg.errors import UserError
+from droneseg.io import BIGTIFF, tiff_directory
+
+GDAL_SUFFIXES = (".vrt", ".jp2", ".img")
+"""Raster formats that are never photos: such an input goes to the orthomosaic path."""
+GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, ModelTransformation, GeoKeyDirectory
+EXTRA_HINT = "pip install 'droneseg[geo]'"
+
+
+def is_ortho(path: Path) -> bool:
+    """Whether ``path`` is an orthomosaic input: a GeoTIFF (tags read from the first directory, no decoding), a
+    BigTIFF, or a GDAL-only format. A file that cannot be read as a TIFF is not one (the photo reader says why)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in GDAL_SUFFIXES:
+        return True
+    if suffix not in (".tif", ".tiff"):
+        return False
+    ifd = tiff_directory(path)
+    if ifd == BIGTIFF:  # over 4 GB: never a camera's photo
+        return True
+    return ifd is not None and any(tag in ifd for tag in GEOTIFF_TAGS)
+
+
+def require() -> None:
+    """Raise UserError naming the ``geo`` extra when a package it brings is missing."""
+    missing = []
+    for name in ("rasterio", "pyogrio", "shapely"):
+        try:
+            __import__(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        raise UserError(f"orthomosaics need the geo extra ({', '.join(missing)} missing): {EXTRA_HINT}")

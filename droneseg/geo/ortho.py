@@ -1,0 +1,299 @@
+"""Segmenting an orthomosaic strip by strip, in memory bounded by a tile row of one strip, never by the scene.
+
+Contract
+--------
+* Scale: the network meets the orthomosaic at the model's working GSD (``model.json`` ``gsd``, metres per working
+  pixel, or ``--model-gsd``): the scene has one working grid of round(W·f) x round(H·f) pixels, f = ortho GSD /
+  model GSD per axis, read by GDAL with the model's image filter (average for ``area``, bilinear). With the
+  model's GSD unknown the orthomosaic is read at its own resolution, with a warning.
+* Strips: the working grid is cut into vertical strips of at most ``strip`` working pixels of core width, each
+  read with context on its left and right (at least half a tile and a tile's overlap past the pixels its
+  upsampling reads, rounded out to the scene's tile grid), so that a strip's tiles are the whole scene's tiles,
+  with the same weights for every core pixel: the labels equal one pass of :class:`~droneseg.tiler.Tiler` over
+  the whole scene, bit for bit. A strip is read from GDAL band by band as the tiler asks for tiles
+  (:class:`~droneseg.geo.raster.WorkingWindow`, fractional windows of the one grid), and its labels come back
+  row band by row band at full resolution (:meth:`Tiler.iter_labels`, the one upsampler): memory is one tile row
+  of one strip, whatever the scene's height. Tiles with no valid pixel under them are not inferred (a pixel next
+  to the collar may then differ from a one-pass result that also inferred the empty tiles).
+* Outputs per input, in ``out``: ``<stem>_classes.tif`` (COG, written values of the scheme's numbering, colour
+  table, nodata 255 on every pixel outside the valid area), with ``confidence`` ``<stem>_confidence.tif`` (uint8
+  round(255 · top softmax probability), nodata 0), ``<stem>_polygons.gpkg`` (or ``.geojson``; ``vector=None``:
+  none), ``<stem>_class_areas.csv`` and ``.json`` (pixels, m², share of the valid area, read back from the class
+  raster: one truth), ``<stem>_preview.jpg``. Each file is atomic.
+* ``min_area`` (m²): regions of one class smaller than that are merged into their largest neighbour (GDAL's
+  sieve filter, 4-connected, over windows of the class raster with a ring of context) before areas and polygons
+  are taken, so all three agree and no holes open.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import rasterio
+from rasterio.windows import Window
+from tqdm import tqdm
+
+from droneseg.classes import IGNORE_INDEX
+from droneseg.errors import DataError
+from droneseg.geo.outputs import AreaTable, RasterWriter, write_polygons, write_preview
+from droneseg.geo.raster import Ortho, WorkingWindow, open_ortho
+from droneseg.schemes import WrittenClasses
+from droneseg.tiler import Tiler
+
+NODATA = IGNORE_INDEX  # 255: written for pixels outside the valid area
+CONFIDENCE_NODATA = 0  # a top probability is at least 1/K > 0
+WRITE_ROWS = 512  # full-resolution rows gathered before a write (one COG tile row)
+GDAL_CACHE_MB = 256
+PASS_WINDOW = 4096  # raster pixels a side per window of the sieve and area passes
+VectorFormat = Literal["gpkg", "geojson"]
+
+
+@dataclass
+class OrthoResult:
+    """What :func:`segment_ortho` wrote and measured."""
+
+    files: dict[str, Path]
+    scale: tuple[float, float]  # working pixels per ortho pixel, x and y
+    strips: int
+    tiles: int  # tiles inferred
+    tiles_skipped: int  # tiles with no valid pixel, not inferred
+    polygons: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def ortho_paths(path: Path, out: Path, confidence: bool = False, vector: VectorFormat | None = "gpkg"
+                ) -> dict[str, Path]:
+    stem = Path(path).stem
+    files = {"classes": out / f"{stem}_classes.tif", "areas_csv": out / f"{stem}_class_areas.csv",
+             "areas_json": out / f"{stem}_class_areas.json", "preview": out / f"{stem}_preview.jpg"}
+    if confidence:
+        files["confidence"] = out / f"{stem}_confidence.tif"
+    if vector:
+        files["polygons"] = out / f"{stem}_polygons.{vector}"
+    return files
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The scene's working grid: ``size`` = (h, w) working pixels over the (H, W) raster (each working pixel the
+    same fractional footprint of raster pixels, so windows read from one grid line up exactly)."""
+
+    raster: tuple[int, int]  # (H, W)
+    size: tuple[int, int]  # (h, w)
+
+    @property
+    def scale(self) -> tuple[float, float]:
+        """Working pixels per raster pixel along x and y."""
+        return self.size[1] / self.raster[1], self.size[0] / self.raster[0]
+
+    def window(self, rows: tuple[int, int], cols: tuple[int, int]) -> Window:
+        """The fractional raster window working rows/cols cover (rasterio reads it resampled, exactly)."""
+        sx, sy = self.scale
+        return Window(cols[0] / sx, rows[0] / sy, (cols[1] - cols[0]) / sx, (rows[1] - rows[0]) / sy)
+
+
+def working_grid(width: int, height: int, scale: tuple[float, float]) -> Grid:
+    return Grid((height, width), (max(1, round(height * scale[1])), max(1, round(width * scale[0]))))
+
+
+@dataclass(frozen=True)
+class Strip:
+    """Raster columns x0..x1 written, from working columns i0..i1 read (all rows)."""
+
+    x0: int
+    x1: int
+    i0: int
+    i1: int
+
+
+def plan_strips(grid: Grid, strip: int, tile: int, stride: int) -> list[Strip]:
+    """Strips left to right: cores of <= ``strip`` working px, each read with columns enough that its tiles are
+    the scene's tiles (origins on the scene's grid of ``stride``, the last one flush with the scene's end) and
+    that every core pixel is covered by all the scene's tiles that cover it, with their weights: the pixels the
+    core's bilinear upsampling reads, plus max(tile / 2, tile - stride), rounded out to the tile grid."""
+    (_, W), (_, w) = grid.raster, grid.size
+    sx = grid.scale[0]
+    bx = max(1, int(strip / sx))
+    margin = max(math.ceil(tile / 2), tile - stride)
+    strips = []
+    for x in range(0, W, bx):
+        x1 = min(W, x + bx)
+        first = max(0, math.floor((x + 0.5) * sx - 0.5))  # PyTorch's rule, align_corners=False
+        last = min(w - 1, math.floor((x1 - 0.5) * sx - 0.5) + 1)
+        if w <= tile:
+            i0, i1 = 0, w
+        else:
+            i0 = max(0, (first - margin) // stride * stride)
+            i1 = min(w, i0 + tile + max(0, math.ceil((last + 1 + margin - i0 - tile) / stride)) * stride)
+        strips.append(Strip(x, x1, i0, i1))
+    return strips
+
+
+def working_scale(ortho: Ortho, model_gsd: float | None) -> tuple[float, float]:
+    """Working pixels per ortho pixel along x and y (1, 1 when the model's GSD is unknown, with a warning)."""
+    if model_gsd is None:
+        gx, gy = (100 * g for g in ortho.gsd)
+        warnings.warn(f"{ortho.path}: the model's GSD is unknown (train with --gsd, or pass --model-gsd): the "
+                      f"orthomosaic is read at its own {gx:.2f} x {gy:.2f} cm/px, which may not be the scale the "
+                      "model learned", stacklevel=2)
+        return 1.0, 1.0
+    return ortho.gsd[0] / model_gsd, ortho.gsd[1] / model_gsd
+
+
+def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, model_gsd: float | None, *,
+                  image_filter: str = "area", confidence: bool = False, vector: VectorFormat | None = "gpkg",
+                  min_area: float | None = None, simplify: float | None = None, strip: int = 4096,
+                  progress: bool = True, meta: dict | None = None) -> OrthoResult:
+    """Segment the orthomosaic ``path`` into ``out`` (see the module contract). Raises DataError naming the file."""
+    if min_area is not None and not min_area > 0:
+        raise DataError(f"min_area must be a positive number of m², got {min_area}")
+    if simplify is not None and not simplify > 0:
+        raise DataError(f"simplify must be a positive distance in CRS units, got {simplify}")
+    t0 = time.perf_counter()
+    files = ortho_paths(path, out, confidence, vector)
+    tiles_before, skipped_before = tiler.tiles_run, tiler.tiles_skipped
+    # GDAL's block cache defaults to 5% of the machine's memory; reads and writes stream, so a little suffices
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_ortho(path) as ortho:
+        grid = working_grid(ortho.width, ortho.height, working_scale(ortho, model_gsd))
+        strips = plan_strips(grid, strip, tiler.tile, tiler.stride())
+        palette = np.zeros((256, 3), np.uint8)
+        palette[: len(written.colors)] = written.colors
+        colormap = {v: (*palette[v].tolist(), 255) for v in range(256)}
+        colormap[NODATA] = (0, 0, 0, 0)
+        lut = np.full(256, NODATA, np.uint8)  # written value -> target
+        lut[written.values] = np.arange(len(written.values), dtype=np.uint8)
+        table = AreaTable([written.names[v] for v in written.values], [int(v) for v in written.values],
+                          ortho.area.method)
+        with RasterWriter(files["classes"], ortho, NODATA, colormap, "MODE", "class") as classes, \
+                (RasterWriter(files["confidence"], ortho, CONFIDENCE_NODATA, None, "AVERAGE", "confidence")
+                 if confidence else _Nothing()) as conf_out:
+            bar = tqdm(total=ortho.height * ortho.width, desc=Path(path).name, unit="px", unit_scale=True,
+                       disable=not progress)
+            for s in strips:
+                _segment_strip(ortho, grid, s, tiler, written, classes, conf_out, image_filter, bar)
+            bar.close()
+            t_infer = time.perf_counter()
+            if min_area is not None:
+                px_area = ortho.area.constant() or ortho.gsd[0] * ortho.gsd[1]
+                _sieve(classes, max(1, round(min_area / px_area)))
+            _count(classes, ortho, lut, table)
+            t_count = time.perf_counter()
+            n_polygons = 0
+            if vector:  # from the draft, before the COG is made of it: see RasterWriter
+                names = {int(v): written.names[v] for v in written.values}
+                n_polygons = write_polygons(classes.ds, files["polygons"], names, ortho.area, NODATA, simplify,
+                                            layer=Path(path).stem)
+            t_vector = time.perf_counter()
+        t_cog = time.perf_counter()
+        info = {"input": str(path), "crs": ortho.ds.crs.to_wkt(), "gsd_m": list(ortho.gsd), "model_gsd_m": model_gsd,
+                "working_scale": list(grid.scale), "working_size": list(grid.size), "min_area_m2": min_area,
+                **(meta or {})}
+        table.write(files["areas_csv"], files["areas_json"], info)
+        write_preview(ortho, files["classes"], files["preview"], palette,
+                      {int(v): written.names[v] for v in written.values}, NODATA)
+    seconds = {"infer": t_infer - t0, "sieve_count": t_count - t_infer, "polygons": t_vector - t_count,
+               "cog": t_cog - t_vector, "total": time.perf_counter() - t0}
+    return OrthoResult(files, grid.scale, len(strips), tiler.tiles_run - tiles_before,
+                       tiler.tiles_skipped - skipped_before, n_polygons, seconds)
+
+
+class _Nothing:
+    """Stands in for an output not asked for."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _segment_strip(ortho: Ortho, grid: Grid, s: Strip, tiler: Tiler, written: WrittenClasses,
+                   classes: RasterWriter, conf_out: RasterWriter | None, image_filter: str, bar: tqdm) -> None:
+    """Infer one strip and write its core columns, WRITE_ROWS rows at a time (rows without valid pixels are left
+    unwritten: they read back as nodata)."""
+    (H, _), (h, _) = grid.raster, grid.size
+    band = tiler.tile + 3 * tiler.stride()  # four tile rows per GDAL read
+    image = WorkingWindow(ortho, grid.window, (0, h), (s.i0, s.i1), image_filter, band)
+    width = s.x1 - s.x0
+    buf = np.empty((WRITE_ROWS, width), np.uint8)
+    cbuf = np.empty((WRITE_ROWS, width), np.uint8) if conf_out is not None else None
+    filled, y_buf = 0, 0
+
+    def flush() -> None:
+        win = Window(s.x0, y_buf, width, filled)
+        valid = ortho.valid(win)
+        if valid.any():
+            labels = buf[:filled]
+            labels[~valid] = NODATA
+            classes.write(win, written.apply(labels))
+            if cbuf is not None:
+                conf = cbuf[:filled]
+                conf[~valid] = CONFIDENCE_NODATA
+                conf_out.write(win, conf)
+        bar.update(filled * width)
+
+    rows = tiler.iter_labels(image, grid.raster, region=(0, H, s.x0, s.x1), window_of=(0, s.i0, *grid.size),
+                             confidence=cbuf is not None, skip=image.empty)
+    for y, labels, conf in rows:
+        done = 0
+        while done < len(labels):  # a band may straddle the end of the buffer
+            n = min(len(labels) - done, WRITE_ROWS - filled)
+            buf[filled : filled + n] = labels[done : done + n]
+            if cbuf is not None:
+                cbuf[filled : filled + n] = conf[done : done + n]
+            filled, done = filled + n, done + n
+            if filled == WRITE_ROWS:
+                flush()
+                y_buf, filled = y_buf + WRITE_ROWS, 0
+    if filled:
+        flush()
+
+
+def _windows(height: int, width: int, ring: int = 0) -> list[tuple[Window, Window]]:
+    """(core, core with ``ring`` pixels of context) windows of PASS_WINDOW pixels covering a raster."""
+    out = []
+    for y in range(0, height, PASS_WINDOW):
+        for x in range(0, width, PASS_WINDOW):
+            h, w = min(PASS_WINDOW, height - y), min(PASS_WINDOW, width - x)
+            y0, x0 = max(0, y - ring), max(0, x - ring)
+            y1, x1 = min(height, y + h + ring), min(width, x + w + ring)
+            out.append((Window(x, y, w, h), Window(x0, y0, x1 - x0, y1 - y0)))
+    return out
+
+
+def _sieve(classes: RasterWriter, min_pixels: int) -> None:
+    """Merge regions under ``min_pixels`` into their largest neighbour, window by window with a ring of context
+    (a region that crosses a window's edge is seen whole when it fits in the ring; one larger is kept anyway)."""
+    if min_pixels <= 1:
+        return
+    from rasterio.features import sieve
+
+    ds = classes.ds
+    ring = min(1024, 64 + 4 * math.isqrt(min_pixels))
+    for core, ext in _windows(ds.height, ds.width, ring):
+        values = ds.read(1, window=ext)
+        valid = values != NODATA
+        if not valid.any():
+            continue
+        merged = sieve(values, min_pixels, mask=valid, connectivity=4)
+        merged[~valid] = NODATA
+        r, c = int(core.row_off - ext.row_off), int(core.col_off - ext.col_off)
+        inner = merged[r : r + int(core.height), c : c + int(core.width)]
+        if (inner != NODATA).any():
+            ds.write(inner[None], window=core)
+
+
+def _count(classes: RasterWriter, ortho: Ortho, lut: np.ndarray, table: AreaTable) -> None:
+    """Areas per class, read back from the class raster as written."""
+    ds = classes.ds
+    for core, _ in _windows(ds.height, ds.width):
+        targets = lut[ds.read(1, window=core)]
+        valid = targets != NODATA
+        if valid.any():
+            table.add(targets, valid, ortho.area.window(core))

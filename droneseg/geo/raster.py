@@ -1,0 +1,256 @@
+"""Reading an orthomosaic window by window, at the model's ground sampling distance (GSD).
+
+Contract
+--------
+* :func:`open_ortho` opens any raster GDAL reads and refuses, with one line naming the file, what is not an
+  orthomosaic droneseg can segment: no CRS or no geotransform, sample types other than 8- or 16-bit unsigned,
+  band layouts other than grey, grey + alpha, RGB, RGB + alpha (more bands: the first three colour bands are
+  taken, red/green/blue by their colour interpretation where the file declares it).
+* Validity: GDAL's dataset mask, which is the alpha band where there is one, else the per-dataset (internal or
+  ``.msk``) mask, else the declared nodata value (a pixel is valid when any band differs from it). Invalid pixels
+  are never classified; the caller writes them as nodata.
+* 16-bit samples are scaled to 8 bits linearly from 0..2**bits - 1, ``bits`` being the file's declared ``NBITS``
+  (12 for most 16-bit drone orthos that declare it) or 16, never from the image's own minimum and maximum (a
+  window's statistics would differ from its neighbour's): ``v8 = round(v * 255 / (2**bits - 1))``, clipped.
+* GSD: metres per pixel along x and y from the geotransform (rotation included) and the CRS's linear unit; for a
+  geographic CRS, measured on a Lambert azimuthal equal-area projection centred on the scene
+  (:func:`equal_area_crs`), which is also how areas are measured there (:class:`PixelArea`).
+* :class:`WorkingWindow` is a window of the scene's working grid that the tiler slices like an array, read band
+  by band as asked (the memory of one band).
+* :meth:`Ortho.read_working` reads a window resampled to a given shape with GDAL (average for the ``area``
+  image filter, bilinear for ``bilinear``: the filters the training cache used), as (h, w, 3) uint8 RGB with
+  fully invalid pixels black (as a photo's transparent pixels are), and the share of valid input pixels behind
+  each working pixel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Resampling
+from rasterio.windows import Window
+
+from droneseg.errors import DataError
+
+FILTERS = {"area": Resampling.average, "bilinear": Resampling.bilinear}
+
+
+def equal_area_crs(lon: float, lat: float) -> CRS:
+    """Lambert azimuthal equal-area projection centred on (lon, lat) degrees, metres: areas on it are true
+    (Snyder 1987, *Map Projections: A Working Manual*, ch. 24), distortion of shape small near the centre."""
+    return CRS.from_proj4(f"+proj=laea +lat_0={lat:.8f} +lon_0={lon:.8f} +datum=WGS84 +units=m +no_defs")
+
+
+def _shoelace(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """Areas of quadrilaterals (…, 4) given by corner coordinates in order."""
+    return 0.5 * np.abs(np.sum(xs * np.roll(ys, -1, -1) - np.roll(xs, -1, -1) * ys, axis=-1))
+
+
+@dataclass
+class PixelArea:
+    """Ground area of pixels in square metres: one constant in a projected CRS, a slowly varying field in a
+    geographic one (computed on :func:`equal_area_crs` on a grid of ``step`` pixels and spread over each cell)."""
+
+    ds: rasterio.io.DatasetReader
+    unit: float  # metres per CRS unit (projected), 1 for geographic
+    geographic: bool
+    metric: CRS | None  # the equal-area CRS of a geographic raster
+    step: int = 32
+
+    @property
+    def method(self) -> str:
+        if self.geographic:
+            return f"geographic CRS: areas on the equal-area projection {self.metric.to_proj4()}"
+        return f"projected CRS: pixel area from the geotransform, {self.unit:g} m per CRS unit"
+
+    def constant(self) -> float | None:
+        """m² per pixel when every pixel has the same area (projected CRS), else None."""
+        if self.geographic:
+            return None
+        t = self.ds.transform
+        return abs(t.a * t.e - t.b * t.d) * self.unit**2
+
+    def window(self, win: Window) -> np.ndarray | float:
+        """m² of each pixel of ``win``: a float (projected) or a (h, w) float64 array (geographic)."""
+        c = self.constant()
+        if c is not None:
+            return c
+        from rasterio.warp import transform as warp
+
+        r0, c0, h, w = int(win.row_off), int(win.col_off), int(win.height), int(win.width)
+        rows = np.unique(np.r_[np.arange(0, h, self.step), h])  # cell edges in window pixels
+        cols = np.unique(np.r_[np.arange(0, w, self.step), w])
+        cc, rr = np.meshgrid(cols + c0, rows + r0)
+        xs, ys = self.ds.transform @ (cc.ravel().astype(float), rr.ravel().astype(float))
+        mx, my = warp(self.ds.crs, self.metric, xs, ys)
+        mx, my = np.asarray(mx).reshape(cc.shape), np.asarray(my).reshape(cc.shape)
+        quad = lambda a: np.stack([a[:-1, :-1], a[:-1, 1:], a[1:, 1:], a[1:, :-1]], -1)  # noqa: E731
+        cell_area = _shoelace(quad(mx), quad(my))  # (cells_y, cells_x) m²
+        per_pixel = cell_area / np.outer(np.diff(rows), np.diff(cols))
+        return np.repeat(np.repeat(per_pixel, np.diff(rows), 0), np.diff(cols), 1)
+
+
+@dataclass
+class Ortho:
+    """An open orthomosaic (use :func:`open_ortho`)."""
+
+    path: Path
+    ds: rasterio.io.DatasetReader
+    bands: tuple[int, int, int]  # 1-based colour bands read as R, G, B
+    bits: int  # 8, or the declared bit depth of 16-bit samples
+    gsd: tuple[float, float]  # metres per pixel along x (columns) and y (rows)
+    area: PixelArea
+
+    @property
+    def width(self) -> int:
+        return self.ds.width
+
+    @property
+    def height(self) -> int:
+        return self.ds.height
+
+    def _to8(self, arr: np.ndarray) -> np.ndarray:
+        if self.bits == 8:
+            return arr.astype(np.uint8, copy=False)
+        scaled = (arr.astype(np.float32) * (255.0 / (2**self.bits - 1))).round()
+        return np.clip(scaled, 0, 255).astype(np.uint8)
+
+    def read_working(self, win: Window, shape: tuple[int, int], image_filter: str = "area"
+                     ) -> tuple[np.ndarray, np.ndarray]:
+        """``win`` resampled to ``shape`` (h, w) -> ((h, w, 3) uint8 RGB, (h, w) float32 valid share in [0, 1])."""
+        try:
+            valid = self.ds.dataset_mask(window=win, out_shape=shape, resampling=Resampling.average)
+            rgb = self.ds.read(list(self.bands), window=win, out_shape=(3, *shape), resampling=FILTERS[image_filter])
+        except rasterio.errors.RasterioIOError as exc:
+            raise DataError(f"{self.path}: cannot read the window {win} ({exc})") from None
+        image = np.ascontiguousarray(self._to8(rgb).transpose(1, 2, 0))
+        image[valid == 0] = 0  # fully outside the valid area: black, as transparent photo pixels
+        return image, valid.astype(np.float32) / 255.0
+
+    def valid(self, win: Window) -> np.ndarray:
+        """(h, w) bool: the pixels of ``win`` (full resolution) that hold data."""
+        try:
+            return self.ds.dataset_mask(window=win) > 0
+        except rasterio.errors.RasterioIOError as exc:
+            raise DataError(f"{self.path}: cannot read the mask of window {win} ({exc})") from None
+
+    def close(self) -> None:
+        self.ds.close()
+
+    def __enter__(self) -> Ortho:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _colour_bands(ds: rasterio.io.DatasetReader, path: Path) -> tuple[tuple[int, int, int], list[int]]:
+    """(R, G, B band indexes, alpha band indexes) by colour interpretation."""
+    interp = list(ds.colorinterp)
+    alpha = [i + 1 for i, c in enumerate(interp) if c == ColorInterp.alpha]
+    colour = [i + 1 for i, c in enumerate(interp) if c != ColorInterp.alpha]
+    named = {c: i + 1 for i, c in enumerate(interp)}
+    if all(c in named for c in (ColorInterp.red, ColorInterp.green, ColorInterp.blue)):
+        return (named[ColorInterp.red], named[ColorInterp.green], named[ColorInterp.blue]), alpha
+    if len(colour) == 1:
+        return (colour[0],) * 3, alpha
+    if len(colour) >= 3:
+        return (colour[0], colour[1], colour[2]), alpha
+    raise DataError(f"{path}: {ds.count} bands ({', '.join(c.name for c in interp)}); an orthomosaic must be grey or "
+                    "RGB, with or without alpha")
+
+
+def open_ortho(path: Path) -> Ortho:
+    """Open and check an orthomosaic (see the module contract); raises DataError naming the file."""
+    path = Path(path)
+    try:
+        ds = rasterio.open(path)
+    except rasterio.errors.RasterioIOError as exc:
+        raise DataError(f"{path}: cannot read as a raster ({str(exc).splitlines()[0]})") from None
+    try:
+        if ds.crs is None:
+            raise DataError(f"{path}: not georeferenced (no CRS); droneseg segments it only as a photo, so give it a "
+                            "CRS (gdal_edit.py -a_srs) or save it as JPEG/PNG")
+        if ds.transform.is_identity:
+            raise DataError(f"{path}: no geotransform (pixel corners unknown in {ds.crs.to_string() or 'its CRS'})")
+        kinds = set(ds.dtypes)
+        if not kinds <= {"uint8", "uint16"}:
+            raise DataError(f"{path}: {'/'.join(sorted(kinds))} samples; orthomosaics must be 8- or 16-bit unsigned")
+        bands, _ = _colour_bands(ds, path)
+        bits = 8
+        if "uint16" in kinds:
+            declared = ds.tags(ns="IMAGE_STRUCTURE").get("NBITS") or ds.tags(1, ns="IMAGE_STRUCTURE").get("NBITS")
+            bits = int(declared) if declared and 8 < int(declared) <= 16 else 16
+        area = _pixel_area(ds)
+        gsd = _gsd(ds, area)
+    except BaseException:
+        ds.close()
+        raise
+    return Ortho(path, ds, bands, bits, gsd, area)
+
+
+def _pixel_area(ds: rasterio.io.DatasetReader) -> PixelArea:
+    if ds.crs.is_geographic:
+        lon, lat = ds.transform @ (ds.width / 2, ds.height / 2)
+        from rasterio.warp import transform as warp
+
+        (lon,), (lat,) = warp(ds.crs, CRS.from_epsg(4326), [lon], [lat])
+        return PixelArea(ds, 1.0, True, equal_area_crs(lon, lat))
+    _, unit = ds.crs.linear_units_factor
+    return PixelArea(ds, float(unit), False, None)
+
+
+def _gsd(ds: rasterio.io.DatasetReader, area: PixelArea) -> tuple[float, float]:
+    """Metres per pixel along x and y (see the module contract)."""
+    t = ds.transform
+    if not area.geographic:
+        return math.hypot(t.a, t.d) * area.unit, math.hypot(t.b, t.e) * area.unit
+    from rasterio.warp import transform as warp
+
+    cx, cy = ds.width / 2, ds.height / 2
+    xs, ys = t @ (np.array([cx, cx + 1, cx]), np.array([cy, cy, cy + 1]))
+    mx, my = warp(ds.crs, area.metric, xs, ys)
+    return math.hypot(mx[1] - mx[0], my[1] - my[0]), math.hypot(mx[2] - mx[0], my[2] - my[0])
+
+
+class WorkingWindow:
+    """Working pixels rows ``j0..j1``, columns ``i0..i1`` of an orthomosaic's working grid, read on demand in bands
+    of ``band`` rows: the tiler slices it like an (h, w, 3) uint8 array (reading top to bottom), and memory holds
+    one band, never the window. :meth:`empty` tells the tiler which tiles hold no valid pixel."""
+
+    def __init__(self, ortho: Ortho, grid_window: Callable[[tuple[int, int], tuple[int, int]], Window],
+                 rows: tuple[int, int], cols: tuple[int, int], image_filter: str, band: int) -> None:
+        self.ortho, self.rows, self.cols, self.image_filter = ortho, rows, cols, image_filter
+        self.grid_window, self.band = grid_window, band
+        self.shape = (rows[1] - rows[0], cols[1] - cols[0], 3)
+        self._y0, self._image, self._share = 0, np.zeros((0, self.shape[1], 3), np.uint8), np.zeros((0, 0))
+
+    def _load(self, y0: int, y1: int) -> None:
+        """Hold rows y0.. of the window: at least up to y1, a band's worth when there are that many."""
+        end = min(self.shape[0], max(y1, y0 + self.band))
+        rows = (self.rows[0] + y0, self.rows[0] + end)
+        self._image, self._share = self.ortho.read_working(self.grid_window(rows, self.cols),
+                                                           (end - y0, self.shape[1]), self.image_filter)
+        self._y0 = y0
+
+    def _held(self, ys: slice) -> tuple[int, int]:
+        y0, y1 = ys.start or 0, self.shape[0] if ys.stop is None else ys.stop
+        if y0 < self._y0 or y1 > self._y0 + len(self._image):
+            self._load(y0, y1)
+        return y0 - self._y0, y1 - self._y0
+
+    def __getitem__(self, key: tuple[slice, slice]) -> np.ndarray:
+        ys, xs = key
+        a, b = self._held(ys)
+        return self._image[a:b, xs]
+
+    def empty(self, y: int, x: int, th: int, tw: int) -> bool:
+        """Whether the tile at (y, x) of th x tw working pixels has no valid pixel under it."""
+        a, b = self._held(slice(y, y + th))
+        return not self._share[a:b, x : x + tw].any()

@@ -1,0 +1,329 @@
+"""Orthomosaics: georeferenced rasters in, a class COG, polygons and areas out (the geo extra).
+
+The scenes are synthetic GeoTIFFs the tests write (UTM 33N, 5 cm/px, an alpha collar, and a copy of the same
+ground at 2 cm/px). Where the test is about geometry rather than a network, the "model" is a colour oracle: each
+class is painted in its palette colour and the oracle picks the nearest class colour, so every error left is the
+pipeline's (resampling, blocks, masks, areas), not a model's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+rasterio = pytest.importorskip("rasterio", reason="the geo extra is not installed (make test installs it)")
+pyogrio = pytest.importorskip("pyogrio")
+shapely = pytest.importorskip("shapely")
+
+from rasterio.windows import Window  # noqa: E402
+
+from droneseg import cli  # noqa: E402
+from droneseg.classes import ClassTable  # noqa: E402
+from droneseg.errors import DataError, UserError  # noqa: E402
+from droneseg.geo import is_ortho, require  # noqa: E402
+from droneseg.geo.ortho import NODATA, plan_strips, segment_ortho, working_grid  # noqa: E402
+from droneseg.geo.raster import open_ortho  # noqa: E402
+from droneseg.geo.scene import labels_path, write_synthetic_ortho  # noqa: E402
+from droneseg.schemes import get_scheme  # noqa: E402
+from droneseg.tiler import Tiler  # noqa: E402
+from helpers import save_tiny_model, tiny_net  # noqa: E402
+
+TABLE = ClassTable.builtin()
+SCHEME = get_scheme("full")
+WRITTEN = SCHEME.written("auto")  # full: the dataset's own indices
+SIZE5 = (640, 480)  # 32 x 24 m at 5 cm
+SIZE2 = (1600, 1200)  # the same ground at 2 cm
+
+
+def oracle(x: torch.Tensor) -> torch.Tensor:
+    """Logits of the nearest class colour: (B, 3, h, w) in [0, 1] -> (B, K, h, w)."""
+    colours = torch.from_numpy(TABLE.colors[SCHEME.write_as].astype(np.float32) / 255.0)  # (K, 3)
+    return -((x[:, None] - colours[None, :, :, None, None]) ** 2).sum(2) * 100.0
+
+
+def oracle_tiler(tile: int = 128) -> Tiler:
+    return Tiler(oracle, SCHEME.num_classes, tile=tile, overlap=0.25, batch=4)
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory) -> dict[str, tuple[Path, dict[str, float]]]:
+    """Flat-coloured scenes at 5 cm and 2 cm (same ground) with their known class areas."""
+    root = tmp_path_factory.mktemp("flat")
+    return {"5cm": (root / "o5.tif", write_synthetic_ortho(root / "o5.tif", SIZE5, gsd=0.05, seed=3, flat=True)),
+            "2cm": (root / "o2.tif", write_synthetic_ortho(root / "o2.tif", SIZE2, gsd=0.02, render_gsd=0.05, seed=3,
+                                                           flat=True))}
+
+
+@pytest.fixture(scope="module")
+def textured(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("textured")
+    write_synthetic_ortho(root / "t5.tif", SIZE5, gsd=0.05, seed=4)
+    write_synthetic_ortho(root / "t2.tif", SIZE2, gsd=0.02, render_gsd=0.05, seed=4)
+    return {"5cm": root / "t5.tif", "2cm": root / "t2.tif"}
+
+
+def run_cli(*argv: str | Path) -> int:
+    """The real entry point, in this process -> its exit code."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(a) for a in argv])
+    return stop.value.code or 0
+
+
+def read(path: Path, band: int = 1) -> np.ndarray:
+    with rasterio.open(path) as ds:
+        return ds.read(band)
+
+
+def test_class_cog_keeps_crs_and_transform_collar_is_nodata_and_it_validates(flat, tmp_path):
+    from rio_cogeo.cogeo import cog_validate
+
+    src, _ = flat["5cm"]
+    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, strip=256, confidence=True, progress=False)
+    with rasterio.open(src) as a, rasterio.open(res.files["classes"]) as b:
+        assert b.crs == a.crs and b.crs.to_wkt() == a.crs.to_wkt()
+        assert b.transform == a.transform and (b.width, b.height) == (a.width, a.height)
+        assert b.nodata == NODATA and b.dtypes == ("uint8",)
+        alpha, classes = a.read(4), b.read(1)
+        assert b.overviews(1), "overviews are built"
+        overview = b.read(1, out_shape=(b.height // 2, b.width // 2))  # served from the overview
+        cmap = b.colormap(1)
+    assert ((classes == NODATA) == (alpha == 0)).all(), "nodata exactly on the collar"
+    assert set(np.unique(overview)) <= set(np.unique(classes)), "overviews pick classes, never average ids"
+    paved = SCHEME.names.index("paved-area")
+    assert cmap[int(WRITTEN.values[paved])][:3] == tuple(TABLE.colors[TABLE.names.index("paved-area")])
+    truth = read(labels_path(src))
+    assert (classes == truth).mean() > 0.999  # flat colours at the model's scale: the oracle is exact
+    valid, errors, warnings = cog_validate(str(res.files["classes"]))
+    assert valid and not errors, errors
+    conf = read(res.files["confidence"])
+    assert (conf[alpha == 0] == 0).all() and conf[alpha > 0].min() > 200
+
+
+@pytest.mark.parametrize("copy", ["5cm", "2cm"])
+def test_class_areas_match_the_known_areas_of_the_scene_within_2_percent(flat, tmp_path, copy):
+    src, known = flat[copy]
+    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, strip=384, vector=None, progress=False)
+    table = json.loads(res.files["areas_json"].read_text())
+    assert res.scale == pytest.approx((0.05 / 0.05 if copy == "5cm" else 0.4,) * 2)
+    got = {row["class"]: row["area_m2"] for row in table["classes"]}
+    total = sum(known.values())
+    assert table["valid_area_m2"] == pytest.approx(total, rel=1e-3)
+    # At 5 cm the oracle sees the scene as drawn: every class exact. The 2 cm copy is read at the model's 5 cm
+    # (GDAL average over 2.5 px), so pixels on class edges mix two colours and the oracle may pick a third class
+    # for them: thin classes (walls, 4 m²) move by up to 16% there, the classes of >= 5% of the scene by < 1%.
+    for name, area in known.items():
+        if copy == "5cm" or area > 0.05 * total:
+            assert got[name] == pytest.approx(area, rel=0.02 if copy == "2cm" else 1e-6), name
+    assert sum(abs(got.get(n, 0) - a) for n, a in {**got, **known}.items() if n in known) < 0.02 * total
+    assert sum(a for n, a in got.items() if n not in known) < 0.002 * total
+    shares = [row["share"] for row in table["classes"]]
+    assert sum(shares) == pytest.approx(1.0, abs=1e-4)
+    assert "projected CRS" in table["area_method"] and table["model_gsd_m"] == 0.05
+
+
+@pytest.mark.parametrize("copy", ["5cm", "2cm"])
+def test_a_scene_predicted_in_strips_equals_the_one_pass_result(textured, tmp_path, copy):
+    """A real (random) U-Net on a textured scene: strips with context vs one pass of the tiler over the whole
+    scene. Bit for bit when the one pass also skips the tiles with no data; >= 99% against a one pass that
+    infers them too (pixels beside the collar)."""
+    src = textured[copy]
+    tiler = Tiler(tiny_net(SCHEME.num_classes), SCHEME.num_classes, tile=96, overlap=0.25, batch=4)
+    res = segment_ortho(src, tmp_path, tiler, WRITTEN, 0.05, strip=160, vector=None, progress=False)
+    assert res.strips >= 4 and res.tiles_skipped > 0
+    with open_ortho(src) as o:
+        grid = working_grid(o.width, o.height, res.scale)
+        image, share = o.read_working(Window(0, 0, o.width, o.height), grid.size)
+        valid = o.valid(Window(0, 0, o.width, o.height))
+        plain = WRITTEN.apply(tiler.labels(image, (o.height, o.width)))
+        empty = lambda y, x, th, tw: not share[y : y + th, x : x + tw].any()  # noqa: E731
+        skipping = np.concatenate([rows for _, rows, _ in tiler.iter_labels(image, (o.height, o.width), skip=empty)])
+    strips = read(res.files["classes"])
+    assert (strips[valid] == WRITTEN.apply(skipping)[valid]).all()
+    agree = (strips[valid] == plain[valid]).mean()
+    assert agree >= 0.99, agree
+    assert len(np.unique(plain[valid])) > 3, "the network's labels vary over the scene"
+
+
+def test_polygons_cover_the_valid_area_without_gaps_or_overlaps_and_carry_class_names(flat, tmp_path):
+    src, _ = flat["5cm"]
+    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, strip=256, progress=False)
+    meta, _, geometry, fields = pyogrio.raw.read(res.files["polygons"])
+    assert meta["fields"].tolist() == ["class_id", "class", "area_m2"]
+    geoms = shapely.from_wkb(geometry)
+    ids, names, areas = fields
+    assert set(names) <= set(SCHEME.names) and len(geoms) == res.polygons > 10
+    assert all(WRITTEN.names[i] == n for i, n in zip(ids, names))
+    assert np.allclose(shapely.area(geoms), areas, atol=1e-4)
+    table = json.loads(res.files["areas_json"].read_text())
+    union = shapely.area(shapely.union_all(geoms))
+    assert union == pytest.approx(shapely.area(geoms).sum(), rel=1e-9), "no overlaps"
+    assert union == pytest.approx(table["valid_area_m2"], rel=1e-9), "no gaps"
+    for row in table["classes"]:
+        assert areas[names == row["class"]].sum() == pytest.approx(row["area_m2"], abs=1e-3)
+    with rasterio.open(src) as ds:
+        assert rasterio.crs.CRS.from_wkt(meta["crs"] if "PROJCS" in meta["crs"] else ds.crs.to_wkt()) == ds.crs
+
+
+def test_geojson_min_area_and_coverage_simplification(flat, tmp_path):
+    src, _ = flat["5cm"]
+    plain = segment_ortho(src, tmp_path / "plain", oracle_tiler(), WRITTEN, 0.05, strip=256, vector="geojson",
+                          progress=False)
+    sieved = segment_ortho(src, tmp_path / "sieved", oracle_tiler(), WRITTEN, 0.05, strip=256, vector="geojson",
+                           min_area=1.0, simplify=0.05, progress=False)
+    g_plain = shapely.from_wkb(pyogrio.raw.read(plain.files["polygons"])[2])
+    g = shapely.from_wkb(pyogrio.raw.read(sieved.files["polygons"])[2])
+    assert 0 < len(g) < len(g_plain)
+    union = shapely.area(shapely.union_all(g))
+    assert union == pytest.approx(shapely.area(g).sum(), rel=1e-9), "simplified as one coverage: no overlaps"
+    assert shapely.coverage_is_valid(g), "shared edges stay shared, vertex for vertex"
+    collar = shapely.union_all(g_plain).exterior  # regions touching the collar may have nowhere to merge
+    inner = ~shapely.intersects(g, shapely.buffer(collar, 0.2))
+    assert shapely.area(g[inner]).min() >= 1.0 - 0.05
+    a_plain = json.loads(plain.files["areas_json"].read_text())
+    a_sieved = json.loads(sieved.files["areas_json"].read_text())
+    assert a_sieved["valid_area_m2"] == a_plain["valid_area_m2"], "the sieve moves pixels between classes only"
+    assert shapely.area(g).sum() == pytest.approx(a_plain["valid_area_m2"], rel=0.005)
+
+
+def test_geographic_crs_areas_are_measured_on_an_equal_area_projection(tmp_path):
+    pyproj = pytest.importorskip("pyproj")
+    deg = 5e-7  # about 5.6 cm north-south, 3.8 cm east-west at 47° N
+    src = tmp_path / "geo.tif"
+    write_synthetic_ortho(src, (320, 240), gsd=deg, render_gsd=deg, crs="EPSG:4326", origin=(15.0, 47.0), seed=2,
+                          flat=True)
+    with open_ortho(src) as o:
+        assert o.gsd[0] == pytest.approx(deg * 111_320 * math.cos(math.radians(47)), rel=0.01)
+        assert o.gsd[1] == pytest.approx(deg * 111_180, rel=0.01)
+    res = segment_ortho(src, tmp_path / "out", oracle_tiler(), WRITTEN, 0.05, strip=128, progress=False)
+    table = json.loads(res.files["areas_json"].read_text())
+    assert "equal-area" in table["area_method"] and "+proj=laea" in table["area_method"]
+    geod = pyproj.Geod(ellps="WGS84")
+    geoms = shapely.from_wkb(pyogrio.raw.read(res.files["polygons"])[2])
+    true_area = sum(abs(geod.geometry_area_perimeter(g)[0]) for g in geoms)
+    assert table["valid_area_m2"] == pytest.approx(true_area, rel=1e-3)
+    areas = pyogrio.raw.read(res.files["polygons"])[3][2]
+    assert areas.sum() == pytest.approx(true_area, rel=1e-3)
+
+
+def _variant(src: Path, dst: Path, kind: str) -> None:
+    """Rewrite an RGBA GeoTIFF as RGB with a nodata value, RGB with an internal mask, or 12-bit in 16-bit samples."""
+    with rasterio.open(src) as ds:
+        rgba, profile = ds.read(), ds.profile
+    rgb, alpha = rgba[:3], rgba[3]
+    profile.update(count=3, photometric="RGB")
+    if kind == "nodata":
+        rgb = np.where(alpha > 0, np.maximum(rgb, 1), 0)  # 0 only in the collar
+        profile.update(nodata=0)
+    if kind == "12bit":  # declared as NBITS=12, as 12-bit camera orthos are
+        rgb = ((rgb.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16)
+        profile.update(dtype="uint16", nbits=12)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(dst, "w", **profile) as out:
+        out.write(rgb)
+        if kind != "nodata":
+            out.write_mask(alpha)
+
+
+@pytest.mark.parametrize("kind", ["nodata", "mask", "12bit"])
+def test_nodata_values_internal_masks_and_12_bit_orthos_give_the_rgba_result(flat, tmp_path, kind):
+    src, _ = flat["5cm"]
+    ref = segment_ortho(src, tmp_path / "ref", oracle_tiler(), WRITTEN, 0.05, vector=None, progress=False)
+    other = tmp_path / f"{kind}.tif"
+    _variant(src, other, kind)
+    res = segment_ortho(other, tmp_path / kind, oracle_tiler(), WRITTEN, 0.05, vector=None, progress=False)
+    a, b = read(ref.files["classes"]), read(res.files["classes"])
+    assert ((a == NODATA) == (b == NODATA)).all()
+    assert (a == b).mean() > 0.999
+
+
+def test_tiles_outside_the_valid_area_are_not_inferred(flat, tmp_path):
+    src, _ = flat["5cm"]
+    calls = []
+
+    def counting(x):
+        calls.append(x.shape[0])
+        return oracle(x)
+
+    res = segment_ortho(src, tmp_path, Tiler(counting, SCHEME.num_classes, tile=32, overlap=0.25), WRITTEN, 0.05,
+                        strip=48, vector=None, progress=False)
+    assert res.tiles_skipped > 0 and res.strips == len(plan_strips(working_grid(*SIZE5, (1.0, 1.0)), 48, 32, 24))
+    assert sum(calls) == res.tiles
+    classes = read(res.files["classes"])
+    assert (classes[:20, :20] == NODATA).all()  # a corner of the collar: never written, reads back as nodata
+
+
+def test_predict_cli_on_an_orthomosaic_writes_every_output(textured, tmp_path, capsys):
+    model = save_tiny_model(tmp_path / "model", long_side=None)
+    out = tmp_path / "pred"
+    code = run_cli("predict", model, textured["5cm"], "--out", out, "--vector", "geojson", "--confidence",
+                   "--strip", "256")
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "GSD is unknown" in captured.err, "a model without a GSD is said to be read at the ortho's own scale"
+    for suffix in ("_classes.tif", "_confidence.tif", "_polygons.geojson", "_class_areas.csv", "_class_areas.json",
+                   "_preview.jpg"):
+        assert (out / f"t5{suffix}").is_file(), suffix
+    assert "1 orthomosaics" in captured.out.replace("0 photos and ", "")
+    assert not list(out.glob(".*.tif")), "no temporary files left"
+
+
+def test_model_gsd_scales_the_working_resolution(textured, tmp_path):
+    model = save_tiny_model(tmp_path / "model", long_side=None, gsd=0.1)
+    code = run_cli("predict", model, textured["2cm"], "--out", tmp_path / "p", "--vector", "none")
+    assert code == 0
+    meta = json.loads((tmp_path / "p" / "t2_class_areas.json").read_text())
+    assert meta["working_scale"] == pytest.approx([0.2, 0.2]) and meta["model_gsd_source"] == "model.json"
+
+
+def test_bad_orthomosaics_are_named_and_skipped(flat, tmp_path, capsys):
+    model = save_tiny_model(tmp_path / "model", long_side=None)
+    bad_vrt = tmp_path / "broken.vrt"
+    bad_vrt.write_text("<VRTDataset nonsense")
+    floats = tmp_path / "floats.tif"
+    with rasterio.open(flat["5cm"][0]) as ds:
+        profile = {**ds.profile, "dtype": "float32", "count": 3}
+        data = ds.read([1, 2, 3]).astype(np.float32)
+    with rasterio.open(floats, "w", **profile) as dst:
+        dst.write(data)
+    code = run_cli("predict", model, bad_vrt, floats, flat["5cm"][0], "--out", tmp_path / "p", "--model-gsd", "0.05",
+                   "--vector", "none")
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"{bad_vrt}: cannot read as a raster" in err
+    assert f"{floats}: float32 samples; orthomosaics must be 8- or 16-bit unsigned" in err
+    assert (tmp_path / "p" / "o5_classes.tif").is_file(), "the good one is still done"
+
+
+def test_photos_are_not_orthomosaics_and_a_missing_extra_is_named(flat, tmp_path, monkeypatch):
+    from PIL import Image
+
+    plain = tmp_path / "plain.tif"
+    Image.new("RGB", (8, 8)).save(plain)
+    assert is_ortho(flat["5cm"][0]) and not is_ortho(plain) and is_ortho(tmp_path / "x.vrt")
+    real_import = __builtins__["__import__"] if isinstance(__builtins__, dict) else __builtins__.__import__
+
+    def no_rasterio(name, *args, **kwargs):
+        if name == "rasterio":
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.__import__", no_rasterio)
+    with pytest.raises(UserError, match=r"pip install 'droneseg\[geo\]'"):
+        require()
+
+
+def test_working_gsd_of_a_model_is_the_photos_gsd_over_the_working_scale(tmp_path):
+    from PIL import Image
+
+    from droneseg.engine.train import working_gsd
+
+    for i, size in enumerate([(600, 400), (600, 400), (300, 200)]):
+        Image.new("RGB", size).save(tmp_path / f"{i}.png")
+    assert working_gsd(0.01, [tmp_path / "0.png", tmp_path / "1.png"], 150) == pytest.approx(0.04)
+    assert working_gsd(None, [tmp_path / "2.png"], 150) is None
+    with pytest.raises(DataError, match="differ in size"):
+        working_gsd(0.01, [tmp_path / "0.png", tmp_path / "2.png"], 150)
