@@ -149,6 +149,24 @@ def test_a_scene_predicted_in_strips_equals_the_one_pass_result(textured, tmp_pa
     assert len(np.unique(plain[valid])) > 3, "the network's labels vary over the scene"
 
 
+@pytest.mark.parametrize("width", [96, 97, 640, 641, 1000])
+@pytest.mark.parametrize("strip", [64, 157, 300])
+def test_strips_are_made_of_the_scenes_own_tiles_and_cover_every_column_once(width, strip):
+    from droneseg.tiler import tile_origins
+
+    tile, stride = 96, 72
+    grid = working_grid(width, 50, (1.0, 1.0))
+    w = grid.size[1]
+    scene = set(tile_origins(w, min(tile, w), stride))
+    strips = plan_strips(grid, strip, tile, stride)
+    assert [s.x0 for s in strips] == sorted(s.x0 for s in strips) and strips[0].x0 == 0 and strips[-1].x1 == width
+    assert all(a.x1 == b.x0 for a, b in zip(strips, strips[1:]))
+    for s in strips:
+        n = s.i1 - s.i0
+        own = {s.i0 + o for o in tile_origins(n, min(tile, n), stride)}
+        assert own <= scene, (s, sorted(own - scene))
+
+
 def test_polygons_cover_the_valid_area_without_gaps_or_overlaps_and_carry_class_names(flat, tmp_path):
     src, _ = flat["5cm"]
     res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, strip=256, progress=False)

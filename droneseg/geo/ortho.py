@@ -129,7 +129,9 @@ def plan_strips(grid: Grid, strip: int, tile: int, stride: int) -> list[Strip]:
         if w <= tile:
             i0, i1 = 0, w
         else:
-            i0 = max(0, (first - margin) // stride * stride)
+            # on the scene's tile grid, and never closer to the scene's end than a tile (else the strip's last
+            # tile would be narrower than the scene's)
+            i0 = min(max(0, (first - margin) // stride * stride), (w - tile) // stride * stride)
             i1 = min(w, i0 + tile + max(0, math.ceil((last + 1 + margin - i0 - tile) / stride)) * stride)
         strips.append(Strip(x, x1, i0, i1))
     return strips
