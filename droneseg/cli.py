@@ -129,11 +129,11 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Folder for run folders.")] = Path("runs"),
     max_time: Annotated[Optional[str], typer.Option("--max-time", help="Wall-clock budget of the whole command, e.g. 30m, 2h.")] = None,
     max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", min=1)] = None,
-    devices: Annotated[Optional[str], typer.Option("--devices", help="Devices (processes) per node: a number or auto [train.devices].")] = None,
-    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", min=1, help="Nodes of a cluster job [train.num_nodes].")] = None,
+    devices: Annotated[Optional[str], typer.Option("--devices", help="Devices (processes) per node: a number or auto (default: train.devices).")] = None,
+    num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", min=1, help="Nodes of a cluster job (default: train.num_nodes).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="The run folder itself: resumed if it holds this run unfinished (a requeued job), else a new run there.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder; with --max-epochs/--max-time, also a finished one.")] = None,
-    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the dataset's photos at their own size [data.gsd]; model.json then records the model's GSD, for orthomosaics.")] = None,
+    gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the dataset's photos at their own size (sets data.gsd); model.json then records the model's GSD, for orthomosaics.")] = None,
 ) -> None:
     """Train a model; prints the run folder. Under torchrun, srun or an OAR job script it trains on every rank."""
     started = time.monotonic()  # --max-time counts from here, the heavy imports included
@@ -171,12 +171,12 @@ def train(
         typer.echo(str(run))
 
 
-TileOpt = Annotated[Optional[int], typer.Option("--tile", min=32, help="Tile side at working scale [model.json].")]
-OverlapOpt = Annotated[Optional[float], typer.Option("--overlap", min=0.0, max=0.9, help="Tile overlap share [model.json].")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles per forward pass [model.json].")]
-BlendOpt = Annotated[Optional[str], typer.Option("--blend", help="gaussian or cosine tile weights [model.json].")]
-TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over flips [model.json].", show_default=False)]
-LumaOpt = Annotated[Optional[str], typer.Option("--luma-threshold", help="luma scheme: split each map at its mean or median [model.json].")]
+TileOpt = Annotated[Optional[int], typer.Option("--tile", min=32, help="Tile side at working scale (default: model.json).")]
+OverlapOpt = Annotated[Optional[float], typer.Option("--overlap", min=0.0, max=0.9, help="Tile overlap share (default: model.json).")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles per forward pass (default: model.json).")]
+BlendOpt = Annotated[Optional[str], typer.Option("--blend", help="gaussian or cosine tile weights (default: model.json).")]
+TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over flips (default: model.json).", show_default=False)]
+LumaOpt = Annotated[Optional[str], typer.Option("--luma-threshold", help="luma scheme: split each map at its mean or median (default: model.json).")]
 NumberingOpt = Annotated[str, typer.Option("--numbering", help="Mask values: auto (dataset's for one-to-one schemes, else the scheme's 0..K-1), dataset, scheme.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")]
 
@@ -217,7 +217,7 @@ def evaluate_cmd(
 def predict_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
     inputs: Annotated[list[Path], typer.Argument(help="Photos, orthomosaics (GeoTIFF, VRT, JP2…) or folders of them.")],
-    out: Annotated[Path, typer.Option("--out", help="Folder for masks, colour masks, overlays, class_dict.csv and class_areas.csv.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for masks, colour masks, overlays, class_dict.csv and class_areas.csv; for orthomosaics <stem>_classes.tif, _polygons.gpkg, _class_areas.csv/.json, _preview.jpg.")],
     tile: TileOpt = None,
     overlap: OverlapOpt = None,
     batch: BatchOpt = None,
@@ -229,11 +229,11 @@ def predict_cmd(
     scale: Annotated[float, typer.Option("--scale", help="Photos: write outputs at this fraction of the photo's size (0.25: a fast preview); the network still sees its training scale.")] = 1.0,
     numbering: NumberingOpt = "auto",
     device: DeviceOpt = None,
-    model_gsd: Annotated[Optional[float], typer.Option("--model-gsd", help="Orthomosaics: metres of ground per pixel the model works at [model.json; unknown: the ortho's own].")] = None,
+    model_gsd: Annotated[Optional[float], typer.Option("--model-gsd", help="Orthomosaics: metres of ground per pixel the model works at (default: model.json; unknown: the ortho's own resolution, with a warning).")] = None,
     confidence: Annotated[bool, typer.Option("--confidence", help="Orthomosaics: also write <stem>_confidence.tif (top class probability x 255).")] = False,
     vector: Annotated[str, typer.Option("--vector", help="Orthomosaics: polygons as gpkg, geojson, or none.")] = "gpkg",
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Orthomosaics: merge regions under this many m² into their neighbours.")] = None,
-    simplify: Annotated[Optional[float], typer.Option("--simplify", help="Orthomosaics: simplify polygons as a coverage (tolerance in CRS units; shared edges stay shared).")] = None,
+    simplify: Annotated[Optional[float], typer.Option("--simplify", help="Orthomosaics: simplify polygons as a coverage (tolerance in CRS units: metres, or degrees in a geographic CRS; shared edges stay shared).")] = None,
     strip: Annotated[int, typer.Option("--strip", min=64, help="Orthomosaics: strip width in working pixels (memory grows with it; each strip reads about a tile of context more on each side).")] = 4096,
 ) -> None:
     """Segment photos of any size, and georeferenced orthomosaics (GeoTIFF and other GDAL rasters, read window by
@@ -251,14 +251,19 @@ def predict_cmd(
     if summary.rank > 0:  # rank 0 reports for the whole job
         return
     n_photos = len(summary.photos) - len(summary.orthos)
-    typer.echo(f"{n_photos} photos" + (f" and {len(summary.orthos)} orthomosaics" if summary.orthos else "")
-               + f" segmented into {summary.out}"
+    counts = [_count(n_photos, "photo")] if n_photos or not summary.orthos else []
+    counts += [_count(len(summary.orthos), "orthomosaic")] if summary.orthos else []
+    typer.echo(f"{' and '.join(counts)} segmented into {summary.out}"
                + (f" by {len(summary.ranks)} processes" if len(summary.ranks) > 1 else ""))
     for ortho in summary.orthos.values():
         typer.echo("  " + ortho["files"]["classes"])
     if summary.failed:
-        typer.echo(f"{len(summary.failed)} photos could not be read: {', '.join(summary.failed)}", err=True)
+        typer.echo(f"{_count(len(summary.failed), 'input')} could not be read: {', '.join(summary.failed)}", err=True)
         raise typer.Exit(1)
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @app.command("export")

@@ -137,6 +137,10 @@ def list_photos(inputs: list[Path]) -> list[Path]:
     for p in map(Path, inputs):
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + GDAL_SUFFIXES)
+            # what predict wrote for the others (a run that wrote into its input folder) is not an input; a mask
+            # <stem>.png beside <stem>.jpg stays one, and is refused by check_outputs as a clash
+            ours = {o.name for f in found for o in output_paths(f, p).values() if o.stem != f.stem}
+            found = [f for f in found if f.name not in ours]
         elif p.is_file():
             found = [p]
         else:
@@ -279,8 +283,10 @@ def predict(
         raise DataError(f"unknown backend {backend!r}; choose from ['onnx', 'torch']")
     out = Path(out)
     ortho = ortho or OrthoOptions()
-    if ortho.model_gsd is not None and not ortho.model_gsd > 0:
-        raise DataError(f"model gsd must be a positive number of metres per pixel, got {ortho.model_gsd}")
+    for option, value, what in (("--model-gsd", ortho.model_gsd, "metres per pixel"), ("--min-area", ortho.min_area,
+                                "m²"), ("--simplify", ortho.simplify, "CRS units")):
+        if value is not None and not 0 < value < float("inf"):
+            raise DataError(f"{option} must be a positive number of {what}, got {value}")
     photos = list_photos(inputs)
     check_outputs(photos, out)
     if any(is_ortho(p) for p in photos):
@@ -351,7 +357,7 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
         t0 = time.perf_counter()
         if is_ortho(path):
             try:
-                result = _segment_ortho(path, out, tiler, written, info, ortho, progress)
+                result = _segment_ortho(path, out, tiler, written, scheme.names, info, ortho, progress)
             except DataError as exc:
                 tqdm.write(f"skipped {exc}", file=sys.stderr)
                 failed.append(str(path))
@@ -410,8 +416,8 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
     return summary
 
 
-def _segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, info: ModelInfo,
-                   ortho: OrthoOptions, progress: bool):
+def _segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, scheme_names: tuple[str, ...],
+                   info: ModelInfo, ortho: OrthoOptions, progress: bool):
     """One orthomosaic through :func:`droneseg.geo.ortho.segment_ortho` -> its OrthoResult."""
     import warnings
 
@@ -420,7 +426,8 @@ def _segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses,
     model_gsd = ortho.model_gsd if ortho.model_gsd is not None else info.gsd
     with warnings.catch_warnings():  # said at once, on one line, above the progress bar
         warnings.showwarning = lambda message, *args, **kwargs: tqdm.write(f"warning: {message}", file=sys.stderr)
-        result = segment_ortho(path, out, tiler, written, model_gsd, image_filter=info.image_filter,
+        result = segment_ortho(path, out, tiler, written, model_gsd, class_names=list(scheme_names),
+                               image_filter=info.image_filter,
                                confidence=ortho.confidence, vector=ortho.vector, min_area=ortho.min_area,
                                simplify=ortho.simplify, strip=ortho.strip, progress=progress,
                                meta={"model_gsd_source": "--model-gsd" if ortho.model_gsd is not None else

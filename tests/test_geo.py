@@ -149,22 +149,30 @@ def test_a_scene_predicted_in_strips_equals_the_one_pass_result(textured, tmp_pa
     assert len(np.unique(plain[valid])) > 3, "the network's labels vary over the scene"
 
 
-@pytest.mark.parametrize("width", [96, 97, 640, 641, 1000])
-@pytest.mark.parametrize("strip", [64, 157, 300])
-def test_strips_are_made_of_the_scenes_own_tiles_and_cover_every_column_once(width, strip):
+@pytest.mark.parametrize("scale", [1.0, 0.4, 5 / 3])
+def test_strips_are_made_of_the_scenes_own_tiles_and_hold_every_tile_over_their_core(scale):
+    """For many scene widths and strip widths: strips tile the raster's columns once, each strip's tiles are the
+    scene's tiles, and every scene tile over the working columns a core reads is in its strip (what makes strips
+    equal one pass bit for bit)."""
     from droneseg.tiler import tile_origins
 
     tile, stride = 96, 72
-    grid = working_grid(width, 50, (1.0, 1.0))
-    w = grid.size[1]
-    scene = set(tile_origins(w, min(tile, w), stride))
-    strips = plan_strips(grid, strip, tile, stride)
-    assert [s.x0 for s in strips] == sorted(s.x0 for s in strips) and strips[0].x0 == 0 and strips[-1].x1 == width
-    assert all(a.x1 == b.x0 for a, b in zip(strips, strips[1:]))
-    for s in strips:
-        n = s.i1 - s.i0
-        own = {s.i0 + o for o in tile_origins(n, min(tile, n), stride)}
-        assert own <= scene, (s, sorted(own - scene))
+    for width in range(40, 1500, 23):
+        grid = working_grid(width, 50, (scale, scale))
+        w = grid.size[1]
+        scene = set(tile_origins(w, min(tile, w), stride))
+        for strip in (50, 64, 100, 157, 300):
+            strips = plan_strips(grid, strip, tile, stride)
+            assert strips[0].x0 == 0 and strips[-1].x1 == width
+            assert all(a.x1 == b.x0 for a, b in zip(strips, strips[1:]))
+            for s in strips:
+                n = s.i1 - s.i0
+                own = {s.i0 + o for o in tile_origins(n, min(tile, n), stride)}
+                assert own <= scene, (width, strip, s, sorted(own - scene))
+                first = max(0, math.floor((s.x0 + 0.5) * grid.scale[0] - 0.5))
+                last = min(w - 1, math.floor((s.x1 - 0.5) * grid.scale[0] - 0.5) + 1)
+                needed = {o for o in scene if o <= last and o + min(tile, w) > first}
+                assert needed <= own, (width, strip, s, sorted(needed - own))
 
 
 def test_polygons_cover_the_valid_area_without_gaps_or_overlaps_and_carry_class_names(flat, tmp_path):
@@ -285,7 +293,7 @@ def test_predict_cli_on_an_orthomosaic_writes_every_output(textured, tmp_path, c
     for suffix in ("_classes.tif", "_confidence.tif", "_polygons.geojson", "_class_areas.csv", "_class_areas.json",
                    "_preview.jpg"):
         assert (out / f"t5{suffix}").is_file(), suffix
-    assert "1 orthomosaics" in captured.out.replace("0 photos and ", "")
+    assert "1 orthomosaic segmented" in captured.out and "photo" not in captured.out
     assert not list(out.glob(".*.tif")), "no temporary files left"
 
 
@@ -345,3 +353,92 @@ def test_working_gsd_of_a_model_is_the_photos_gsd_over_the_working_scale(tmp_pat
     assert working_gsd(None, [tmp_path / "2.png"], 150) is None
     with pytest.raises(DataError, match="differ in size"):
         working_gsd(0.01, [tmp_path / "0.png", tmp_path / "2.png"], 150)
+
+
+def test_min_area_merges_small_regions_across_windows_and_never_eats_large_ones(tmp_path, monkeypatch):
+    """Sieve windows of 512 px (monkeypatched from 4096): a 2100 px line and a 1200 px band that cross window edges
+    stay whole; a 20 px patch across an edge and a 1 px speck are merged."""
+    import droneseg.geo.ortho as ortho_module
+    from affine import Affine
+
+    monkeypatch.setattr(ortho_module, "PASS_WINDOW", 512)
+    values = np.full((300, 1500), 1, np.uint8)
+    values[100, 0:1400] = 2
+    values[200:202, 300:1500] = 3
+    values[50:52, 505:515] = 4
+    values[10, 10] = 5
+    values[:, :3] = NODATA
+
+    class Writer:
+        pass
+
+    profile = dict(driver="GTiff", width=1500, height=300, count=1, dtype="uint8", nodata=NODATA, crs="EPSG:32633",
+                   transform=Affine.translation(500_000, 5_200_000) @ Affine.scale(0.05, -0.05))
+    with rasterio.open(tmp_path / "c.tif", "w+", **profile) as ds:
+        ds.write(values[None])
+        writer = Writer()
+        writer.ds = ds
+        ortho_module._sieve(writer, 1000)
+        after = ds.read(1)
+    assert (after == 2).sum() == (values == 2).sum() and (after == 3).sum() == 2400
+    assert not (after == 4).any() and not (after == 5).any()
+    assert (after[:, :3] == NODATA).all()
+
+
+def test_a_folder_predicted_into_itself_twice_does_not_segment_its_own_outputs(flat, tmp_path, capsys):
+    import shutil
+
+    model = save_tiny_model(tmp_path / "model", long_side=None)
+    folder = tmp_path / "flight"
+    folder.mkdir()
+    shutil.copy(flat["5cm"][0], folder / "o5.tif")
+    for _ in range(2):
+        assert run_cli("predict", model, folder, "--out", folder, "--model-gsd", "0.05", "--confidence") == 0
+        assert "1 orthomosaic segmented" in capsys.readouterr().out
+    assert not list(folder.glob("*_classes_classes.tif")) and not list(folder.glob("*_confidence_classes.tif"))
+    # a class map given on purpose is refused as one, by name
+    assert run_cli("predict", model, labels_path(flat["5cm"][0]), "--out", tmp_path / "p", "--model-gsd",
+                   "0.05") == 1
+    assert "one band with a colour table: a class map, not imagery" in capsys.readouterr().err
+
+
+def test_grouping_scheme_areas_and_polygons_name_the_schemes_classes_in_any_numbering(textured, tmp_path):
+    model = save_tiny_model(tmp_path / "model", scheme="six", long_side=None)
+    assert run_cli("predict", model, textured["5cm"], "--out", tmp_path / "p", "--model-gsd", "0.05",
+                   "--numbering", "dataset") == 0
+    rows = json.loads((tmp_path / "p" / "t5_class_areas.json").read_text())["classes"]
+    assert [r["class"] for r in rows] == list(get_scheme("six").names)
+    assert [r["class_id"] for r in rows] == get_scheme("six").written("dataset").values.tolist()
+    names = pyogrio.raw.read(tmp_path / "p" / "t5_polygons.gpkg")[3][1]
+    assert set(names) <= set(get_scheme("six").names)
+
+
+@pytest.mark.parametrize("option,value", [("--min-area", "0"), ("--min-area", "nan"), ("--simplify", "-1"),
+                                          ("--model-gsd", "inf")])
+def test_ortho_options_are_checked_before_any_work(flat, tmp_path, capsys, option, value):
+    model = save_tiny_model(tmp_path / "model", long_side=None)
+    assert run_cli("predict", model, flat["5cm"][0], "--out", tmp_path / "p", option, value) == 2
+    assert f"{option} must be a positive number" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()
+
+
+def test_gdal_causes_and_control_points_are_named(flat, tmp_path, capsys):
+    from rasterio.control import GroundControlPoint
+
+    model = save_tiny_model(tmp_path / "model", long_side=None)
+    vrt = tmp_path / "mosaic.vrt"
+    vrt.write_text(f"""<VRTDataset rasterXSize="64" rasterYSize="64">
+  <SRS>EPSG:32633</SRS><GeoTransform>500000, 0.05, 0, 5200000, 0, -0.05</GeoTransform>
+  <VRTRasterBand dataType="Byte" band="1"><SimpleSource>
+    <SourceFilename relativeToVRT="1">gone.tif</SourceFilename><SourceBand>1</SourceBand>
+  </SimpleSource></VRTRasterBand></VRTDataset>""")
+    gcp = tmp_path / "gcp.tif"
+    points = [GroundControlPoint(0, 0, 15.0, 47.0), GroundControlPoint(0, 63, 15.0, 46.99),
+              GroundControlPoint(63, 0, 15.01, 47.0)]
+    with rasterio.open(gcp, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as dst:
+        dst.write(np.zeros((3, 64, 64), np.uint8))
+        dst.gcps = (points, rasterio.crs.CRS.from_epsg(4326))
+    assert run_cli("predict", model, vrt, gcp, "--out", tmp_path / "p", "--model-gsd", "0.05") == 1
+    err = capsys.readouterr().err
+    assert "gone.tif" in err and "See previous exception" not in err
+    assert f"{gcp}: georeferenced by 3 ground control points only" in err

@@ -21,8 +21,10 @@ Contract
   none), ``<stem>_class_areas.csv`` and ``.json`` (pixels, m², share of the valid area, read back from the class
   raster: one truth), ``<stem>_preview.jpg``. Each file is atomic.
 * ``min_area`` (m²): regions of one class smaller than that are merged into their largest neighbour (GDAL's
-  sieve filter, 4-connected, over windows of the class raster with a ring of context) before areas and polygons
-  are taken, so all three agree and no holes open.
+  sieve filter, 4-connected, over windows of the class raster with a ring of context; a region cut by the edge of
+  the context is never merged, so a large region is never eaten window by window, and one under the minimum that
+  does not fit in the ring, at most 1024 px, may stay) before areas and polygons are taken, so all three agree
+  and no holes open.
 """
 
 from __future__ import annotations
@@ -133,6 +135,8 @@ def plan_strips(grid: Grid, strip: int, tile: int, stride: int) -> list[Strip]:
             # tile would be narrower than the scene's)
             i0 = min(max(0, (first - margin) // stride * stride), (w - tile) // stride * stride)
             i1 = min(w, i0 + tile + max(0, math.ceil((last + 1 + margin - i0 - tile) / stride)) * stride)
+            if last >= w - tile:  # the scene's last tile, flush with its end and off the grid, covers the core
+                i1 = w
         strips.append(Strip(x, x1, i0, i1))
     return strips
 
@@ -145,14 +149,22 @@ def working_scale(ortho: Ortho, model_gsd: float | None) -> tuple[float, float]:
                       f"orthomosaic is read at its own {gx:.2f} x {gy:.2f} cm/px, which may not be the scale the "
                       "model learned", stacklevel=2)
         return 1.0, 1.0
-    return ortho.gsd[0] / model_gsd, ortho.gsd[1] / model_gsd
+    scale = ortho.gsd[0] / model_gsd, ortho.gsd[1] / model_gsd
+    if not 1 / 50 <= min(scale) <= max(scale) <= 50:
+        warnings.warn(f"{ortho.path}: read at {scale[0]:.3g}x its resolution (model {model_gsd * 100:.3g} cm/px, "
+                      f"orthomosaic {ortho.gsd[0] * 100:.3g} cm/px): is the GSD in metres?", stacklevel=2)
+    return scale
 
 
 def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, model_gsd: float | None, *,
-                  image_filter: str = "area", confidence: bool = False, vector: VectorFormat | None = "gpkg",
+                  class_names: list[str] | None = None, image_filter: str = "area", confidence: bool = False,
+                  vector: VectorFormat | None = "gpkg",
                   min_area: float | None = None, simplify: float | None = None, strip: int = 4096,
                   progress: bool = True, meta: dict | None = None) -> OrthoResult:
-    """Segment the orthomosaic ``path`` into ``out`` (see the module contract). Raises DataError naming the file."""
+    """Segment the orthomosaic ``path`` into ``out`` (see the module contract). ``class_names``: the K target
+    classes' names, for the area table and the polygons (default: the names of their written values; with
+    ``--numbering dataset`` a group's value is its first member's, so a scheme's names say what was predicted).
+    Raises DataError naming the file."""
     if min_area is not None and not min_area > 0:
         raise DataError(f"min_area must be a positive number of m², got {min_area}")
     if simplify is not None and not simplify > 0:
@@ -170,8 +182,8 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
         colormap[NODATA] = (0, 0, 0, 0)
         lut = np.full(256, NODATA, np.uint8)  # written value -> target
         lut[written.values] = np.arange(len(written.values), dtype=np.uint8)
-        table = AreaTable([written.names[v] for v in written.values], [int(v) for v in written.values],
-                          ortho.area.method)
+        names = class_names or [written.names[v] for v in written.values]
+        table = AreaTable(list(names), [int(v) for v in written.values], ortho.area.method)
         with RasterWriter(files["classes"], ortho, NODATA, colormap, "MODE", "class") as classes, \
                 (RasterWriter(files["confidence"], ortho, CONFIDENCE_NODATA, None, "AVERAGE", "confidence")
                  if confidence else _Nothing()) as conf_out:
@@ -188,8 +200,8 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
             t_count = time.perf_counter()
             n_polygons = 0
             if vector:  # from the draft, before the COG is made of it: see RasterWriter
-                names = {int(v): written.names[v] for v in written.values}
-                n_polygons = write_polygons(classes.ds, files["polygons"], names, ortho.area, NODATA, simplify,
+                by_value = {int(v): n for v, n in zip(written.values, names)}
+                n_polygons = write_polygons(classes.ds, files["polygons"], by_value, ortho.area, NODATA, simplify,
                                             layer=Path(path).stem)
             t_vector = time.perf_counter()
         t_cog = time.perf_counter()
@@ -198,7 +210,7 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
                 **(meta or {})}
         table.write(files["areas_csv"], files["areas_json"], info)
         write_preview(ortho, files["classes"], files["preview"], palette,
-                      {int(v): written.names[v] for v in written.values}, NODATA)
+                      {int(v): n for v, n in zip(written.values, names)}, NODATA)
     seconds = {"infer": t_infer - t0, "sieve_count": t_count - t_infer, "polygons": t_vector - t_count,
                "cog": t_cog - t_vector, "total": time.perf_counter() - t0}
     return OrthoResult(files, grid.scale, len(strips), tiler.tiles_run - tiles_before,
@@ -270,25 +282,39 @@ def _windows(height: int, width: int, ring: int = 0) -> list[tuple[Window, Windo
 
 
 def _sieve(classes: RasterWriter, min_pixels: int) -> None:
-    """Merge regions under ``min_pixels`` into their largest neighbour, window by window with a ring of context
-    (a region that crosses a window's edge is seen whole when it fits in the ring; one larger is kept anyway)."""
+    """Merge regions under ``min_pixels`` into their largest neighbour (GDAL's sieve, 4-connected), window by
+    window with a ring of context. A region that touches the edge of its window's context (inside the scene) may
+    go on beyond it, so it is left as it is: a region under the minimum is always merged when it fits in the ring
+    (any region of n pixels fits when n <= the ring), one as large or larger never is."""
     if min_pixels <= 1:
         return
-    from rasterio.features import sieve
+    from rasterio.features import rasterize, shapes, sieve
 
     ds = classes.ds
-    ring = min(1024, 64 + 4 * math.isqrt(min_pixels))
+    ring = min(1024, max(64, min_pixels))
     for core, ext in _windows(ds.height, ds.width, ring):
         values = ds.read(1, window=ext)
         valid = values != NODATA
         if not valid.any():
             continue
         merged = sieve(values, min_pixels, mask=valid, connectivity=4)
+        changed = (merged != values) & valid
+        h, w = values.shape
+        inner = (ext.row_off > 0, ext.col_off > 0, ext.row_off + h < ds.height, ext.col_off + w < ds.width)
+        cut = []  # merged regions touching an edge of the context that is not the scene's: may be larger
+        for geom, _ in shapes(values, mask=changed, connectivity=4):  # each merged region, as it was
+            xs, ys = zip(*geom["coordinates"][0])
+            if (inner[0] and min(ys) == 0) or (inner[1] and min(xs) == 0) or (inner[2] and max(ys) == h) or \
+                    (inner[3] and max(xs) == w):
+                cut.append((geom, 1))
+        if cut:
+            keep = rasterize(cut, out_shape=values.shape, dtype="uint8").astype(bool)
+            merged[keep] = values[keep]
         merged[~valid] = NODATA
         r, c = int(core.row_off - ext.row_off), int(core.col_off - ext.col_off)
-        inner = merged[r : r + int(core.height), c : c + int(core.width)]
-        if (inner != NODATA).any():
-            ds.write(inner[None], window=core)
+        block = merged[r : r + int(core.height), c : c + int(core.width)]
+        if (block != NODATA).any():
+            ds.write(block[None], window=core)
 
 
 def _count(classes: RasterWriter, ortho: Ortho, lut: np.ndarray, table: AreaTable) -> None:

@@ -170,6 +170,10 @@ def write_polygons(ds: rasterio.io.DatasetReaderBase, out: Path, names: dict[int
     linear = np.array([[t.a, t.d], [t.b, t.e]])
     count = 0
 
+    # GeoJSON is text: coordinates to a thousandth of a pixel (pixel corners are exact; simplified ones would
+    # otherwise print float noise such as 500046.599999999976717)
+    options = {"layer_options": {"COORDINATE_PRECISION": max(0, 3 - math.floor(math.log10(pixel)))}} \
+        if driver == "GeoJSON" else {}
     inverse = ~t
     inv_linear = np.array([[inverse.a, inverse.d], [inverse.b, inverse.e]])
 
@@ -190,7 +194,7 @@ def write_polygons(ds: rasterio.io.DatasetReaderBase, out: Path, names: dict[int
                           field_data=[np.array(values, np.int32), np.array([names[x] for x in values], dtype=object),
                                       areas(g).round(4)],
                           fields=["class_id", "class", "area_m2"], layer=layer, driver=driver,
-                          geometry_type="Polygon", crs=crs_wkt, append=append)
+                          geometry_type="Polygon", crs=crs_wkt, append=append, **options)
 
     with atomic_path(out, suffix=out.suffix) as tmp:
         tmp.unlink()  # GDAL creates the file itself
@@ -219,7 +223,8 @@ def write_preview(ortho: Ortho, classes: Path, out: Path, colors: np.ndarray, na
                   alpha: float = 0.5) -> None:
     """A JPEG of the orthomosaic at most ``PREVIEW_SIDE`` px on its long side with the classes blended over it and
     a legend of the classes it shows (``colors``: (256, 3) uint8 by written value; ``names``: written value ->
-    class name); read from the COG's overviews, so it costs little."""
+    class name). The classes come from the COG's overviews; the orthomosaic is read whole at that size (from its
+    own overviews when it has them, else every pixel once)."""
     from PIL import ImageDraw, ImageFont
 
     s = min(1.0, PREVIEW_SIDE / max(ortho.width, ortho.height))
@@ -236,7 +241,7 @@ def write_preview(ortho: Ortho, classes: Path, out: Path, colors: np.ndarray, na
     row_h, cell = 30, 210
     per_row = max(1, shape[1] // cell)
     legend_h = row_h * math.ceil(len(shown) / per_row) + 8 if shown else 0
-    image = Image.new("RGB", (shape[1], shape[0] + legend_h), (255, 255, 255))
+    image = Image.new("RGB", (max(shape[1], cell), shape[0] + legend_h), (255, 255, 255))
     image.paste(Image.fromarray(picture.round().clip(0, 255).astype(np.uint8)))
     draw = ImageDraw.Draw(image)
     for i, v in enumerate(shown):

@@ -14,7 +14,7 @@ Contract
   window's statistics would differ from its neighbour's): ``v8 = round(v * 255 / (2**bits - 1))``, clipped.
 * GSD: metres per pixel along x and y from the geotransform (rotation included) and the CRS's linear unit; for a
   geographic CRS, measured on a Lambert azimuthal equal-area projection centred on the scene
-  (:func:`equal_area_crs`), which is also how areas are measured there (:class:`PixelArea`).
+  (:func:`equal_area_proj`), which is also how areas are measured there (:class:`PixelArea`).
 * :class:`WorkingWindow` is a window of the scene's working grid that the tiler slices like an array, read band
   by band as asked (the memory of one band).
 * :meth:`Ortho.read_working` reads a window resampled to a given shape with GDAL (average for the ``area``
@@ -41,10 +41,11 @@ from droneseg.errors import DataError
 FILTERS = {"area": Resampling.average, "bilinear": Resampling.bilinear}
 
 
-def equal_area_crs(lon: float, lat: float) -> CRS:
-    """Lambert azimuthal equal-area projection centred on (lon, lat) degrees, metres: areas on it are true
-    (Snyder 1987, *Map Projections: A Working Manual*, ch. 24), distortion of shape small near the centre."""
-    return CRS.from_proj4(f"+proj=laea +lat_0={lat:.8f} +lon_0={lon:.8f} +datum=WGS84 +units=m +no_defs")
+def equal_area_proj(lon: float, lat: float) -> str:
+    """PROJ string of the Lambert azimuthal equal-area projection centred on (lon, lat) degrees, metres: areas on
+    it are true (Snyder 1987, *Map Projections: A Working Manual*, ch. 24), distortion of shape small near the
+    centre."""
+    return f"+proj=laea +lat_0={lat:.8f} +lon_0={lon:.8f} +datum=WGS84 +units=m"
 
 
 def _shoelace(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
@@ -55,18 +56,19 @@ def _shoelace(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 @dataclass
 class PixelArea:
     """Ground area of pixels in square metres: one constant in a projected CRS, a slowly varying field in a
-    geographic one (computed on :func:`equal_area_crs` on a grid of ``step`` pixels and spread over each cell)."""
+    geographic one (computed on :func:`equal_area_proj` on a grid of ``step`` pixels and spread over each cell)."""
 
     ds: rasterio.io.DatasetReader
     unit: float  # metres per CRS unit (projected), 1 for geographic
     geographic: bool
     metric: CRS | None  # the equal-area CRS of a geographic raster
+    metric_proj: str = ""  # its PROJ string
     step: int = 32
 
     @property
     def method(self) -> str:
         if self.geographic:
-            return f"geographic CRS: areas on the equal-area projection {self.metric.to_proj4()}"
+            return f"geographic CRS: areas on the equal-area projection {self.metric_proj}"
         return f"projected CRS: pixel area from the geotransform, {self.unit:g} m per CRS unit"
 
     def constant(self) -> float | None:
@@ -128,7 +130,8 @@ class Ortho:
             valid = self.ds.dataset_mask(window=win, out_shape=shape, resampling=Resampling.average)
             rgb = self.ds.read(list(self.bands), window=win, out_shape=(3, *shape), resampling=FILTERS[image_filter])
         except rasterio.errors.RasterioIOError as exc:
-            raise DataError(f"{self.path}: cannot read the window {win} ({exc})") from None
+            raise DataError(f"{self.path}: cannot read rows {win.row_off:.0f}..{win.row_off + win.height:.0f} "
+                            f"({gdal_message(exc)})") from None
         image = np.ascontiguousarray(self._to8(rgb).transpose(1, 2, 0))
         image[valid == 0] = 0  # fully outside the valid area: black, as transparent photo pixels
         return image, valid.astype(np.float32) / 255.0
@@ -138,7 +141,8 @@ class Ortho:
         try:
             return self.ds.dataset_mask(window=win) > 0
         except rasterio.errors.RasterioIOError as exc:
-            raise DataError(f"{self.path}: cannot read the mask of window {win} ({exc})") from None
+            raise DataError(f"{self.path}: cannot read the mask of rows {win.row_off:.0f}..{win.row_off + win.height:.0f}"
+                            f" ({gdal_message(exc)})") from None
 
     def close(self) -> None:
         self.ds.close()
@@ -172,13 +176,20 @@ def open_ortho(path: Path) -> Ortho:
     try:
         ds = rasterio.open(path)
     except rasterio.errors.RasterioIOError as exc:
-        raise DataError(f"{path}: cannot read as a raster ({str(exc).splitlines()[0]})") from None
+        raise DataError(f"{path}: cannot read as a raster ({gdal_message(exc)})") from None
     try:
+        gcps, _ = ds.gcps
+        if ds.crs is None and gcps:
+            raise DataError(f"{path}: georeferenced by {len(gcps)} ground control points only; warp it to a map "
+                            "first (gdalwarp -t_srs EPSG:<code> in.tif out.tif)")
         if ds.crs is None:
-            raise DataError(f"{path}: not georeferenced (no CRS); droneseg segments it only as a photo, so give it a "
-                            "CRS (gdal_edit.py -a_srs) or save it as JPEG/PNG")
+            raise DataError(f"{path}: has no CRS; give it one (gdal_edit.py -a_srs EPSG:<code>), or save it as "
+                            "JPEG/PNG to segment it as a photo")
         if ds.transform.is_identity:
             raise DataError(f"{path}: no geotransform (pixel corners unknown in {ds.crs.to_string() or 'its CRS'})")
+        if ds.count == 1 and _has_colormap(ds):
+            raise DataError(f"{path}: one band with a colour table: a class map, not imagery (droneseg's own "
+                            "<stem>_classes.tif, or labels); orthomosaics are grey or RGB")
         kinds = set(ds.dtypes)
         if not kinds <= {"uint8", "uint16"}:
             raise DataError(f"{path}: {'/'.join(sorted(kinds))} samples; orthomosaics must be 8- or 16-bit unsigned")
@@ -195,13 +206,33 @@ def open_ortho(path: Path) -> Ortho:
     return Ortho(path, ds, bands, bits, gsd, area)
 
 
+def _has_colormap(ds: rasterio.io.DatasetReader) -> bool:
+    try:
+        ds.colormap(1)
+    except ValueError:  # rasterio: "NULL color table"
+        return False
+    return True
+
+
+def gdal_message(exc: BaseException) -> str:
+    """The most specific message in a rasterio/GDAL exception chain (its 'Read failed' hides the cause)."""
+    messages = []
+    while exc is not None:
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        if text and "See previous exception" not in text:
+            messages.append(text)
+        exc = exc.__cause__ or exc.__context__
+    return messages[-1] if messages else "unknown GDAL error"
+
+
 def _pixel_area(ds: rasterio.io.DatasetReader) -> PixelArea:
     if ds.crs.is_geographic:
         lon, lat = ds.transform @ (ds.width / 2, ds.height / 2)
         from rasterio.warp import transform as warp
 
         (lon,), (lat,) = warp(ds.crs, CRS.from_epsg(4326), [lon], [lat])
-        return PixelArea(ds, 1.0, True, equal_area_crs(lon, lat))
+        proj = equal_area_proj(lon, lat)
+        return PixelArea(ds, 1.0, True, CRS.from_proj4(proj), proj)
     _, unit = ds.crs.linear_units_factor
     return PixelArea(ds, float(unit), False, None)
 

@@ -4,7 +4,7 @@ Contract
 --------
 * :func:`write_synthetic_ortho` writes ``path`` (RGBA GeoTIFF, tiled, DEFLATE; the alpha band marks the valid
   area, an ellipse leaving a transparent collar as a stitched flight does) and ``<stem>_labels.tif`` (uint8
-  source indices of :meth:`ClassTable.builtin`, nodata 255 outside the valid area), in ``crs`` with a north-up
+  source indices of :meth:`ClassTable.builtin` with their colour table, nodata 255 outside the valid area), in ``crs`` with a north-up
   geotransform of ``gsd`` metres per pixel whose top-left corner is ``origin``.
 * The ground is drawn by :func:`droneseg.data.synthetic.render_scene` at ``render_gsd`` in square sections of
   ``section`` rendered pixels (each its own scene, seeded by ``(seed, row, column)``), then brought to ``gsd`` by nearest
@@ -63,6 +63,7 @@ def write_synthetic_ortho(path: Path, size: tuple[int, int], gsd: float = 0.05, 
             rasterio.open(tmp, "w", count=4, dtype="uint8", photometric="RGB", **common) as dst, \
             rasterio.open(tmp_labels, "w", count=1, dtype="uint8", nodata=255, **common) as lab:
         dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue, ColorInterp.alpha]
+        lab.write_colormap(1, {i: (*map(int, c), 255) for i, c in enumerate(TABLE.colors)})  # opens as a class map
         ratio = render_gsd / gsd  # output pixels per rendered pixel
         edges = lambda n: sorted({min(n, round(r * ratio)) for r in range(0, round(n / ratio) + section, section)})  # noqa: E731
         ys, xs = edges(height), edges(width)
