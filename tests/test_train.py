@@ -41,7 +41,8 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_train_writes_the_whole_run_folder_and_one_truth(synth_root, tmp_path):
-    run = _train(synth_root, tmp_path / "runs", "--max-epochs", "2")
+    run = _train(synth_root, tmp_path / "runs", "--max-epochs", "2", "--gsd", "0.06")
+    assert json.loads((run / "model.json").read_text())["gsd"] == pytest.approx(0.06)  # native working size
     for rel in ("config.yaml", "splits/train.txt", "splits/val.txt", "checkpoints/last.ckpt", "checkpoints/best.ckpt",
                 "model.safetensors", "model.json", "logs/metrics.csv", "training_curves.png", "train_summary.json",
                 "samples/epoch_001.png", "eval/val/metrics.json", "eval/val/report.html"):
