@@ -8,6 +8,7 @@ alone, ~0.7 GB of it importing torch), through the public :func:`droneseg.predic
 preview. Models: ``NAME=RUN_FOLDER`` (repeatable); none given: the random timing U-Net of ``common.py``.
 
     python benchmarks/ortho.py --model demo=runs/demo-… --model full=runs/full-… [--size 20000] [--gsd 0.02]
+        [--backend onnx]  (model.onnx beside model.json, or a temporary export)
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def child(config: dict) -> dict:
     baseline = peak_rss_mb()
     t1 = time.perf_counter()
     s = predict(config["model"], [Path(config["ortho"])], Path(config["out"]), progress=False,
+                backend=config.get("backend", "torch"),
                 ortho=OrthoOptions(model_gsd=config["model_gsd"], vector="gpkg", strip=config["strip"]))
     (result,) = s.orthos.values()
     files = result["files"]
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--render-gsd", type=float, default=0.05, help="metres per pixel the ground is drawn at")
     ap.add_argument("--model-gsd", type=float, default=0.05, help="metres per working pixel of the models")
     ap.add_argument("--strip", type=int, default=4096)
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("DRONESEG_CACHE", Path.home() / ".cache/droneseg")))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ortho.json")
     args = ap.parse_args()
@@ -73,13 +76,14 @@ def main() -> None:
         for name, run in models.items():
             print(f"{name}: predicting {ortho.name}", file=sys.stderr, flush=True)
             results[name] = {"run": run, **in_child(__file__, {"model": run, "ortho": str(ortho), "strip": args.strip,
+                                                               "backend": args.backend,
                                                                "model_gsd": args.model_gsd, "out": f"{tmp}/{name}"},
                                                       timeout=7200)}
             print(json.dumps(results[name]), file=sys.stderr, flush=True)
     report = {"benchmark": "ortho", "command": " ".join(["python", *sys.argv]), "machine": machine(),
               "ortho": {"size": [args.size, args.size], "gsd_m": args.gsd, "render_gsd_m": args.render_gsd,
                         "file_mb": round(ortho.stat().st_size / 2**20), "written_in_s": made_s},
-              "model_gsd_m": args.model_gsd, "strip": args.strip, "results": results}
+              "model_gsd_m": args.model_gsd, "strip": args.strip, "backend": args.backend, "results": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

@@ -1,6 +1,6 @@
-"""Sliding-window inference in bounded memory: the only way a network meets a photo.
+"""Sliding-window inference in bounded memory: the only way a network meets a photo or an orthomosaic.
 
-Validation during training, ``evaluate`` and ``predict`` all call :meth:`Tiler.labels` (or, for validation's loss,
+Validation during training, ``evaluate`` and ``predict`` (photos and orthomosaics) all call :meth:`Tiler.labels` (or, for validation's loss,
 :meth:`Tiler.bands`) with the settings of :class:`InferenceConfig`, which ``model.json`` records and the command line
 may override; so the same photo gives the same labels everywhere.
 
@@ -18,6 +18,10 @@ Contract
   statistic of the image's own map (the original 1-class mode); it needs the whole map, so luma keeps one (H, W)
   float32 map (96 MB for 6000x4000), never K of them. ``on_samples`` receives the upsampled K logits of every
   ``sample_stride``-th output row and column (for evaluation's PR/ROC histograms), never a full (K, H, W) map.
+* ``Tiler.iter_labels(image, (H, W), region=, window_of=, confidence=, skip=)``: the same loop as ``labels`` (one
+  generator serves both), yielding the labels of a window of the output band by band, from an image that may be a
+  window of the working image read on demand (an orthomosaic strip); the pixels are exactly those ``labels`` gives
+  from the whole image when the window holds the tiles that cover them. Tiles ``skip`` names are not inferred.
 * Memory: only the rows the next band of tiles overlaps are kept; the largest float buffer is about
   max(K·tile·w, batch·K·tile², BAND_ELEMS), never K·H·W. ``peak_buffer_elems`` records it (the network's own
   activations are not counted: they scale with batch·tile²).
