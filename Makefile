@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[onnx,geo,test]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[onnx,geo,test,docs]'
 	touch $(STAMP)
 
 .PHONY: install demo test bench
@@ -24,6 +24,8 @@ test: $(STAMP)
 		--no-install-recommends chromium shellcheck >/dev/null; } || \
 		echo "note: chromium and shellcheck are missing and could not be installed (not root, or no apt):" \
 		"the report rendering and cluster template tests will skip; as root, make test installs them"
+	@# the docs site (mkdocs.yml) first: a broken link or anchor fails here (not --quiet: it hides strict's warnings)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(abspath $(VENV))/site
 	$(BIN)/python -m pytest -q --doctest-modules droneseg tests
 
 bench: $(STAMP)

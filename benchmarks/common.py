@@ -31,7 +31,7 @@ def timing_model(folder: Path, long_side: int | None, tile: int = 512) -> tuple[
     import torch
 
     from droneseg.models import ModelConfig, build_model, model_summary
-    from droneseg.runs import ModelInfo, save_model
+    from droneseg.artifact import ModelInfo, save_model
     from droneseg.schemes import get_scheme
 
     scheme, cfg = get_scheme("full"), ModelConfig(channels=[16, 32, 64, 128])

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from droneseg.tiler import InferenceOverrides
 from droneseg.config import load_config
 from droneseg.data.synthetic import write_synthetic
 from droneseg.engine.train import train
@@ -52,7 +53,7 @@ def main() -> None:
         photo = write_synthetic(tmp / "big", n=1, size=(6000, 4000), seed=3) / "original_images" / "000.jpg"
         for backend in ("torch",):
             t0 = time.perf_counter()
-            s = predict(run, [photo], tmp / f"pred-{backend}", tile=768, batch=8, backend=backend, progress=False)
+            s = predict(run, [photo], tmp / f"pred-{backend}", backend=backend, progress=False, inference=InferenceOverrides(tile=768, batch=8))
             report[f"predict_6000x4000_{backend}_s"] = time.perf_counter() - t0
             report[f"predict_timings_{backend}"] = s.timings
     args.out.parent.mkdir(parents=True, exist_ok=True)

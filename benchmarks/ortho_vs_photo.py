@@ -30,9 +30,9 @@ def main() -> None:
     from PIL import Image
 
     from droneseg.data.layout import find_layout
-    from droneseg.io import photo_size, read_image, read_mask, working_size
+    from droneseg.images import photo_size, read_image, read_mask, working_size
     from droneseg.predict import OrthoOptions, predict
-    from droneseg.runs import load_model
+    from droneseg.artifact import load_model
 
     _, info = load_model(args.model)
     scheme = info.label_scheme()

@@ -29,11 +29,13 @@ def child(config: dict) -> dict:
     """One configuration, in this process: predict the photos, report time and peak memory."""
     t0 = time.perf_counter()
     from droneseg.predict import predict
+    from droneseg.tiler import InferenceOverrides
 
     baseline = peak_rss_mb()
     t1 = time.perf_counter()
-    s = predict(config["model"], [Path(config["photos"])], Path(config["out"]), tile=config["tile"],
-                backend=config["backend"], scale=config["scale"], progress=False)
+    s = predict(config["model"], [Path(config["photos"])], Path(config["out"]),
+                backend=config["backend"], scale=config["scale"], progress=False,
+                inference=InferenceOverrides(tile=config["tile"]))
     n = len(s.photos)
     return {
         "backend": config["backend"], "tile": config["tile"], "scale": config["scale"],

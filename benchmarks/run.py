@@ -83,7 +83,7 @@ def bench_inference(large: Path, root: Path, photos: int) -> dict:
     decoder: the timing does not depend on training)."""
     from droneseg.config import load_config
     from droneseg.models import build_model, model_summary
-    from droneseg.runs import ModelInfo, save_model
+    from droneseg.artifact import ModelInfo, save_model
     from droneseg.schemes import get_scheme
 
     cfg = load_config("full")

@@ -92,7 +92,7 @@ def notebook_baseline(config: str, overrides: list[str], data: str, ids: list[st
     from torch.utils.data import DataLoader, Dataset
 
     from droneseg.data.layout import find_layout
-    from droneseg.io import working_size
+    from droneseg.images import working_size
 
     cfg, scheme, task, opt = _task(config, overrides)
     by_id = find_layout(data).by_id()

@@ -11,26 +11,71 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from functools import partial
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
+import typer.core
 
 from droneseg.errors import DataError
 
+if TYPE_CHECKING:
+    from droneseg.data.layout import DataSource
+    from droneseg.tiler import InferenceOverrides
+
+def _flags_without_metavar(params: list) -> list:
+    """Flags take no value: ``--help`` shows none (typer would print ``<bool>``)."""
+    for p in params:
+        if getattr(p, "is_flag", False) and p.metavar is None:
+            p.metavar = ""
+    return params
+
+
+class _Command(typer.core.TyperCommand):
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return _flags_without_metavar(super().get_params(ctx))
+
+
+class _Group(typer.core.TyperGroup):
+    """The top level: commands in workflow order (as registered)."""
+
+    def get_params(self, ctx):  # type: ignore[no-untyped-def]
+        return _flags_without_metavar(super().get_params(ctx))
+
+
 app = typer.Typer(
     name="droneseg",
-    help="Semantic segmentation of aerial drone photos: demo, synth, check-data, train, evaluate, predict, export, augment.",
+    cls=_Group,
+    help="Semantic segmentation of aerial drone photos and orthomosaics. Workflow: demo (no data needed); synth, "
+         "synth-ortho (synthetic data); check-data, augment; train; evaluate; predict; export.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+command = partial(app.command, cls=_Command)
 
-DataDir = Annotated[Optional[Path], typer.Argument(help="Dataset folder (Kaggle or TU Graz layout).")]
-ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="Folder of photos (with --masks).")]
-MasksOpt = Annotated[Optional[Path], typer.Option("--masks", help="Folder of masks, paired with photos by file stem.")]
-TableOpt = Annotated[Optional[Path], typer.Option("--class-table", help="class_dict CSV overriding the one found.")]
+DATA_HELP = ("Dataset folder: Kaggle layout (original_images/ with label_images_semantic/ index masks or "
+             "RGB_color_image_masks/ colour masks, class_dict_seg.csv: name, r, g, b per class) or TU Graz layout; "
+             "or give --images and --masks.")
+DataOpt = Annotated[Optional[Path], typer.Option("--data", help=DATA_HELP)]
+ImagesOpt = Annotated[Optional[Path], typer.Option("--images", help="Folder of photos, with --masks, instead of --data.")]
+MasksOpt = Annotated[Optional[Path], typer.Option("--masks", help="Folder of masks (index or colour PNGs), paired with --images by file stem.")]
+TableOpt = Annotated[Optional[Path], typer.Option("--class-table", help="class_dict CSV (name, r, g, b) overriding the one found.")]
 
 
+def _source(data: Path | None, images: Path | None, masks: Path | None, table: Path | None) -> DataSource:
+    from droneseg.data.layout import DataSource
+
+    if data is not None and (images is not None or masks is not None):
+        raise DataError("give --data DIR or --images DIR --masks DIR, not both")
+    if (images is None) != (masks is None):
+        raise DataError("--images and --masks go together")
+    if data is None and images is None:
+        raise DataError("no dataset: pass --data DIR (or --images DIR --masks DIR)")
+    return DataSource(data, images, masks, table)
+
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.lr=3e-4 (repeatable).")]
 DEBUG_ENV = "DRONESEG_DEBUG"
 
 
@@ -56,13 +101,44 @@ def _parse_size(text: str) -> tuple[int, int]:
     return w, h
 
 
-@app.command()
+@command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data and the run.")] = Path("runs"),
+    set_: SetOpt = None,
+) -> None:
+    """No data, no arguments: synthesise scenes, train the small U-Net on CPU, evaluate, predict, print where."""
+    started = time.monotonic()
+    from droneseg.config import load_config
+    from droneseg.data.splits import read_split_file
+    from droneseg.data.synthetic import write_synthetic
+    from droneseg.engine.train import train as run_training
+    from droneseg.predict import predict
+
+    data = out / "demo-data"
+    if not (data / "splits" / "val.txt").is_file():
+        write_synthetic(data, n=DEMO_SCENES, size=DEMO_SIZE, seed=0)
+    cfg = load_config("demo", list(set_ or []), {"data.root": str(data.resolve())})
+    run = run_training(cfg, out=out, started=started)
+    photos = [data / "original_images" / f"{i}.jpg" for i in read_split_file(data / "splits" / "val.txt")[:3]]
+    predict(run, photos, run / "predict", progress=False)
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    typer.echo(f"demo data:      {data}")
+    typer.echo(f"run folder:     {run}")
+    if "val_miou_native" in summary:
+        typer.echo(f"val mIoU:       {summary['val_miou_native']:.3f} (native resolution, {summary['val_images']} images)")
+        typer.echo(f"report:         {run / summary['eval_report']}")
+    else:
+        typer.echo(f"val mIoU:       {summary['best_val_miou_working_size']:.3f} (working size; final evaluation off)")
+    typer.echo(f"predictions:    {run / 'predict'}")
+
+
+@command()
 def synth(
     out: Annotated[Path, typer.Argument(help="New folder to write the synthetic dataset into.")],
     n: Annotated[int, typer.Option("--n", min=1, help="Number of scenes.")] = 40,
     size: Annotated[str, typer.Option("--size", help="WIDTHxHEIGHT of each scene.")] = "768x512",
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same scenes.")] = 0,
-    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9)] = 0.2,
+    val_fraction: Annotated[float, typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of the scenes listed in splits/val.txt.")] = 0.2,
 ) -> None:
     """Write procedural aerial scenes in the Kaggle layout with the real palette."""
     from droneseg.data.synthetic import write_synthetic
@@ -71,7 +147,7 @@ def synth(
     typer.echo(f"wrote {n} synthetic scenes to {path}")
 
 
-@app.command("synth-ortho")
+@command("synth-ortho")
 def synth_ortho(
     out: Annotated[Path, typer.Argument(help="GeoTIFF to write (its true classes go to <stem>_labels.tif beside it).")],
     size: Annotated[str, typer.Option("--size", help="WIDTHxHEIGHT in pixels.")] = "4000x3000",
@@ -79,7 +155,7 @@ def synth_ortho(
     crs: Annotated[str, typer.Option("--crs", help="Any CRS GDAL knows: EPSG:32633, a WKT or PROJ string.")] = "EPSG:32633",
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same ground.")] = 0,
 ) -> None:
-    """Write a synthetic georeferenced orthomosaic (RGBA GeoTIFF with a transparent collar) to try `predict` on."""
+    """Write a synthetic georeferenced orthomosaic (RGBA GeoTIFF, transparent collar) to try `predict` on."""
     from droneseg.geo import require
 
     require()
@@ -91,19 +167,21 @@ def synth_ortho(
     typer.echo(f"wrote {out} and {labels_path(out)}: {sum(areas.values()):.1f} m² of valid ground")
 
 
-@app.command("check-data")
+@command("check-data")
 def check_data(
-    data: DataDir = None,
+    data_dir: Annotated[Optional[Path], typer.Argument(help="Dataset folder (the same as --data).", show_default=False)] = None,
+    data: DataOpt = None,
     images: ImagesOpt = None,
     masks: MasksOpt = None,
     class_table: TableOpt = None,
     workers: Annotated[int, typer.Option(help="Parallel decoding processes.")] = _workers(),
 ) -> None:
-    """Report every problem of a dataset (one line each, naming the file) and its class table."""
+    """Report every problem of a dataset (one line each, naming the file) and its class table; exit 0 only when clean."""
     from droneseg.data.check import check_dataset
-    from droneseg.data.layout import find_layout
 
-    layout = find_layout(data, images=images, masks=masks, table=class_table)
+    if data_dir is not None and data is not None:
+        raise DataError("give the dataset folder once (DATA or --data)")
+    layout = _source(data_dir or data, images, masks, class_table).find()
     typer.echo(layout.describe())
     report = check_dataset(layout, workers=workers, progress=sys.stderr.isatty())
     for line in report.problems:
@@ -118,47 +196,67 @@ def check_data(
         raise typer.Exit(1)
 
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key, e.g. --set train.lr=3e-4 (repeatable).")]
+@command()
+def augment(
+    data: Annotated[Path, typer.Argument(help="Dataset folder (Kaggle or TU Graz layout).", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="New folder for the augmented dataset.")],
+    copies: Annotated[int, typer.Option("--copies", min=1, help="Augmented copies of each training photo.")] = 4,
+    crop: Annotated[Optional[int], typer.Option("--crop", min=16, help="Cut random scaled square crops of this side instead of whole photos.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Same seed, same copies.")] = 0,
+) -> None:
+    """Offline augmentation of the training ids (the original project's workflow), in the Kaggle layout."""
+    from droneseg.data.offline import augment_dataset
+
+    path = augment_dataset(data, out, copies, seed=seed, crop=crop, progress=sys.stderr.isatty())
+    typer.echo(f"wrote augmented dataset to {path}")
 
 
-@app.command()
+def _train_help() -> str:
+    from droneseg.config import PRESETS
+
+    lines = "\n".join(f"- {name}: {text}" for name, text in PRESETS.items())
+    return ("Train a model; prints the run folder. Under torchrun, srun or an OAR job script it trains on every rank.\n\n"
+            f"Presets (-c NAME; or a YAML file of your own):\n\n{lines}\n\n"
+            "The dataset (--data, or --images and --masks) holds photos and masks paired by file stem and a class "
+            "table naming your classes; check it first with `droneseg check-data`.")
+
+
+@command(help=_train_help())
 def train(
-    config: Annotated[str, typer.Option("--config", "-c", help="Preset name or YAML path.")] = "full",
-    data: Annotated[Optional[Path], typer.Option("--data", help="Dataset folder.")] = None,
+    config: Annotated[str, typer.Option("--config", "-c", help="Preset name (listed above) or YAML path.")] = "full",
+    data: DataOpt = None,
+    images: ImagesOpt = None,
+    masks: MasksOpt = None,
+    class_table: TableOpt = None,
     set_: SetOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Folder for run folders.")] = Path("runs"),
     max_time: Annotated[Optional[str], typer.Option("--max-time", help="Wall-clock budget of the whole command, e.g. 30m, 2h.")] = None,
-    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", min=1)] = None,
+    max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", min=1, help="Most epochs to train (default: the preset's train.max_epochs).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="Devices (processes) per node: a number or auto (default: train.devices).")] = None,
     num_nodes: Annotated[Optional[int], typer.Option("--num-nodes", min=1, help="Nodes of a cluster job (default: train.num_nodes).")] = None,
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="The run folder itself: resumed if it holds this run unfinished (a requeued job), else a new run there.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder; with --max-epochs/--max-time, also a finished one.")] = None,
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the dataset's photos at their own size (sets data.gsd); model.json then records the model's GSD, for orthomosaics.")] = None,
 ) -> None:
-    """Train a model; prints the run folder. Under torchrun, srun or an OAR job script it trains on every rank."""
     started = time.monotonic()  # --max-time counts from here, the heavy imports included
     from droneseg.config import load_config
     from droneseg.engine.train import Requeued
     from droneseg.engine.train import train as run_training
 
-    overrides = list(set_ or [])
-    if data is not None:
-        overrides.append(f"data.root={data.resolve()}")
-    if devices is not None:
-        overrides.append(f"train.devices={devices}")
-    if num_nodes is not None:
-        overrides.append(f"train.num_nodes={num_nodes}")
-    if gsd is not None:
-        overrides.append(f"data.gsd={gsd}")
     extend = {"train.max_epochs": max_epochs, "train.max_time": max_time}
+    values: dict[str, object] = {"train.devices": _devices(devices), "train.num_nodes": num_nodes, "data.gsd": gsd}
+    if data is not None or images is not None or masks is not None:
+        source = _source(data, images, masks, class_table)
+        values.update({"data.root": source.root, "data.images": source.images, "data.masks": source.masks})
+    values["data.class_table"] = class_table
+    values = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in values.items() if v is not None}
     if resume is not None:
-        if overrides or run_dir is not None:
+        if values or set_ or run_dir is not None:
             raise DataError("--resume continues a run as configured; it takes only --max-epochs and --max-time "
                             "(to extend it)")
         cfg = None
     else:
-        overrides += [f"{k}={v}" for k, v in extend.items() if v is not None]
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, list(set_ or []), {**values, **extend})
     try:
         run = run_training(cfg, out=out, resume=resume, started=started, run_dir=run_dir,
                            extend=extend if resume is not None else None)
@@ -171,21 +269,45 @@ def train(
         typer.echo(str(run))
 
 
-TileOpt = Annotated[Optional[int], typer.Option("--tile", min=32, help="Tile side at working scale (default: model.json).")]
-OverlapOpt = Annotated[Optional[float], typer.Option("--overlap", min=0.0, max=0.9, help="Tile overlap share (default: model.json).")]
-BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles per forward pass (default: model.json).")]
-BlendOpt = Annotated[Optional[str], typer.Option("--blend", help="gaussian or cosine tile weights (default: model.json).")]
-TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over flips (default: model.json).", show_default=False)]
-LumaOpt = Annotated[Optional[str], typer.Option("--luma-threshold", help="luma scheme: split each map at its mean or median (default: model.json).")]
+def _devices(text: str | None) -> int | str | None:
+    """``--devices``: a number of devices, or ``auto``."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise DataError(f"--devices: a number or auto, got {text!r}") from None
+
+
+TileOpt = Annotated[Optional[int], typer.Option("--tile", min=32, help="Tile side at working scale (default: model.json).", rich_help_panel="Inference (default: model.json)")]
+OverlapOpt = Annotated[Optional[float], typer.Option("--overlap", min=0.0, max=0.9, help="Tile overlap share.", rich_help_panel="Inference (default: model.json)")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles per forward pass.", rich_help_panel="Inference (default: model.json)")]
+BlendOpt = Annotated[Optional[str], typer.Option("--blend", help="gaussian or cosine tile weights.", rich_help_panel="Inference (default: model.json)")]
+TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over flips.", show_default=False, rich_help_panel="Inference (default: model.json)")]
+LumaOpt = Annotated[Optional[str], typer.Option("--luma-threshold", help="luma scheme: split each map at its mean or median.", rich_help_panel="Inference (default: model.json)")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="torch or onnx (ONNX Runtime on RUN/model.onnx, exported if missing); an .onnx MODEL runs on onnx.", show_default=False)]
 NumberingOpt = Annotated[str, typer.Option("--numbering", help="Mask values: auto (dataset's for one-to-one schemes, else the scheme's 0..K-1), dataset, scheme.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")]
+ModelArg = Annotated[Path, typer.Argument(help="Run folder (or its model.json), or an exported model.onnx.", show_default=False)]
 
 
-@app.command("evaluate")
+def _inference(tile: int | None, overlap: float | None, batch: int | None, blend: str | None, tta: bool | None,
+               luma: str | None) -> InferenceOverrides:
+    """The inference options of evaluate and predict as the one object that travels down."""
+    from droneseg.tiler import InferenceOverrides
+
+    return InferenceOverrides(tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta, luma_threshold=luma)
+
+
+@command("evaluate")
 def evaluate_cmd(
-    model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
-    data: Annotated[Path, typer.Option("--data", help="Dataset folder.")],
+    model: ModelArg,
+    data: DataOpt = None,
+    images: ImagesOpt = None,
+    masks: MasksOpt = None,
+    class_table: TableOpt = None,
     split: Annotated[str, typer.Option("--split", help="val, test, train (the run's own split files on the dataset it was trained on, else the dataset's splits/), or a file of ids.")] = "val",
+    backend: BackendOpt = None,
     tile: TileOpt = None,
     overlap: OverlapOpt = None,
     batch: BatchOpt = None,
@@ -195,57 +317,61 @@ def evaluate_cmd(
     save_masks: Annotated[bool, typer.Option("--save-masks", help="Write each predicted mask at native size, with masks/class_dict.csv.")] = False,
     numbering: NumberingOpt = "auto",
     figures: Annotated[int, typer.Option("--figures", min=0, help="Prediction figures for N images spread from best to worst (1: the median).")] = 6,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default RUN/eval/SPLIT).")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output folder (default RUN/eval/SPLIT, then SPLIT-2…).")] = None,
     device: DeviceOpt = None,
 ) -> None:
-    """Evaluate a trained model on a whole split at native mask resolution; writes metrics, figures and report.html.
+    """Evaluate a trained model on a whole split at native mask resolution; writes metrics, figures, report.html.
 
-    The photos go through the same tiler as validation and predict, with the settings in model.json unless given.
+    The photos go through the same model session and tiler as validation and predict.
     """
+    from droneseg.cluster import detect
     from droneseg.evaluate import evaluate
 
-    from droneseg.cluster import detect
-
-    folder = evaluate(model, data, split=split, tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta,
-                      luma=luma, save_masks=save_masks, numbering=numbering, figures=figures, out=out, device=device,
+    folder = evaluate(model, _source(data, images, masks, class_table), split=split,
+                      inference=_inference(tile, overlap, batch, blend, tta, luma), backend=backend,
+                      save_masks=save_masks, numbering=numbering, figures=figures, out=out, device=device,
                       progress=sys.stderr.isatty())
     if detect().rank == 0:  # under torchrun/srun every rank scored a shard; rank 0 wrote the report
         typer.echo(str(folder / "report.html"))
 
 
-@app.command("predict")
+ORTHO = "Orthomosaics"
+
+
+@command("predict")
 def predict_cmd(
-    model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
-    inputs: Annotated[list[Path], typer.Argument(help="Photos, orthomosaics (GeoTIFF, VRT, JP2…) or folders of them.")],
+    model: ModelArg,
+    inputs: Annotated[list[Path], typer.Argument(help="Photos, orthomosaics (GeoTIFF, VRT, JP2…) or folders of them.", show_default=False)],
     out: Annotated[Path, typer.Option("--out", help="Folder for masks, colour masks, overlays, class_dict.csv and class_areas.csv; for orthomosaics <stem>_classes.tif, _polygons.gpkg, _class_areas.csv/.json, _preview.jpg.")],
+    backend: BackendOpt = None,
     tile: TileOpt = None,
     overlap: OverlapOpt = None,
     batch: BatchOpt = None,
     blend: BlendOpt = None,
     tta: TtaOpt = None,
     luma: LumaOpt = None,
-    backend: Annotated[str, typer.Option("--backend", help="torch or onnx.")] = "torch",
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Photos: metres per photo pixel, for areas in m² (an orthomosaic's comes from its geotransform).")] = None,
     scale: Annotated[float, typer.Option("--scale", help="Photos: write outputs at this fraction of the photo's size (0.25: a fast preview); the network still sees its training scale.")] = 1.0,
     numbering: NumberingOpt = "auto",
     device: DeviceOpt = None,
-    model_gsd: Annotated[Optional[float], typer.Option("--model-gsd", help="Orthomosaics: metres of ground per pixel the model works at (default: model.json; unknown: the ortho's own resolution, with a warning).")] = None,
-    confidence: Annotated[bool, typer.Option("--confidence", help="Orthomosaics: also write <stem>_confidence.tif (top class probability x 255).")] = False,
-    vector: Annotated[str, typer.Option("--vector", help="Orthomosaics: polygons as gpkg, geojson, or none.")] = "gpkg",
-    min_area: Annotated[Optional[float], typer.Option("--min-area", help="Orthomosaics: merge regions under this many m² into their neighbours.")] = None,
-    simplify: Annotated[Optional[float], typer.Option("--simplify", help="Orthomosaics: simplify polygons as a coverage (tolerance in CRS units: metres, or degrees in a geographic CRS; shared edges stay shared).")] = None,
-    strip: Annotated[int, typer.Option("--strip", min=64, help="Orthomosaics: strip width in working pixels (memory grows with it; each strip reads about a tile of context more on each side).")] = 4096,
+    model_gsd: Annotated[Optional[float], typer.Option("--model-gsd", help="Metres of ground per pixel the model works at (default: model.json; unknown: the ortho's own resolution, with a warning).", rich_help_panel=ORTHO)] = None,
+    confidence: Annotated[bool, typer.Option("--confidence", help="Also write <stem>_confidence.tif (top class probability x 255).", rich_help_panel=ORTHO)] = False,
+    vector: Annotated[str, typer.Option("--vector", help="Polygons as gpkg, geojson, or none.", rich_help_panel=ORTHO)] = "gpkg",
+    min_area: Annotated[Optional[float], typer.Option("--min-area", help="Merge regions under this many m² into their neighbours.", rich_help_panel=ORTHO)] = None,
+    simplify: Annotated[Optional[float], typer.Option("--simplify", help="Simplify polygons as a coverage (tolerance in CRS units: metres, or degrees in a geographic CRS; shared edges stay shared).", rich_help_panel=ORTHO)] = None,
+    strip: Annotated[int, typer.Option("--strip", help="Strip width in working pixels (memory grows with it; each strip reads about a tile of context more on each side).", rich_help_panel=ORTHO)] = 4096,
 ) -> None:
-    """Segment photos of any size, and georeferenced orthomosaics (GeoTIFF and other GDAL rasters, read window by
-    window): masks, colour masks, overlays and class areas for photos; a class COG, polygons, areas in m² and a
-    preview for orthomosaics (the geo extra). Settings from model.json."""
-    from droneseg.predict import OrthoOptions, predict
+    """Segment photos of any size and georeferenced orthomosaics (the geo extra), with the settings in model.json.
 
-    if vector not in ("gpkg", "geojson", "none"):
-        raise DataError(f"--vector: choose gpkg, geojson or none, got {vector!r}")
-    ortho = OrthoOptions(model_gsd=model_gsd, confidence=confidence, vector=None if vector == "none" else vector,
-                         min_area=min_area, simplify=simplify, strip=strip)
-    summary = predict(model, inputs, out, tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta, luma=luma,
+    Photos: masks, colour masks, overlays and class areas. Orthomosaics (GeoTIFF and other GDAL rasters, read window
+    by window): a class COG, polygons, areas in m² and a preview.
+    """
+    from droneseg.geo.options import OrthoOptions
+    from droneseg.predict import predict
+
+    ortho = OrthoOptions.from_cli(model_gsd=model_gsd, confidence=confidence, vector=vector, min_area=min_area,
+                                  simplify=simplify, strip=strip)
+    summary = predict(model, inputs, out, inference=_inference(tile, overlap, batch, blend, tta, luma),
                       backend=backend, gsd=gsd, scale=scale, numbering=numbering, device=device,
                       progress=sys.stderr.isatty(), ortho=ortho)
     if summary.rank > 0:  # rank 0 reports for the whole job
@@ -266,66 +392,20 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-@app.command("export")
+@command("export")
 def export_cmd(
-    model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).")],
+    model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).", show_default=False)],
     format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
-    out: Annotated[Optional[Path], typer.Option("--out", help="File or folder (default RUN/model.onnx).")] = None,
-    opset: Annotated[int, typer.Option("--opset", min=11)] = 17,
+    out: Annotated[Optional[Path], typer.Option("--out", help="File or folder (default RUN/model.onnx, where --backend onnx looks).")] = None,
+    opset: Annotated[int, typer.Option("--opset", min=11, help="ONNX operator set version to target.")] = 17,
 ) -> None:
-    """Export to ONNX (dynamic batch, height, width; classes and scheme as metadata), checking parity with PyTorch."""
+    """Export to ONNX (dynamic batch, height, width; the model's description as metadata), checking parity with PyTorch."""
     if format != "onnx":
         raise typer.BadParameter(f"unknown format {format!r}; choose from ['onnx']")
     from droneseg.export import export
 
     result = export(model, out, opset=opset)
     typer.echo(str(result))
-
-
-@app.command()
-def demo(
-    out: Annotated[Path, typer.Option("--out", help="Folder for the synthetic data and the run.")] = Path("runs"),
-    set_: SetOpt = None,
-) -> None:
-    """No data, no arguments: synthesise scenes, train the small U-Net on CPU, evaluate, predict, print where."""
-    started = time.monotonic()
-    from droneseg.config import load_config
-    from droneseg.data.layout import read_split_file
-    from droneseg.data.synthetic import write_synthetic
-    from droneseg.engine.train import train as run_training
-    from droneseg.predict import predict
-
-    data = out / "demo-data"
-    if not (data / "splits" / "val.txt").is_file():
-        write_synthetic(data, n=DEMO_SCENES, size=DEMO_SIZE, seed=0)
-    cfg = load_config("demo", [f"data.root={data.resolve()}", *(set_ or [])])
-    run = run_training(cfg, out=out, started=started)
-    photos = [data / "original_images" / f"{i}.jpg" for i in read_split_file(data / "splits" / "val.txt")[:3]]
-    predict(run, photos, run / "predict", progress=False)
-    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
-    typer.echo(f"demo data:      {data}")
-    typer.echo(f"run folder:     {run}")
-    if "val_miou_native" in summary:
-        typer.echo(f"val mIoU:       {summary['val_miou_native']:.3f} (native resolution, {summary['val_images']} images)")
-        typer.echo(f"report:         {run / summary['eval_report']}")
-    else:
-        typer.echo(f"val mIoU:       {summary['best_val_miou_working_size']:.3f} (working size; final evaluation off)")
-    typer.echo(f"predictions:    {run / 'predict'}")
-
-
-@app.command()
-def augment(
-    data: Annotated[Path, typer.Argument(help="Dataset folder.")],
-    out: Annotated[Path, typer.Option("--out", help="New folder for the augmented dataset.")],
-    copies: Annotated[int, typer.Option("--copies", min=1, help="Augmented copies of each training photo.")] = 4,
-    crop: Annotated[Optional[int], typer.Option("--crop", min=16, help="Cut random scaled square crops of this side instead of whole photos.")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
-) -> None:
-    """Offline augmentation of the training ids (the original project's workflow), in the Kaggle layout."""
-    from droneseg.data.offline import augment_dataset
-
-    path = augment_dataset(data, out, copies, seed=seed, crop=crop, progress=sys.stderr.isatty())
-    typer.echo(f"wrote augmented dataset to {path}")
 
 
 DEMO_SCENES = 48

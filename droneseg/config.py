@@ -1,30 +1,147 @@
-"""The run configuration: per-stage pydantic models, flat YAML presets, ``--set key=value`` overrides.
+"""The run configuration: per-stage pydantic models, flat YAML presets, typed overrides and ``--set key=value``.
 
 Contract
 --------
-Defaults live beside the code they configure (``DataConfig``, ``ModelConfig``, ``LossConfig``,
-``TrainConfig``, ``InferenceConfig``: how validation, evaluate and predict tile photos, saved in model.json); a preset (``droneseg/configs/<name>.yaml`` or any YAML path) overrides them one
-level deep, and ``--set`` overrides the preset. Errors name the key. ``config.yaml`` saved in a run
-folder is the resolved config and repeats the run.
+Defaults live in pydantic models: ``DataConfig`` and ``TrainConfig`` here, ``ModelConfig``, ``LossConfig``,
+``AugmentConfig`` and ``InferenceConfig`` (how validation, evaluate and predict tile photos, saved in model.json)
+beside the code they configure, none of which imports Lightning: reading a config costs no Lightning import.
+A preset (``droneseg/configs/<name>.yaml`` or any YAML path) overrides them one level deep; typed values from the
+command line (``--data``, ``--gsd``, ``--devices``…) and ``--set`` override the preset. Errors name the key.
+``config.yaml`` saved in a run folder is the resolved config and repeats the run.
 
->>> load_config("demo", ["train.lr=0.01", "model.channels=[8,16]"]).model.channels
-[8, 16]
+>>> load_config("demo", ["train.lr=0.01", "model.channels=[8,16]"], {"data.gsd": 0.02}).data.gsd
+0.02
 """
 
 from __future__ import annotations
 
+import re
+from datetime import timedelta
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from droneseg.classes import DataError
-from droneseg.data.datamodule import DataConfig
-from droneseg.engine.task import TrainConfig
+from droneseg.data.layout import DataSource
+from droneseg.data.transforms import AugmentConfig
+from droneseg.errors import DataError
 from droneseg.losses import LossConfig
 from droneseg.models import NAMED_WEIGHTS, ModelConfig
 from droneseg.tiler import InferenceConfig
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``30m``, ``2h``, ``1h30m``, ``1d`` or ``DD:HH:MM:SS`` -> timedelta."""
+    t = text.strip().lower()
+    if t.count(":") == 3:
+        d, h, m, s = (int(v) for v in t.split(":"))
+        return timedelta(days=d, hours=h, minutes=m, seconds=s)
+    match = _DURATION.match(t)
+    if not t or not match or not any(match.groups()):
+        raise DataError(f"duration {text!r}: use e.g. 90s, 30m, 2h, 1h30m or DD:HH:MM:SS")
+    d, h, m, s = (int(v or 0) for v in match.groups())
+    return timedelta(days=d, hours=h, minutes=m, seconds=s)
+
+
+class TrainConfig(BaseModel):
+    """Optimisation and the Trainer; defaults suit a 2-core CPU."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_epochs: int = Field(default=30, ge=1)
+    max_time: str | None = Field(default=None, description="wall-clock budget such as 90s, 30m, 2h, 1h30m")
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    schedule: Literal["cosine", "onecycle", "plateau", "none"] = Field(
+        default="cosine", description="over the planned optimiser steps (fitted to max_time when given); plateau: per epoch")
+    warmup: float | None = Field(default=None, ge=0.0, lt=1.0,
+                                 description="share of the planned steps spent warming up; null: 0.05 cosine, 0.3 onecycle")
+    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
+        default="auto", description="auto: bf16-mixed on GPUs that support it, else 32 (CPU autocast is slow)"
+    )
+    @field_validator("max_time")
+    @classmethod
+    def _duration(cls, v: str | None) -> str | None:
+        if v is not None:
+            try:
+                parse_duration(v)
+            except DataError as exc:
+                raise ValueError(str(exc)) from None
+        return v
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_text(cls, v: object) -> object:
+        return str(v) if isinstance(v, int) else v  # YAML reads `32` as a number
+
+    accumulate: int = Field(default=1, ge=1, description="gradient accumulation steps")
+    patience: int | None = Field(default=10, ge=1, description="early stopping on val mIoU; null = off")
+    seed: int = 0
+    deterministic: bool = False
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = Field(default=1, ge=1)
+    sample_every: int = Field(default=5, ge=0, description="epochs between sample prediction figures; 0 = never")
+    samples: int = Field(default=3, ge=1, description="val images in each sample figure")
+    threads: int | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
+    final_eval: bool = Field(default=True, description="evaluate the best model on val at native resolution at the end")
+    channels_last: bool | Literal["auto"] = Field(
+        default="auto", description="train in NHWC memory layout; auto: on CPU, where it measured 1.15-1.27x faster "
+        "(benchmarks/training.py), not on GPUs (unmeasured)")
+    compile: bool = Field(default=False, description="torch.compile the net (in place; saved weights unchanged). "
+                          "Measured on the 2-core CPU: 80 s to compile, then 0.76x the eager step (FPN-Lite0, 384², "
+                          "batch 4): off by default; worth measuring on a GPU")
+    ema: float | None = Field(default=None, gt=0.0, lt=1.0,
+                              description="decay of an exponential moving average of the weights, used for "
+                              "validation and the saved model (e.g. 0.99); null = off")
+
+
+
+class DataConfig(BaseModel):
+    """Where samples come from and how they are cut; defaults suit 2 CPU cores."""
+
+    model_config = ConfigDict(extra="forbid")
+    root: str | None = Field(default=None, description="dataset folder (the --data option)")
+    images: str | None = Field(default=None, description="folder of photos, with masks (--images), instead of root")
+    masks: str | None = Field(default=None, description="folder of masks paired with images by file stem (--masks)")
+    class_table: str | None = Field(default=None, description="class_dict CSV overriding the one found (--class-table)")
+    scheme: str = Field(default="full", description="full, six, paved, luma, or a scheme .yaml")
+    long_side: int | None = Field(default=768, ge=16, description="working size: long side in pixels; null = native")
+    crop: int = Field(default=384, ge=16, description="side of the square training crops")
+    batch_size: int = Field(default=4, ge=1)
+    workers: int | Literal["auto"] = Field(
+        default="auto", description="loader processes; auto: 0 for CPU training on <= 4 cores (crops from the "
+        "memory-mapped cache cost less than a process competing with the step), else min(8, cores - 1) per device")
+    samples_per_epoch: int | None = Field(default=None, ge=1, description="crops per epoch; null = one per training image")
+    rare_crop: float = Field(default=0.0, ge=0.0, le=1.0, description="share of crops centred on a class drawn "
+                             "uniformly among the training classes, in an image holding it (class-uniform sampling)")
+    splits: str = Field(default="auto", description="auto (dataset's splits/ if present, else seeded), seed, or a folder")
+    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
+    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    image_filter: Literal["area", "bilinear"] = "area"
+    gsd: float | None = Field(default=None, gt=0, description="metres per pixel of the dataset's photos at their own "
+                              "size (null = unknown); model.json records the working GSD it gives, for orthomosaics")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    cache_dir: str | None = Field(default=None, description="null = $DRONESEG_CACHE or ~/.cache/droneseg")
+
+    def source(self) -> DataSource:
+        """Where the data is (``root``, or ``images`` + ``masks``), as evaluate and check-data take it."""
+        path = lambda v: Path(v) if v else None  # noqa: E731
+        return DataSource(path(self.root), path(self.images), path(self.masks), path(self.class_table))
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> DataConfig:
+        if self.long_side is not None and self.crop > self.long_side:
+            raise ValueError(f"crop {self.crop} is larger than the working size (long side {self.long_side}): "
+                             "lower data.crop or raise data.long_side")
+        return self
+
 
 
 class RunConfig(BaseModel):
@@ -35,6 +152,18 @@ class RunConfig(BaseModel):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     inference: InferenceConfig = Field(default_factory=InferenceConfig)
+
+
+PRESETS: dict[str, str] = {
+    "demo": "the classic small U-Net on the demo's synthetic scenes, six classes, ~2 minutes on 2 cores",
+    "full": "every class of your class table (unlabeled/conflicting ignored: the 22 real classes of the Semantic "
+            "Drone Dataset): FPN on EfficientNet-Lite0, the CPU recipe",
+    "full-gpu": "the full preset for long GPU training (1500 px, 512² crops, bf16)",
+    "six": "paved-area, dirt, grass, roof, water, other (the original project's 6-class mode)",
+    "paved": "paved-area vs other (the original project's binary mode)",
+    "luma": "mask luminance above vs below its per-image mean (the original project's 1-class mode)",
+}
+"""One line per shipped preset, for ``train --help`` (a test checks every preset file has one)."""
 
 
 def presets() -> list[str]:
@@ -66,13 +195,10 @@ def apply_override(raw: dict, assignment: str) -> None:
     key, sep, value = assignment.partition("=")
     if not sep or not key.strip():
         raise DataError(f"--set {assignment!r}: expected key=value, e.g. train.lr=3e-4")
-    *parents, leaf = key.strip().split(".")
-    node = raw
-    for p in parents:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise DataError(f"--set {assignment!r}: {p} is not a section")
-    node[leaf] = yaml.safe_load(value) if value.strip() else None
+    try:
+        set_value(raw, key.strip(), yaml.safe_load(value) if value.strip() else None)
+    except DataError as exc:
+        raise DataError(f"--set {assignment!r}: {str(exc).split(': ', 1)[1]}") from None
 
 
 def validate(raw: dict, origin: str) -> RunConfig:
@@ -85,10 +211,28 @@ def validate(raw: dict, origin: str) -> RunConfig:
         raise DataError(f"{origin}: {key}: {err['msg']}{more}") from None
 
 
-def load_config(name_or_path: str, overrides: list[str] | None = None) -> RunConfig:
+def set_value(raw: dict, key: str, value: object) -> None:
+    """Set the dotted ``key`` (``data.gsd``) of the nested dict ``raw`` to ``value``, as it is (no parsing)."""
+    *parents, leaf = key.split(".")
+    node = raw
+    for p in parents:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise DataError(f"{key}: {p} is not a section")
+    node[leaf] = value
+
+
+def load_config(name_or_path: str, overrides: list[str] | None = None, values: dict[str, object] | None = None
+                ) -> RunConfig:
+    """A preset or YAML file, then ``overrides`` (``--set key=value`` text, read as YAML), then ``values``
+    (typed values of command-line options, by dotted key, set as they are; None values are skipped).
+    Raises DataError naming the key of the first invalid value."""
     raw, origin = _preset(name_or_path)
     for assignment in overrides or []:
         apply_override(raw, assignment)
+    for key, value in (values or {}).items():
+        if value is not None:
+            set_value(raw, key, value)
     return validate(raw, origin)
 
 
@@ -104,8 +248,9 @@ def resolve_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
     absolute = lambda p: str((base / Path(p).expanduser()).resolve())  # noqa: E731
     data, model = cfg.data, cfg.model
     changes_data: dict = {}
-    if data.root:
-        changes_data["root"] = absolute(data.root)
+    for key in ("root", "images", "masks", "class_table"):
+        if getattr(data, key):
+            changes_data[key] = absolute(getattr(data, key))
     if data.scheme.endswith((".yaml", ".yml")):
         changes_data["scheme"] = absolute(data.scheme)
     if data.splits not in ("auto", "seed"):

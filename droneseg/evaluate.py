@@ -1,8 +1,9 @@
 """``droneseg evaluate``: honest numbers over a whole split, at each mask's native resolution.
 
 Setup → loop → finish. For every image of the split (never a sample of it) the network meets the working-size
-photo through :class:`~droneseg.tiler.Tiler`, exactly as in validation and ``predict`` (tile, overlap, window and
-TTA from ``model.json``, overridable); its labels come out at the mask's native size band by band, so a 6000x4000
+photo through the :class:`~droneseg.session.ModelSession`'s :class:`~droneseg.tiler.Tiler`, exactly as in
+validation and ``predict`` (tile, overlap, window and TTA from ``model.json``, overridable; a run folder or an
+exported ``.onnx``, on the torch or ONNX Runtime backend); its labels come out at the mask's native size band by band, so a 6000x4000
 photo never needs a (K, H, W) float map. Per image:
 
 * one (K, K) confusion matrix (:func:`~droneseg.metrics.image_confusion`): summed, it is the pooled matrix of every
@@ -30,17 +31,20 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from droneseg.artifact import ModelInfo
 from droneseg.classes import DataError
-from droneseg.cluster import broadcast_object, detect, device_for, gather_objects, process_group
+from droneseg.cluster import broadcast_object, detect, gather_objects, process_group
 from droneseg.data.cache import build_cache
-from droneseg.data.layout import Layout, Sample, find_layout, read_split_file
-from droneseg.io import atomic_write_text, read_mask, save_png
+from droneseg.data.layout import DataSource, Layout
+from droneseg.data.splits import named_split, read_split_file, select
+from droneseg.images import read_mask
+from droneseg.files import atomic_write_text, save_png
 from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics, image_confusion
-from droneseg.plots import prediction_panels
+from droneseg.report.plots import prediction_panels
 from droneseg.report import ImageResult, spread, write_evaluation
-from droneseg.runs import ModelInfo, load_model, resolve_model_path
 from droneseg.schemes import Numbering
-from droneseg.tiler import Tiler
+from droneseg.session import ModelSession, open_session
+from droneseg.tiler import InferenceOverrides
 
 CURVE_PIXELS = 1 << 22
 """Most native pixels per image that feed the PR/ROC histograms; larger images are sampled on a regular grid."""
@@ -61,36 +65,16 @@ def curve_stride(height: int, width: int) -> int:
     return s
 
 
-def split_ids(split: str, run_splits: Path | None, data_root: Path) -> tuple[list[str], str, Path]:
-    """Ids of ``split`` -> (ids, name, the file read).
-
-    ``train``/``val``/``test``: the run's own split file when ``run_splits`` is given (the data is the dataset the
-    model was trained on: then only the run's files count, since another file could hold its training ids), else
-    the dataset's ``splits/``; anything else is a file of ids.
-    """
-    if split in ("train", "val", "test"):
-        folder = run_splits if run_splits is not None else data_root / "splits"
-        path = folder / f"{split}.txt"
-        if path.is_file() and read_split_file(path):  # a run writes an empty test.txt when it has none
-            return read_split_file(path), split, path
-        if run_splits is not None:
-            raise DataError(f"{path}: the run has no {split} split (empty or missing); pass --split FILE")
-        raise DataError(f"no {split}.txt in {folder}; this is not the dataset the model was trained on, so its "
-                        "run's split files do not apply: pass --split FILE with the ids to score")
-    path = Path(split)
-    if not path.is_file():
-        raise DataError(f"--split {split!r}: not train/val/test or a file of ids")
-    return read_split_file(path), path.stem, path
-
-
-def trained_on(info: ModelInfo, layout: Layout, model_dir: Path) -> bool:
+def trained_on(info: ModelInfo, layout: Layout, model_dir: Path | None) -> bool:
     """Whether ``layout`` is the dataset the model was trained on: the same content fingerprint, wherever it lies.
 
     Models written before fingerprints were recorded count as trained on any dataset holding every id of their
     run's split files (the rule they were evaluated by), with a warning.
     """
     if info.dataset:
-        return info.dataset.get("fingerprint") == layout.fingerprint()
+        return info.dataset.fingerprint == layout.fingerprint()
+    if model_dir is None:  # an exported file outside its run folder: no run splits to use
+        return False
     ids = {s.id for s in layout.samples}
     files = sorted((model_dir / "splits").glob("*.txt"))
     if not files:  # a model folder without a run around it: only the dataset's splits can apply
@@ -101,23 +85,15 @@ def trained_on(info: ModelInfo, layout: Layout, model_dir: Path) -> bool:
     return same
 
 
-def _select(samples: list[Sample], ids: list[str], where: str) -> list[Sample]:
-    by_id = {s.id: s for s in samples}
-    missing = [i for i in ids if i not in by_id]
-    if missing:
-        raise DataError(f"{where}: {len(missing)} ids have no image/mask pair in the data, e.g. {missing[0]!r}")
-    if not ids:
-        raise DataError(f"{where}: the split is empty")
-    return [by_id[i] for i in ids]
-
-
-def _output_folder(out: Path | None, model_dir: Path, split_name: str) -> Path:
+def _output_folder(out: Path | None, model_dir: Path | None, split_name: str) -> Path:
     """``out`` if new or empty; else ``<run>/eval/<split>``, then ``-2``, ``-3``…: an evaluation is never overwritten."""
     if out is not None:
         out = Path(out)
         if out.exists() and any(out.iterdir()):
             raise DataError(f"{out}: exists and is not empty; evaluate never overwrites earlier results")
         return out
+    if model_dir is None:
+        raise DataError("an exported model outside its run folder has no run to write into: pass --out DIR")
     base = model_dir / "eval" / split_name
     folder, i = base, 1
     while folder.exists() and any(folder.iterdir()):
@@ -137,14 +113,10 @@ def _downsample(mask: np.ndarray, long_side: int) -> np.ndarray:
 
 def evaluate(
     model: str | Path,
-    data: str | Path,
+    data: DataSource | str | Path,
     split: str = "val",
-    tile: int | None = None,
-    overlap: float | None = None,
-    batch: int | None = None,
-    blend: str | None = None,
-    tta: bool | None = None,
-    luma: str | None = None,
+    inference: InferenceOverrides | None = None,
+    backend: str | None = None,
     save_masks: bool = False,
     numbering: Numbering = "auto",
     figures: int = DEFAULT_FIGURES,
@@ -153,43 +125,42 @@ def evaluate(
     cache_dir: Path | None = None,
     progress: bool = True,
 ) -> Path:
-    """Evaluate ``model`` on ``split`` of ``data``; returns the folder written (``<run>/eval/<split>``).
+    """Evaluate ``model`` (a run folder, its model.json, or an exported .onnx) on ``split`` of ``data`` with the
+    ``backend`` (:data:`droneseg.session.BACKENDS`); returns the folder written (``<run>/eval/<split>``).
 
-    Inference settings left None come from ``model.json``. Photos are resized to the model's working size with
+    ``inference``: changes to the model's inference settings. Photos are resized to the model's working size with
     the filter it was trained with. Raises DataError for a dataset, split or output folder that cannot be used.
     """
     env = detect()
     with process_group(env) as (rank, world):
-        return _evaluate(model, data, split, tile, overlap, batch, blend, tta, luma, save_masks, numbering, figures,
-                         out, device_for(device, env.local_rank), cache_dir, progress, rank, world)
+        session = open_session(model, backend, device, env.local_rank)
+        return _evaluate(session, DataSource.of(data), split, inference, save_masks, numbering, figures, out,
+                         cache_dir, progress, rank, world)
 
 
-def _evaluate(model: str | Path, data: str | Path, split: str, tile: int | None, overlap: float | None,
-              batch: int | None, blend: str | None, tta: bool | None, luma: str | None, save_masks: bool,
-              numbering: Numbering, figures: int, out: Path | None, dev: torch.device, cache_dir: Path | None,
+def _evaluate(session: ModelSession, data: DataSource, split: str, inference: InferenceOverrides | None,
+              save_masks: bool, numbering: Numbering, figures: int, out: Path | None, cache_dir: Path | None,
               progress: bool, rank: int, world: int) -> Path:
     """:func:`evaluate` as rank ``rank`` of ``world`` (each scores every world-th image; rank 0 writes)."""
     t_start = time.time()
     # 1. setup: model, scheme, the split's samples, cached working-size images, the tiler
-    model_dir = resolve_model_path(model)
-    net, info = load_model(model_dir, dev)
-    scheme = info.label_scheme()
+    info, model_dir, dev = session.info, session.folder, session.device
+    scheme = session.scheme
     written = scheme.written(numbering)  # checked also when no mask is saved: a wrong option is an error
-    settings = info.inference_config().override(tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta,
-                                                luma_threshold=luma)
-    layout = find_layout(data)
+    settings = session.settings(inference)
+    layout = data.find()
     if layout.table != scheme.table:
-        raise DataError(f"{data}: its class table differs from the one {model_dir / 'model.json'} was trained with")
+        raise DataError(f"{data}: its class table differs from the one the model was trained with")
     same = trained_on(info, layout, model_dir)
-    ids, split_name, split_file = split_ids(split, model_dir / "splits" if same else None, Path(data))
-    all_samples = _select(layout.samples, ids, str(split_file))
+    ids, split_name, split_file = named_split(split, model_dir / "splits" if same else None, data.splits_root())
+    all_samples = select(layout.samples, ids, split_file)
     # under DDP (the end of training, torchrun, srun) each rank scores its shard
     folder = _output_folder(out, model_dir, split_name) if rank == 0 else None
     folder = broadcast_object(folder, world)
     samples = all_samples[rank::world]
     entries = build_cache(samples, layout.table, info.long_side, cache_dir, image_filter=info.image_filter,
                           progress=progress and rank == 0)
-    tiler = Tiler.from_config(net, scheme.num_classes, settings, dev)
+    tiler = session.tiler(settings)
     k, ignore = scheme.num_classes, scheme.ignore_index
     # the confusion matrices and curve histograms are sums: torchmetrics adds them up across ranks
     metrics = SegmentationMetrics.from_scheme(scheme, curves=True, sync_on_compute=world > 1).to(dev)
@@ -255,8 +226,9 @@ def _evaluate(model: str | Path, data: str | Path, split: str, tile: int | None,
     if scheme.is_luma:
         result["luma_threshold"] = settings.luma_threshold
     context = {
-        "model": str(model_dir),
-        "data": str(Path(data).resolve()),
+        "model": str(model_dir) if model_dir is not None else None,
+        "backend": session.backend,
+        "data": str(data.root.resolve()) if data.root is not None else str(data),
         "dataset_fingerprint": layout.fingerprint(),
         "trained_on_this_dataset": same,
         "split": split_name,
@@ -274,7 +246,7 @@ def _evaluate(model: str | Path, data: str | Path, split: str, tile: int | None,
         "seconds": round(time.time() - t_start, 2),
         "time": datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
-    curves_png = model_dir / "training_curves.png"
+    curves_png = model_dir / "training_curves.png" if model_dir is not None else None
     write_evaluation(folder, scheme, result, confmat, per_image_scores, results, context,
-                     training_curves=curves_png if curves_png.is_file() else None)
+                     training_curves=curves_png if curves_png is not None and curves_png.is_file() else None)
     return folder

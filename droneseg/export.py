@@ -8,7 +8,9 @@ Contract
   ``onnxscript``, which droneseg does not depend on.
 * ``metadata_props`` (each value a JSON string): ``droneseg_version``, ``class_names``, ``class_colors``
   (the colour ``predict`` draws each class in), ``scheme`` (``LabelScheme.to_dict``), ``normalization``,
-  ``long_side``, ``model`` (architecture config), ``input``/``output`` descriptions.
+  ``long_side``, ``model`` (architecture config), ``input``/``output`` descriptions, ``model_info`` (the whole
+  ``model.json``: ``evaluate``/``predict`` open the file alone, :mod:`droneseg.session`) and ``weights_sha256``
+  (of the ``model.safetensors`` exported: a stale ``model.onnx`` beside newer weights is refused).
 * Parity: ONNX Runtime and PyTorch agree on random inputs of several sizes (odd ones included) to
   ``PARITY_TOL`` in max absolute logit difference, else the file is not written.
 
@@ -29,15 +31,16 @@ import numpy as np
 import torch
 
 from droneseg import __version__
+from droneseg.artifact import ModelInfo, load_model, resolve_model_path, weights_digest
 from droneseg.classes import DataError
-from droneseg.io import atomic_save
-from droneseg.runs import ModelInfo, load_model, resolve_model_path
+from droneseg.extras import require, require_onnx
+from droneseg.files import atomic_save
 
 PARITY_TOL = 1e-3
 PARITY_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 64, 64), (2, 3, 45, 67), (1, 3, 97, 130), (1, 3, 1, 1))
 METADATA_KEYS = (
     "droneseg_version", "class_names", "class_colors", "scheme", "normalization", "long_side", "inference", "model",
-    "input", "output",
+    "input", "output", "model_info", "weights_sha256",
 )  # fmt: skip
 
 
@@ -57,9 +60,10 @@ class ExportResult:
                 f"on sizes {sizes} (limit {PARITY_TOL:g})")
 
 
-def metadata(net: torch.nn.Module, info: ModelInfo) -> dict[str, str]:
-    """What a consumer of the .onnx needs without model.json, as JSON strings."""
-    scheme = info.label_scheme()
+def metadata(net: torch.nn.Module, info: ModelInfo, digest: str) -> dict[str, str]:
+    """What a consumer of the .onnx needs without model.json, as JSON strings; ``digest``: :func:`weights_digest`
+    of the weights exported."""
+    scheme = info.scheme
     props = {
         "droneseg_version": __version__,
         "class_names": list(scheme.names),
@@ -71,10 +75,12 @@ def metadata(net: torch.nn.Module, info: ModelInfo) -> dict[str, str]:
             "std": net.std.flatten().tolist(),
         },
         "long_side": info.long_side,
-        "inference": info.inference_config().model_dump(),
-        "model": info.model,
+        "inference": info.inference.model_dump(),
+        "model": info.model.model_dump(mode="json"),
         "input": "image: float32 (B, 3, H, W) RGB in [0, 1] (pixels / 255), any B, H, W",
         "output": "logits: float32 (B, K, H, W), K = len(class_names)",
+        "model_info": info.to_json(),
+        "weights_sha256": digest,
     }
     return {k: json.dumps(v) for k, v in props.items()}
 
@@ -93,7 +99,7 @@ def _onnx_bytes(net: torch.nn.Module, opset: int, divisor: int) -> bytes:
 
 def parity(net: torch.nn.Module, data: bytes, shapes: tuple[tuple[int, int, int, int], ...] = PARITY_SHAPES) -> float:
     """Max absolute logit difference between ONNX Runtime and PyTorch over random inputs of ``shapes``."""
-    import onnxruntime as ort
+    ort = require_onnx()
 
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     gen = torch.Generator().manual_seed(0)
@@ -111,7 +117,9 @@ def parity(net: torch.nn.Module, data: bytes, shapes: tuple[tuple[int, int, int,
 
 def export(model: str | Path, out: Path | None = None, opset: int = 17) -> ExportResult:
     """Export ``model`` (run folder or model.json) to ``out``: a file, or a folder to hold ``model.onnx``
-    (default: the model's own folder, where ``predict --backend onnx`` looks for it)."""
+    (default: the model's own folder, where ``predict --backend onnx`` looks for it). Raises UserError when the
+    ``onnx`` extra is missing, DataError when ONNX Runtime does not reproduce PyTorch."""
+    require("onnx", "onnx", "onnxruntime", what="ONNX export and the onnx backend")
     import onnx
 
     t0 = time.perf_counter()
@@ -120,7 +128,7 @@ def export(model: str | Path, out: Path | None = None, opset: int = 17) -> Expor
     out = out / "model.onnx" if out.is_dir() else out
     net, info = load_model(model_dir, "cpu")
     proto = onnx.load_from_string(_onnx_bytes(net, opset, getattr(net, "size_divisor", 1)))
-    for key, value in metadata(net, info).items():
+    for key, value in metadata(net, info, weights_digest(model_dir)).items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = f"droneseg {__version__} model from {model_dir}"
     data = proto.SerializeToString()

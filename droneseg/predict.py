@@ -4,14 +4,16 @@ Contract
 --------
 * Inputs: photo files or folders (JPEG, PNG, TIFF; a folder is listed sorted, not recursively). EXIF orientation
   is applied (as everywhere in droneseg); grey, RGBA, CMYK and 16-bit photos become RGB
-  (:func:`droneseg.io.read_image`).
+  (:func:`droneseg.images.read_image`).
 * Working scale: a photo is decoded at the model's working scale (its long side = the model's ``long_side``, with
-  the resize filter it was trained with; :func:`droneseg.io.read_working_image`, the training cache's decoder).
+  the resize filter it was trained with; :func:`droneseg.images.read_working_image`, the training cache's decoder).
   That a photo of another size was taken from the same height is unknown, so its long side, not the dataset's
   scale factor, fixes the size. The network always sees that scale: a ground sampling distance it never trained
   on would change what it predicts, not just how fast.
-* Inference: :class:`droneseg.tiler.Tiler`, the code validation and ``evaluate`` run too, with the model's
-  :class:`~droneseg.tiler.InferenceConfig` (tile, overlap, blend, TTA, luma threshold; any may be overridden).
+* Inference: a :class:`~droneseg.session.ModelSession` (torch or ONNX Runtime, a run folder or an exported
+  ``.onnx``) and its :class:`~droneseg.tiler.Tiler`, the code validation and ``evaluate`` run too, with the model's
+  :class:`~droneseg.tiler.InferenceConfig` (tile, overlap, blend, TTA, luma threshold) changed by the command
+  line's :class:`~droneseg.tiler.InferenceOverrides`.
 * Output size: the photo's size, or ``scale`` (0 < scale <= 1) of it, for fast previews: ``--scale 0.25`` writes
   16x fewer pixels and skips decoding the full-size photo; the logits are the same, upsampled to wherever each
   output pixel lies (luma's split level, the map's own mean or median, is then taken over the smaller map).
@@ -22,9 +24,9 @@ Contract
   ``class_dict.csv`` (``name, r, g, b``, row = pixel value) beside them. Values follow
   :meth:`~droneseg.schemes.LabelScheme.written`: the dataset's indices and colours where the scheme maps classes one
   to one (``full``), the scheme's own 0..K-1 and colours where it groups them (``six``, ``paved``, ``luma``);
-  ``numbering`` forces either. For the run ``class_areas.csv``: one row per photo and target class with the pixels
-  written, their share of the photo and, with ``gsd`` (metres per photo pixel), area in square metres (a written
-  pixel covers gsd² / scale²).
+  ``numbering`` forces either. For the run ``class_areas.csv`` (:mod:`droneseg.areas`, the table orthomosaics
+  write too): one row per photo and target class with the pixels written, their share of the photo and, with
+  ``gsd`` (metres per photo pixel), area in square metres (a written pixel covers gsd² / scale²).
 * A photo that cannot be read is named on stderr in one line and skipped; ``PredictSummary.failed`` lists it.
 * A photo's alpha channel is a validity mask: transparent pixels get no class (255 in the mask, transparent in the
   colour mask, untinted in the overlay) and count in no area of ``class_areas.csv``.
@@ -33,60 +35,43 @@ Contract
   ``class_areas.csv`` of the whole list and ``predict_ranks.json`` (which rank segmented what).
 * Refused before any work: a missing input, two photos with one stem, an output path that is an input photo, an
   output folder another ``predict`` is writing to (a lock held for the whole run; files are atomic anyway).
-* ``backend="onnx"`` runs the same tiling on ONNX Runtime with ``model.onnx`` next to ``model.json``
-  (``droneseg export`` writes it); without one, the model is exported into a temporary folder for this call.
+* ``backend="onnx"`` runs the same tiling on ONNX Runtime (:mod:`droneseg.session`).
 
->>> ClassAreas(["a", "b"], gsd=0.5).rows("p.jpg", np.array([3, 1]))[1]["area_m2"]
-'0.2500'
+>>> sorted(output_paths(Path("a/p.jpg"), Path("out")))
+['color', 'mask', 'overlay']
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import sys
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm import tqdm
 
+from droneseg.areas import AreaTable, write_csv
 from droneseg.classes import IGNORE_INDEX, DataError
-from droneseg.cluster import broadcast_object, detect, device_for, gather_objects, process_group
+from droneseg.cluster import broadcast_object, detect, gather_objects, process_group
 from droneseg.geo import GDAL_SUFFIXES, is_ortho, require
-from droneseg.io import (IMAGE_SUFFIXES, atomic_save, atomic_write_text, folder_lock, photo_size, read_alpha,
-                         read_image, read_working_image)
-from droneseg.runs import ModelInfo, load_model, resolve_model_path
-from droneseg.schemes import LabelScheme, Numbering, WrittenClasses
-from droneseg.tiler import InferenceConfig, Tiler
+from droneseg.geo.options import OrthoOptions
+from droneseg.images import IMAGE_SUFFIXES, photo_size, read_alpha, read_image, read_working_image
+from droneseg.files import atomic_save, atomic_write_text, folder_lock
+from droneseg.schemes import Numbering, WrittenClasses
+from droneseg.session import ModelSession, open_session
+from droneseg.tiler import InferenceConfig, InferenceOverrides, Tiler
 
-Backend = Literal["torch", "onnx"]
 OVERLAY_ALPHA = 0.5
 OVERLAY_QUALITY = 90
 OVERLAY_BAND_ROWS = 256
 PNG_LEVEL = 3  # zlib level: half the time of PIL's default 6 on 6000x4000 masks, files ~15% larger
 # what a photo that cannot be decoded raises (read_image turns most into DataError)
 _READ_ERRORS = (DataError, OSError, SyntaxError, Image.DecompressionBombError)
-
-
-@dataclass(frozen=True)
-class OrthoOptions:
-    """How orthomosaic inputs are segmented (:mod:`droneseg.geo.ortho`); photos ignore them."""
-
-    model_gsd: float | None = None  # metres per working pixel; None: model.json's
-    confidence: bool = False
-    vector: Literal["gpkg", "geojson"] | None = "gpkg"
-    min_area: float | None = None  # m²
-    simplify: float | None = None  # CRS units
-    strip: int = 4096  # working pixels of core width per strip
 
 
 @dataclass
@@ -102,33 +87,6 @@ class PredictSummary:
     rank: int = 0  # in a job of several processes: this one's rank (rank 0's summary covers them all)
     ranks: dict[int, list[str]] = field(default_factory=dict)  # photos each rank segmented
     orthos: dict[str, dict] = field(default_factory=dict)  # orthomosaic -> {"files", "seconds", "tiles", …}
-
-
-@dataclass
-class ClassAreas:
-    """Rows of ``class_areas.csv``: per photo and target class, pixels, share and (with gsd) square metres."""
-
-    names: list[str]
-    gsd: float | None
-
-    def rows(self, photo: str, counts: np.ndarray, pixel_area: float = 1.0) -> list[dict[str, str]]:
-        """``counts``: (K,) written pixels per class; ``pixel_area``: photo pixels one written pixel covers."""
-        total = int(counts.sum())
-        rows = []
-        for name, n in zip(self.names, counts.tolist()):
-            row = {"photo": photo, "class": name, "pixels": str(n), "share": f"{n / total:.6f}"}
-            if self.gsd is not None:
-                row["area_m2"] = f"{n * pixel_area * self.gsd**2:.4f}"
-            rows.append(row)
-        return rows
-
-    def write(self, path: Path, rows: list[dict[str, str]]) -> None:
-        buf = io.StringIO()
-        fields = ["photo", "class", "pixels", "share"] + (["area_m2"] if self.gsd is not None else [])
-        writer = csv.DictWriter(buf, fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        atomic_write_text(path, buf.getvalue())
 
 
 def list_photos(inputs: list[Path]) -> list[Path]:
@@ -180,38 +138,6 @@ def check_outputs(photos: list[Path], out: Path) -> None:
                 raise DataError(f"{target}: predicting {p.name} would overwrite this input photo; choose another --out")
 
 
-def onnx_runner(model_dir: Path, scheme: LabelScheme, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A tile runner on ONNX Runtime, from ``model.onnx`` next to ``model.json`` or a temporary export."""
-    import onnxruntime as ort  # deferred: only the onnx backend needs it
-
-    path = model_dir / "model.onnx"
-    if path.is_file():
-        data = path.read_bytes()
-    else:
-        from droneseg.export import export
-
-        with tempfile.TemporaryDirectory() as tmp:
-            tqdm.write(f"no {path}: exporting a temporary one (run `droneseg export` to keep it)", file=sys.stderr)
-            data = export(model_dir, Path(tmp) / "model.onnx").path.read_bytes()
-    wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
-    providers = [p for p in wanted if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
-    options = ort.SessionOptions()
-    # idle ORT threads spin by default, starving the torch blending that runs between tile batches
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.enable_mem_pattern = False  # its per-shape plan held ~170 MB more on a 2x512² batch, for no speed
-    session = ort.InferenceSession(data, options, providers=providers)
-    names = json.loads(session.get_modelmeta().custom_metadata_map.get("class_names", "null"))
-    if names != list(scheme.names):
-        raise DataError(f"{path}: exported from another model (classes {names}); run `droneseg export` again")
-    input_name = session.get_inputs()[0].name
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        pixels = np.ascontiguousarray(x.cpu().numpy())  # the tiler's batches are channels-last in memory
-        return torch.from_numpy(session.run(None, {input_name: pixels})[0]).to(x.device)
-
-    return run
-
-
 def write_outputs(photo: np.ndarray, labels: np.ndarray, written: WrittenClasses, files: dict[str, Path]) -> np.ndarray:
     """Mask, colour mask and overlay of one photo, in ``written``'s numbering; -> (K,) pixel count per target.
 
@@ -254,13 +180,8 @@ def predict(
     model: str | Path,
     inputs: list[Path],
     out: Path,
-    tile: int | None = None,
-    overlap: float | None = None,
-    batch: int | None = None,
-    blend: str | None = None,
-    tta: bool | None = None,
-    luma: str | None = None,
-    backend: Backend = "torch",
+    inference: InferenceOverrides | None = None,
+    backend: str | None = None,
     gsd: float | None = None,
     scale: float = 1.0,
     numbering: Numbering = "auto",
@@ -268,10 +189,11 @@ def predict(
     progress: bool = True,
     ortho: OrthoOptions | None = None,
 ) -> PredictSummary:
-    """Segment every photo of ``inputs`` into ``out`` (see the module contract).
+    """Segment every photo of ``inputs`` into ``out`` (see the module contract) with the model ``model`` (a run
+    folder, its model.json, or an exported .onnx) on ``backend`` (:data:`droneseg.session.BACKENDS`).
 
-    Inference settings left None come from ``model.json``. Raises DataError (bad inputs or options, an output folder
-    another predict holds) before any photo is read or any output written.
+    ``inference``: changes to the model's inference settings. Raises DataError (bad inputs or options, an output
+    folder another predict holds) before any photo is read or any output written.
     """
     t_start = time.perf_counter()
     # 1. setup: check arguments and inputs before loading anything
@@ -279,24 +201,24 @@ def predict(
         raise DataError(f"scale must be in (0, 1], got {scale}")
     if gsd is not None and not gsd > 0:
         raise DataError(f"gsd must be a positive number of metres per pixel, got {gsd}")
-    if backend not in ("onnx", "torch"):
-        raise DataError(f"unknown backend {backend!r}; choose from ['onnx', 'torch']")
     out = Path(out)
     ortho = ortho or OrthoOptions()
-    for option, value, what in (("--model-gsd", ortho.model_gsd, "metres per pixel"), ("--min-area", ortho.min_area,
-                                "m²"), ("--simplify", ortho.simplify, "CRS units")):
-        if value is not None and not 0 < value < float("inf"):
-            raise DataError(f"{option} must be a positive number of {what}, got {value}")
     photos = list_photos(inputs)
     check_outputs(photos, out)
     if any(is_ortho(p) for p in photos):
         require()  # before the model is loaded: a missing extra is said at once
-    model_dir = resolve_model_path(model)
     env = detect()
     with process_group(env) as (rank, world):
-        return _predict(model_dir, photos, out, rank, world, env.local_rank, tile=tile, overlap=overlap, batch=batch,
-                        blend=blend, tta=tta, luma=luma, backend=backend, gsd=gsd, scale=scale, numbering=numbering,
-                        device=device, progress=progress and rank == 0, t_start=t_start, ortho=ortho)
+        session = open_session(model, backend, device, env.local_rank)
+        settings = session.settings(inference)
+        scheme = session.scheme
+        if scheme.is_luma and any(is_ortho(p) for p in photos):
+            raise DataError(f"{next(p for p in photos if is_ortho(p))}: the luma scheme splits each photo at its own "
+                            "mean brightness; it has no meaning on an orthomosaic")
+        written = scheme.written(numbering)
+        with _job_lock(out, rank, world):  # settings checked and model loaded: now the folder is ours
+            return _segment(photos, out, rank, world, written, session, settings, gsd, scale,
+                            progress and rank == 0, t_start, ortho)
 
 
 @contextlib.contextmanager
@@ -316,33 +238,13 @@ def _job_lock(out: Path, rank: int, world: int) -> Iterator[None]:
         yield
 
 
-def _predict(model_dir: Path, photos: list[Path], out: Path, rank: int, world: int, local_rank: int, *,
-             tile: int | None, overlap: float | None, batch: int | None, blend: str | None, tta: bool | None,
-             luma: str | None, backend: Backend, gsd: float | None, scale: float, numbering: Numbering,
-             device: str | None, progress: bool, t_start: float, ortho: OrthoOptions) -> PredictSummary:
-    """:func:`predict` on this rank's photos (every ``world``-th from ``rank``); rank 0 writes the run's tables."""
-    dev = device_for(device, local_rank)
-    tiler_dev = dev if backend == "torch" else torch.device("cpu")  # ORT takes and returns host arrays
-    net, info = load_model(model_dir, tiler_dev)
-    scheme = info.label_scheme()
-    if scheme.is_luma and any(is_ortho(p) for p in photos):
-        raise DataError(f"{next(p for p in photos if is_ortho(p))}: the luma scheme splits each photo at its own "
-                        "mean brightness; it has no meaning on an orthomosaic")
-    written = scheme.written(numbering)
-    settings = info.inference_config().override(tile=tile, overlap=overlap, batch=batch, blend=blend, tta=tta,
-                                                luma_threshold=luma)
-    run = net if backend == "torch" else onnx_runner(model_dir, scheme, dev)
-    tiler = Tiler.from_config(run, scheme.num_classes, settings, tiler_dev)
-    areas = ClassAreas(list(scheme.names), gsd)
-    with _job_lock(out, rank, world):  # settings checked and model loaded: now the folder is ours
-        return _segment(photos, out, rank, world, written, tiler, areas, info, settings, scheme, scale, progress,
-                        t_start, ortho)
-
-
-def _segment(photos: list[Path], out: Path, rank: int, world: int, written: WrittenClasses, tiler: Tiler,
-             areas: ClassAreas, info: ModelInfo, settings: InferenceConfig, scheme: LabelScheme, scale: float,
-             progress: bool, t_start: float, ortho: OrthoOptions) -> PredictSummary:
-    """:func:`_predict`'s loop over this rank's photos and the run's tables, with the output folder locked."""
+def _segment(photos: list[Path], out: Path, rank: int, world: int, written: WrittenClasses, session: ModelSession,
+             settings: InferenceConfig, gsd: float | None, scale: float, progress: bool, t_start: float,
+             ortho: OrthoOptions) -> PredictSummary:
+    """:func:`predict`'s loop over this rank's photos (every ``world``-th from ``rank``) and the run's tables, with
+    the output folder locked; rank 0 writes the tables."""
+    tiler = session.tiler(settings)
+    scheme, info = session.scheme, session.info
     rows: list[dict[str, str]] = []
     orthos: dict[str, dict] = {}
     done: list[str] = []
@@ -357,7 +259,7 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
         t0 = time.perf_counter()
         if is_ortho(path):
             try:
-                result = _segment_ortho(path, out, tiler, written, scheme.names, info, ortho, progress)
+                result = _segment_ortho(path, out, tiler, written, session, ortho, progress)
             except DataError as exc:
                 tqdm.write(f"skipped {exc}", file=sys.stderr)
                 failed.append(str(path))
@@ -390,7 +292,9 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
         t2 = time.perf_counter()
         counts = write_outputs(photo, labels, written, output_paths(path, out))
         del photo, small, labels  # before the next photo is read
-        rows += areas.rows(str(path), counts, pixel_area=(W / size[0]) * (H / size[1]))
+        areas = AreaTable(list(scheme.names), [int(v) for v in written.values])
+        areas.add_counts(counts, gsd**2 * (W / size[0]) * (H / size[1]) if gsd is not None else None)
+        rows += areas.rows(photo=str(path))
         done.append(str(path))
         timings["read"] += t1 - t0
         timings["infer"] += t2 - t1
@@ -406,30 +310,28 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
     rows = sorted((row for part in parts for row in part[0]), key=lambda row: order[row["photo"]])
     done = sorted((p for part in parts for p in part[1]), key=order.__getitem__)
     failed = sorted((p for part in parts for p in part[2]), key=order.__getitem__)
-    table = out / "class_areas.csv" if rows else None
-    if table is not None:
-        areas.write(table, rows)
-    summary = PredictSummary(out, done, failed, table, time.perf_counter() - t_start, timings, rank, ranks, orthos)
+    areas_csv = out / "class_areas.csv" if rows else None
+    if areas_csv is not None:
+        write_csv(areas_csv, rows)
+    summary = PredictSummary(out, done, failed, areas_csv, time.perf_counter() - t_start, timings, rank, ranks, orthos)
     if world > 1:  # which process segmented what, for a job's logs
         atomic_write_text(out / "predict_ranks.json", json.dumps({"ranks": world, "photos": ranks,
                                                                   "failed": failed}, indent=1) + "\n")
     return summary
 
 
-def _segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, scheme_names: tuple[str, ...],
-                   info: ModelInfo, ortho: OrthoOptions, progress: bool):
+def _segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, session: ModelSession,
+                   ortho: OrthoOptions, progress: bool):
     """One orthomosaic through :func:`droneseg.geo.ortho.segment_ortho` -> its OrthoResult."""
     import warnings
 
     from droneseg.geo.ortho import segment_ortho
 
+    info = session.info
     model_gsd = ortho.model_gsd if ortho.model_gsd is not None else info.gsd
     with warnings.catch_warnings():  # said at once, on one line, above the progress bar
         warnings.showwarning = lambda message, *args, **kwargs: tqdm.write(f"warning: {message}", file=sys.stderr)
-        result = segment_ortho(path, out, tiler, written, model_gsd, class_names=list(scheme_names),
-                               image_filter=info.image_filter,
-                               confidence=ortho.confidence, vector=ortho.vector, min_area=ortho.min_area,
-                               simplify=ortho.simplify, strip=ortho.strip, progress=progress,
-                               meta={"model_gsd_source": "--model-gsd" if ortho.model_gsd is not None else
-                                     ("model.json" if info.gsd is not None else "unknown")})
-    return result
+        return segment_ortho(path, out, tiler, written, model_gsd, ortho, class_names=list(session.scheme.names),
+                             image_filter=info.image_filter, progress=progress,
+                             meta={"model_gsd_source": "--model-gsd" if ortho.model_gsd is not None else
+                                   ("model.json" if info.gsd is not None else "unknown")})

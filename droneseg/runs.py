@@ -1,4 +1,4 @@
-"""Run folders and the trained-model artefact (``model.safetensors`` + ``model.json``).
+"""Run folders: new, a job's, resumed, extended (the model artefact in them: :mod:`droneseg.artifact`).
 
 Contract
 --------
@@ -6,13 +6,15 @@ Contract
   on a clash). In a job (torchrun, SLURM, OAR: :mod:`droneseg.cluster`) every rank and node derives the
   same name from the job id, ``<name>-job<id>``; rank 0 creates it, the others wait for it, and a
   requeued job finds it again and resumes it.
-* ``model.json`` holds all that ``predict``/``evaluate``/``export`` need (architecture, scheme,
-  working size and resize filter, inference settings, the identity of the training dataset);
-  ``model.safetensors`` holds tensors only, so loading a model never unpickles.
-  Neither this module nor its callers import Lightning.
+* :func:`resolve_run` decides what ``train`` does with a folder: ``--resume`` continues a run exactly as
+  configured (``--max-epochs``/``--max-time`` also extend a finished one, whose model and summary
+  :func:`archive_finished` moves to ``previous/N/`` first: nothing is lost); ``--run-dir`` (or a job's folder)
+  resumes an unfinished run configured the same, else starts a new run there. A run's ``config.yaml`` written
+  before 0.2 is read as it was meant (its ``unet`` is the classic U-Net).
+  Nothing here imports Lightning.
 
->>> ModelInfo.from_dict(ModelInfo(model={"arch": "unet"}, scheme={}, long_side=512).to_dict()).long_side
-512
+>>> differences({"train": {"lr": 0.1}, "environment": {}}, {"train": {"lr": 0.2}})
+['train.lr']
 """
 
 from __future__ import annotations
@@ -20,22 +22,17 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
+import yaml
 
-from droneseg import __version__
-from droneseg.classes import DataError
 from droneseg.cluster import ClusterEnv, detect
-from droneseg.io import atomic_open, atomic_write_json
-from droneseg.schemes import LabelScheme
-from droneseg.tiler import InferenceConfig
+from droneseg.config import RunConfig, dump_config, validate
+from droneseg.errors import DataError
+from droneseg.models import legacy_model_dict
 
-MODEL_FORMAT = 3  # 2: image_filter, inference and dataset at the top level; 3: gsd
 RUN_DIR_ENV = "DRONESEG_RUN_DIR"  # set by the process that created the run folder, for the ones it launches
 
 
@@ -101,93 +98,95 @@ def new_run_dir(out: Path, name: str, env: ClusterEnv | None = None, wait_s: flo
     raise DataError(f"{out}: cannot find a free run folder name for {name}-{stamp}")
 
 
-@dataclass
-class ModelInfo:
-    """What a trained model needs besides its weights.
+EXTENDABLE = ("train.max_epochs", "train.max_time")
+"""What ``--resume`` may change: a finished run continues for more epochs or more time."""
 
-    ``long_side``/``image_filter``: how photos are brought to the working scale (as the training cache did);
-    ``inference``: :class:`~droneseg.tiler.InferenceConfig` values (tile, overlap, blend, TTA…);
-    ``dataset``: ``{"root", "fingerprint", "images"}`` of the training dataset, so that ``evaluate`` uses the run's
-    own split files only on that dataset; ``gsd``: metres of ground per working pixel (``data.gsd`` scaled by the
-    photos' native size over the working size), None when the training photos' GSD was not given.
+
+def saved_config(run: Path) -> dict:
+    """A run's ``config.yaml`` as plain data (its ``environment`` section removed); one written before 0.2 names
+    the classic U-Net ``unet``, read as ``classic-unet``. Raises DataError when there is none."""
+    path = Path(run) / "config.yaml"
+    if not path.is_file():
+        raise DataError(f"{run}: no config.yaml; not a droneseg run folder")
+    saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    saved.pop("environment", None)
+    if isinstance(saved.get("model"), dict):
+        saved["model"] = legacy_model_dict(saved["model"])
+    return saved
+
+
+def differences(saved: dict, now: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Dotted keys whose values differ between two configs as plain data (the ``environment`` aside)."""
+
+    def walk(a: object, b: object, key: str) -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)]
+        return [] if a == b or key in ignore else [key]
+
+    return walk({k: v for k, v in saved.items() if k != "environment"},
+                {k: v for k, v in now.items() if k != "environment"}, "")
+
+
+def archive_finished(run: Path) -> Path:
+    """Move a finished run's model and summary to ``previous/N/`` before it is extended: nothing is lost."""
+    n = 1
+    while (run / "previous" / str(n)).exists():
+        n += 1
+    dest = run / "previous" / str(n)
+    dest.mkdir(parents=True)
+    for name in ("train_summary.json", "model.safetensors", "model.json", "training_curves.png"):
+        if (run / name).exists():
+            os.replace(run / name, dest / name)
+    return dest
+
+
+def resolve_run(cfg: RunConfig | None, out: Path, resume: Path | None, run_dir: Path | None, extend: dict,
+                env: ClusterEnv, checkpoint_of: Callable[[Path], Path | None]
+                ) -> tuple[RunConfig, Path | None, Path | None, bool]:
+    """-> (config, run folder or None for a new one, checkpoint to resume from, whether a finished run is extended).
+
+    ``checkpoint_of(run)``: the checkpoint a run folder resumes from, or None (the training engine's
+    ``resume_checkpoint``: reading a checkpoint is the engine's business).
+
+    ``resume``: that run exactly as configured, save ``extend`` (``train.max_epochs``/``train.max_time`` values),
+    which also continues a finished run. ``run_dir`` (or, in a job, the job's folder): resumed if it holds an
+    unfinished run with a checkpoint and the same config (a requeued job), else a new run there. Raises DataError.
     """
-
-    model: dict
-    scheme: dict
-    long_side: int | None
-    crop: int | None = None
-    image_filter: str = "area"
-    inference: dict = field(default_factory=dict)
-    dataset: dict | None = None
-    gsd: float | None = None  # metres per working pixel (the ground the network saw per pixel); None: unknown
-    version: str = __version__
-    format: int = MODEL_FORMAT
-    extra: dict = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> ModelInfo:
-        d = dict(d)
-        if "image_filter" not in d and "image_filter" in d.get("extra", {}):  # models written before 0.2
-            d["image_filter"] = d["extra"]["image_filter"]
-        return cls(**d)
-
-    def label_scheme(self) -> LabelScheme:
-        return LabelScheme.from_dict(self.scheme)
-
-    def inference_config(self) -> InferenceConfig:
-        """The model's inference settings (defaults for what it does not record)."""
-        return InferenceConfig.model_validate(self.inference)
-
-
-def save_model(folder: Path, net: torch.nn.Module, info: ModelInfo) -> Path:
-    """Write ``model.safetensors`` and ``model.json`` atomically; returns the json path."""
-    folder = Path(folder)
-    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    with atomic_open(folder / "model.safetensors", "wb") as fh:
-        fh.write(safetensors_bytes(state))
-    atomic_write_json(folder / "model.json", info.to_dict())
-    return folder / "model.json"
+    if resume is not None:
+        run = Path(resume)
+        saved = saved_config(run)
+        for key, value in extend.items():
+            section, name = key.split(".")
+            saved[section][name] = value
+        cfg = validate(saved, str(run / "config.yaml"))
+        ckpt = checkpoint_of(run)
+        if ckpt is None:
+            raise DataError(f"{run}: no checkpoints/last.ckpt to resume from")
+        if finished(run) and not extend:
+            stopped = json.loads((run / "train_summary.json").read_text(encoding="utf-8")).get("stopped_by")
+            raise DataError(f"{run}: this run finished (stopped by {stopped}); continue it with --resume {run} "
+                            "--max-epochs N or --max-time T")
+        return cfg, run, ckpt, finished(run)
+    assert cfg is not None, "a new run needs its config"
+    if run_dir is None and env.names_run:
+        run_dir = job_run_dir(out, cfg.name, env.job_id)
+    if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
+        return cfg, run_dir, None, False
+    run = Path(run_dir)
+    if finished(run):
+        raise DataError(f"{run}: holds a finished run; continue it with --resume {run} --max-epochs N or --max-time T")
+    ckpt = checkpoint_of(run)
+    if ckpt is None:
+        return cfg, run, None, False  # stopped before its first checkpoint: start again in the same folder
+    diff = differences(saved_config(run), yaml.safe_load(dump_config(cfg)))
+    if diff:
+        raise DataError(f"{run}: holds an unfinished run configured differently ({diff[0]}); resume it with "
+                        f"--resume {run} or choose another --run-dir")
+    return cfg, run, ckpt, False
 
 
-def resolve_model_path(path: str | Path) -> Path:
-    """A run folder, its ``model.json`` or ``model.safetensors`` -> the folder holding both."""
-    p = Path(path)
-    folder = p if p.is_dir() else p.parent
-    for name in ("model.json", "model.safetensors"):
-        if not (folder / name).is_file():
-            raise DataError(f"{folder}: no {name} (train a model first, or point at a run folder)")
-    return folder
-
-
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, ModelInfo]:
-    """The trained net in eval mode, and its :class:`ModelInfo`."""
-    from droneseg.models import ModelConfig, build_model
-
-    folder = resolve_model_path(path)
-    try:
-        raw = json.loads((folder / "model.json").read_text(encoding="utf-8"))
-        if int(raw.get("format", 1)) > MODEL_FORMAT:
-            raise DataError(f"{folder / 'model.json'}: format {raw['format']} is newer than this droneseg "
-                            f"({__version__}) understands; upgrade droneseg")
-        info = ModelInfo.from_dict(raw)
-    except (json.JSONDecodeError, TypeError, AttributeError, ValueError) as exc:
-        if isinstance(exc, DataError):
-            raise
-        raise DataError(f"{folder / 'model.json'}: not a droneseg model description ({exc})") from None
-    cfg = ModelConfig.model_validate({**info.model, "weights": None})  # weights come from the file below
-    net = build_model(cfg, len(info.scheme["names"]))
-    try:
-        state = load_file(str(folder / "model.safetensors"))
-    except Exception as exc:  # safetensors raises its own error types
-        raise DataError(f"{folder / 'model.safetensors'}: unreadable weights ({exc})") from None
-    missing, unexpected = net.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise DataError(
-            f"{folder / 'model.safetensors'}: weights do not fit the model in model.json "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
-    return net.to(device).eval(), info
-
+def make_run_dir(run_dir: Path | None, out: Path, name: str, env: ClusterEnv) -> Path:
+    """``run_dir`` (made by the creating process, waited for by the others), or a new run folder in ``out``."""
+    if run_dir is None:
+        return new_run_dir(out, name, env)
+    return shared_run_dir(run_dir, env)

@@ -103,6 +103,27 @@ class InferenceConfig(BaseModel):
             raise DataError(f"{where}: {err['msg']} (got {err.get('input')!r})") from None
 
 
+class InferenceOverrides(BaseModel):
+    """The command line's changes to a model's :class:`InferenceConfig` (``--tile``, ``--overlap``, ``--batch``,
+    ``--blend``, ``--tta``, ``--luma-threshold``): None keeps the model's value. One object from the CLI down.
+
+    >>> InferenceOverrides(tile=256).apply(InferenceConfig()).tile
+    256
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    tile: int | None = None
+    overlap: float | None = None
+    batch: int | None = None
+    blend: str | None = None
+    tta: bool | None = None
+    luma_threshold: str | None = None
+
+    def apply(self, base: InferenceConfig) -> InferenceConfig:
+        """``base`` with these values; raises DataError naming the option and the problem."""
+        return base.override(**self.model_dump())
+
+
 _LUMA_STATS = {
     "mean": lambda x: x.mean(-1),
     "median": lambda x: x.median(-1).values,  # lower median; torch.quantile refuses > 2**24 elements

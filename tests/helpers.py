@@ -9,8 +9,16 @@ import torch
 
 from droneseg.data.synthetic import render_scene
 from droneseg.models import ModelConfig, build_model
-from droneseg.runs import ModelInfo, save_model
+from droneseg.artifact import ModelInfo, save_model
 from droneseg.schemes import get_scheme
+
+
+TINY_TRAIN = ["--set", "model.channels=[8,16]", "--set", "data.crop=48", "--set", "data.batch_size=2",
+              "--set", "data.samples_per_epoch=4", "--set", "data.workers=0", "--set", "data.long_side=null",
+              "--set", "train.sample_every=0"]
+"""The tiny training recipe end-to-end tests share, after ``-c demo`` (add ``--max-epochs``, and ``--set`` what a
+test is about; a later ``--set`` of a key wins): the demo preset's classic U-Net at [8, 16], 2 crops of 48 px per step, 4 crops per
+epoch, at the photos' own size, no loader processes, no sample figures."""
 
 
 def tiny_net(num_classes: int, seed: int = 0) -> torch.nn.Module:
@@ -28,8 +36,7 @@ def save_tiny_model(folder: Path, scheme: str = "full", long_side: int | None = 
                     dataset: dict | None = None, gsd: float | None = None) -> Path:
     """``tiny_net`` saved as a run's model.safetensors + model.json in ``folder``."""
     s, cfg = get_scheme(scheme), ModelConfig(channels=[8, 16])
-    info = ModelInfo(model=cfg.model_dump(mode="json"), scheme=s.to_dict(), long_side=long_side,
-                     inference=inference or {}, dataset=dataset, gsd=gsd)
+    info = ModelInfo(model=cfg, scheme=s, long_side=long_side, inference=inference or {}, dataset=dataset, gsd=gsd)
     Path(folder).mkdir(parents=True, exist_ok=True)
     save_model(folder, tiny_net(s.num_classes), info)
     return Path(folder)

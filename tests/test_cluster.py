@@ -19,11 +19,11 @@ import yaml
 from safetensors.torch import load_file
 
 from droneseg.classes import DataError
+from helpers import TINY_TRAIN
 from droneseg.cluster import ClusterEnv, cpu_threads, detect, master_port, oar_nodes, prepare
 
-TINY = ["--set", "model.channels=[8,16]", "--set", "data.crop=48", "--set", "data.batch_size=2",
-        "--set", "data.samples_per_epoch=8", "--set", "data.workers=0", "--set", "data.long_side=null",
-        "--set", "train.sample_every=0", "--set", "train.accelerator=cpu", "--set", "train.patience=null"]
+TINY = [*TINY_TRAIN, "--set", "data.samples_per_epoch=8", "--set", "train.accelerator=cpu",
+        "--set", "train.patience=null"]
 
 
 def _cli(*args: str) -> list[str]:
@@ -64,7 +64,7 @@ def _validate_one_process(run: Path, data: Path) -> dict:
     raw.pop("environment")
     cfg = validate(raw, "config.yaml")
     torch.set_num_threads(1)
-    dm = DroneDataModule(cfg.data, data, seed=cfg.train.seed)
+    dm = DroneDataModule(cfg.data.model_copy(update={"root": str(data)}), seed=cfg.train.seed)
     task = SegmentationTask.load_from_checkpoint(run / "checkpoints" / "last.ckpt", map_location="cpu")
     trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
                          enable_model_summary=False)

@@ -10,16 +10,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import droneseg.evaluate as evaluate_module
+import droneseg.session as session_module
+from droneseg.tiler import InferenceOverrides
 from droneseg.classes import ClassTable, DataError
 from droneseg.data.layout import find_layout
 from droneseg.data.synthetic import write_synthetic
 from droneseg.evaluate import curve_stride, evaluate
-from droneseg.io import read_mask
+from droneseg.images import read_mask
 from droneseg.predict import predict
-from droneseg.runs import load_model
+from droneseg.artifact import load_model
 from droneseg.schemes import get_scheme
-from helpers import ShapeRecorder, save_tiny_model
+from helpers import TINY_TRAIN, ShapeRecorder, save_tiny_model
 
 
 def rescore(data: Path, masks: Path, ids: list[str], scheme_name: str, numbering: str = "scheme") -> dict:
@@ -75,10 +76,9 @@ def test_predict_masks_rescore_evaluate_miou_when_the_photo_spans_several_tiles(
 
     data = write_synthetic(tmp_path / "data", n=6, size=(384, 256), seed=3, val_fraction=0.34)
     result = CliRunner().invoke(app, [
-        "train", "-c", "demo", "--data", str(data), "--out", str(tmp_path / "runs"), "--max-epochs", "2",
-        "--set", "model.channels=[8,16]", "--set", "data.crop=64", "--set", "data.batch_size=2",
-        "--set", "data.samples_per_epoch=4", "--set", "data.workers=0", "--set", "data.long_side=256",
-        "--set", "inference.tile=96", "--set", "inference.overlap=0.25", "--set", "train.sample_every=0",
+        "train", "-c", "demo", "--data", str(data), "--out", str(tmp_path / "runs"), "--max-epochs", "2", *TINY_TRAIN,
+        "--set", "data.crop=64", "--set", "data.long_side=256", "--set", "inference.tile=96",
+        "--set", "inference.overlap=0.25",
     ])
     assert result.exit_code == 0, result.output
     run = Path(result.stdout.strip().splitlines()[-1])
@@ -104,7 +104,7 @@ def test_a_native_size_model_is_evaluated_in_tiles_never_in_one_pass(synth_root,
         recorder.shapes = seen
         return recorder, info
 
-    monkeypatch.setattr(evaluate_module, "load_model", load)
+    monkeypatch.setattr(session_module, "load_model", load)
     model = save_tiny_model(tmp_path / "run", "six", long_side=None, inference={"tile": 32, "overlap": 0.5})
     metrics = json.loads((evaluate(model, synth_root, figures=0, progress=False) / "metrics.json").read_text())
     assert seen and max(max(s) for s in seen) == 32  # 96x64 photos, 32-pixel tiles
@@ -121,7 +121,7 @@ def test_curves_sample_large_images_on_a_regular_grid():
 
 def test_luma_scheme_thresholds_each_map_and_scores_two_classes(synth_root, tmp_path):
     model = save_tiny_model(tmp_path / "run", "luma", long_side=None, inference={"tile": 48})
-    folder = evaluate(model, synth_root, split="val", luma="median", figures=0, progress=False)
+    folder = evaluate(model, synth_root, split="val", figures=0, progress=False, inference=InferenceOverrides(luma_threshold="median"))
     metrics = json.loads((folder / "metrics.json").read_text())
     assert metrics["luma_threshold"] == "median"
     assert [c["name"] for c in metrics["per_class"]] == ["dark", "bright"]

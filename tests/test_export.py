@@ -13,10 +13,11 @@ import torch
 from PIL import Image
 
 from droneseg import __version__
+from droneseg.tiler import InferenceOverrides
 from droneseg.classes import DataError
 from droneseg.export import PARITY_TOL, export
 from droneseg.predict import predict
-from droneseg.runs import load_model
+from droneseg.artifact import load_model
 from droneseg.schemes import get_scheme
 from helpers import save_tiny_model, scene
 
@@ -65,7 +66,7 @@ def test_onnx_backend_predicts_the_same_labels_as_torch(exported, tmp_path):
     folder, _ = exported
     Image.fromarray(scene(181, 127)).save(tmp_path / "p.png")
     for backend in ("torch", "onnx"):
-        predict(folder, [tmp_path / "p.png"], tmp_path / backend, tile=48, overlap=0.3, backend=backend, progress=False)
+        predict(folder, [tmp_path / "p.png"], tmp_path / backend, backend=backend, progress=False, inference=InferenceOverrides(tile=48, overlap=0.3))
     a, b = (np.asarray(Image.open(tmp_path / backend / "p.png")) for backend in ("torch", "onnx"))
     assert len(np.unique(a)) >= 2 and (a == b).mean() >= 0.999
 
@@ -73,7 +74,7 @@ def test_onnx_backend_predicts_the_same_labels_as_torch(exported, tmp_path):
 def test_onnx_backend_without_model_onnx_exports_a_temporary_one(tmp_path, capsys):
     folder = save_tiny_model(tmp_path / "m")
     Image.fromarray(scene(50, 40)).save(tmp_path / "p.png")
-    summary = predict(folder, [tmp_path / "p.png"], tmp_path / "out", tile=32, backend="onnx", progress=False)
+    summary = predict(folder, [tmp_path / "p.png"], tmp_path / "out", backend="onnx", progress=False, inference=InferenceOverrides(tile=32))
     assert summary.failed == [] and (tmp_path / "out" / "p.png").is_file()
     assert not (folder / "model.onnx").exists() and "exporting a temporary one" in capsys.readouterr().err
 
@@ -87,5 +88,5 @@ def test_model_onnx_of_another_model_is_refused(exported, tmp_path):
     folder = save_tiny_model(tmp_path / "m", scheme="full")
     shutil.copy(exported[1].path, folder / "model.onnx")
     Image.fromarray(scene(40, 40)).save(tmp_path / "p.png")
-    with pytest.raises(DataError, match="model.onnx: exported from another model"):
+    with pytest.raises(DataError, match="model.onnx: exported from other weights"):
         predict(folder, [tmp_path / "p.png"], tmp_path / "out", backend="onnx", progress=False)

@@ -26,6 +26,7 @@ from droneseg import cli  # noqa: E402
 from droneseg.classes import ClassTable  # noqa: E402
 from droneseg.errors import DataError, UserError  # noqa: E402
 from droneseg.geo import is_ortho, require  # noqa: E402
+from droneseg.geo.options import OrthoOptions  # noqa: E402
 from droneseg.geo.ortho import NODATA, plan_strips, segment_ortho, working_grid  # noqa: E402
 from droneseg.geo.raster import open_ortho  # noqa: E402
 from droneseg.geo.scene import labels_path, write_synthetic_ortho  # noqa: E402
@@ -83,7 +84,8 @@ def test_class_cog_keeps_crs_and_transform_collar_is_nodata_and_it_validates(fla
     from rio_cogeo.cogeo import cog_validate
 
     src, _ = flat["5cm"]
-    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, strip=256, confidence=True, progress=False)
+    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, OrthoOptions(strip=256, confidence=True),
+                        progress=False)
     with rasterio.open(src) as a, rasterio.open(res.files["classes"]) as b:
         assert b.crs == a.crs and b.crs.to_wkt() == a.crs.to_wkt()
         assert b.transform == a.transform and (b.width, b.height) == (a.width, a.height)
@@ -107,7 +109,7 @@ def test_class_cog_keeps_crs_and_transform_collar_is_nodata_and_it_validates(fla
 @pytest.mark.parametrize("copy", ["5cm", "2cm"])
 def test_class_areas_match_the_known_areas_of_the_scene_within_2_percent(flat, tmp_path, copy):
     src, known = flat[copy]
-    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, strip=384, vector=None, progress=False)
+    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, OrthoOptions(strip=384, vector=None), progress=False)
     table = json.loads(res.files["areas_json"].read_text())
     assert res.scale == pytest.approx((0.05 / 0.05 if copy == "5cm" else 0.4,) * 2)
     got = {row["class"]: row["area_m2"] for row in table["classes"]}
@@ -135,7 +137,7 @@ def test_a_scene_predicted_in_strips_equals_the_one_pass_result(textured, tmp_pa
     # batch 1: a strip's tile rows batch other tiles together than the whole scene's, and a CPU library may pick
     # another convolution algorithm for another batch size (last-bit differences); one tile at a time, never
     tiler = Tiler(tiny_net(SCHEME.num_classes), SCHEME.num_classes, tile=96, overlap=0.25, batch=1)
-    res = segment_ortho(src, tmp_path, tiler, WRITTEN, 0.05, strip=160, vector=None, progress=False)
+    res = segment_ortho(src, tmp_path, tiler, WRITTEN, 0.05, OrthoOptions(strip=160, vector=None), progress=False)
     assert res.strips >= 4 and res.tiles_skipped > 0
     with open_ortho(src) as o:
         grid = working_grid(o.width, o.height, res.scale)
@@ -179,7 +181,7 @@ def test_strips_are_made_of_the_scenes_own_tiles_and_hold_every_tile_over_their_
 
 def test_polygons_cover_the_valid_area_without_gaps_or_overlaps_and_carry_class_names(flat, tmp_path):
     src, _ = flat["5cm"]
-    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, strip=256, progress=False)
+    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, OrthoOptions(strip=256), progress=False)
     meta, _, geometry, fields = pyogrio.raw.read(res.files["polygons"])
     assert meta["fields"].tolist() == ["class_id", "class", "area_m2"]
     geoms = shapely.from_wkb(geometry)
@@ -199,10 +201,10 @@ def test_polygons_cover_the_valid_area_without_gaps_or_overlaps_and_carry_class_
 
 def test_geojson_min_area_and_coverage_simplification(flat, tmp_path):
     src, _ = flat["5cm"]
-    plain = segment_ortho(src, tmp_path / "plain", oracle_tiler(), WRITTEN, 0.05, strip=256, vector="geojson",
-                          progress=False)
-    sieved = segment_ortho(src, tmp_path / "sieved", oracle_tiler(), WRITTEN, 0.05, strip=256, vector="geojson",
-                           min_area=1.0, simplify=0.05, progress=False)
+    plain = segment_ortho(src, tmp_path / "plain", oracle_tiler(), WRITTEN, 0.05,
+                          OrthoOptions(strip=256, vector="geojson"), progress=False)
+    sieved = segment_ortho(src, tmp_path / "sieved", oracle_tiler(), WRITTEN, 0.05,
+                           OrthoOptions(strip=256, vector="geojson", min_area=1.0, simplify=0.05), progress=False)
     g_plain = shapely.from_wkb(pyogrio.raw.read(plain.files["polygons"])[2])
     g = shapely.from_wkb(pyogrio.raw.read(sieved.files["polygons"])[2])
     assert 0 < len(g) < len(g_plain)
@@ -227,7 +229,7 @@ def test_geographic_crs_areas_are_measured_on_an_equal_area_projection(tmp_path)
     with open_ortho(src) as o:
         assert o.gsd[0] == pytest.approx(deg * 111_320 * math.cos(math.radians(47)), rel=0.01)
         assert o.gsd[1] == pytest.approx(deg * 111_180, rel=0.01)
-    res = segment_ortho(src, tmp_path / "out", oracle_tiler(), WRITTEN, 0.05, strip=128, progress=False)
+    res = segment_ortho(src, tmp_path / "out", oracle_tiler(), WRITTEN, 0.05, OrthoOptions(strip=128), progress=False)
     table = json.loads(res.files["areas_json"].read_text())
     assert "equal-area" in table["area_method"] and "+proj=laea" in table["area_method"]
     geod = pyproj.Geod(ellps="WGS84")
@@ -259,10 +261,10 @@ def _variant(src: Path, dst: Path, kind: str) -> None:
 @pytest.mark.parametrize("kind", ["nodata", "mask", "12bit"])
 def test_nodata_values_internal_masks_and_12_bit_orthos_give_the_rgba_result(flat, tmp_path, kind):
     src, _ = flat["5cm"]
-    ref = segment_ortho(src, tmp_path / "ref", oracle_tiler(), WRITTEN, 0.05, vector=None, progress=False)
+    ref = segment_ortho(src, tmp_path / "ref", oracle_tiler(), WRITTEN, 0.05, OrthoOptions(vector=None), progress=False)
     other = tmp_path / f"{kind}.tif"
     _variant(src, other, kind)
-    res = segment_ortho(other, tmp_path / kind, oracle_tiler(), WRITTEN, 0.05, vector=None, progress=False)
+    res = segment_ortho(other, tmp_path / kind, oracle_tiler(), WRITTEN, 0.05, OrthoOptions(vector=None), progress=False)
     a, b = read(ref.files["classes"]), read(res.files["classes"])
     assert ((a == NODATA) == (b == NODATA)).all()
     assert (a == b).mean() > 0.999
@@ -277,7 +279,7 @@ def test_tiles_outside_the_valid_area_are_not_inferred(flat, tmp_path):
         return oracle(x)
 
     res = segment_ortho(src, tmp_path, Tiler(counting, SCHEME.num_classes, tile=32, overlap=0.25), WRITTEN, 0.05,
-                        strip=48, vector=None, progress=False)
+                        OrthoOptions(strip=48, vector=None), progress=False)
     assert res.tiles_skipped > 0 and res.strips == len(plan_strips(working_grid(*SIZE5, (1.0, 1.0)), 48, 32, 24))
     assert sum(calls) == res.tiles
     classes = read(res.files["classes"])

@@ -34,12 +34,9 @@ from PIL import Image
 
 from droneseg.cli import main
 from droneseg.data.synthetic import write_synthetic
-from helpers import save_tiny_model
+from helpers import TINY_TRAIN, save_tiny_model
 
-# a tiny, fast training recipe (2 crops of 48 px per step, classic U-Net [8, 16])
-TINY = ["--set", "model.channels=[8,16]", "--set", "data.crop=48", "--set", "data.batch_size=2",
-        "--set", "data.samples_per_epoch=4", "--set", "data.workers=0", "--set", "data.long_side=null",
-        "--set", "train.sample_every=0", "--set", "train.final_eval=false"]
+TINY = [*TINY_TRAIN, "--set", "train.final_eval=false"]
 
 
 @dataclass
@@ -431,7 +428,7 @@ ACCEPTED = {
 @pytest.mark.parametrize("name", list(ACCEPTED))
 def test_field_inputs_are_read_by_what_they_show(name, synth_root, tmp_path, capsys):
     from droneseg.data.layout import find_layout
-    from droneseg.io import read_image, read_mask
+    from droneseg.images import read_image, read_mask
 
     data = Path(shutil.copytree(synth_root, tmp_path / "data"))
     reference = find_layout(synth_root).samples[0]

@@ -14,19 +14,10 @@ import yaml
 from typer.testing import CliRunner
 
 from droneseg.cli import app
+from helpers import TINY_TRAIN
 
 RUN = CliRunner()
-# a tiny, fast recipe: 2 crops of 48 px per step, classic U-Net [8, 16]
-TINY = [
-    "--set", "model.channels=[8,16]",
-    "--set", "data.crop=48",
-    "--set", "data.batch_size=2",
-    "--set", "data.samples_per_epoch=4",
-    "--set", "data.workers=0",
-    "--set", "data.long_side=null",
-    "--set", "train.sample_every=1",
-    "--set", "train.samples=2",
-]
+TINY = [*TINY_TRAIN, "--set", "train.sample_every=1", "--set", "train.samples=2"]  # with sample figures
 
 
 def _train(data: Path, out: Path, *extra: str) -> Path:

@@ -108,7 +108,7 @@ def test_loader_batches_are_the_same_with_0_or_2_workers_and_shards_partition_th
     for workers in (0, 2):
         cfg = DataConfig(root=str(synth_root), crop=32, batch_size=3, samples_per_epoch=10, workers=workers,
                          long_side=None, rare_crop=0.5, cache_dir=str(tmp_path / "cache"))
-        dm = DroneDataModule(cfg, synth_root, seed=3)
+        dm = DroneDataModule(cfg, seed=3)
         dm.setup("fit")
         loader = dm.train_dataloader()
         loader.sampler.set_epoch(2)

@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from droneseg.classes import ClassTable, DataError
 from droneseg.data.layout import Sample, image_size
-from droneseg.io import ImageFilter, atomic_save, mask_size_problem, photo_view, read_mask, read_working_image
+from droneseg.images import ImageFilter, mask_size_problem, photo_view, read_mask, read_working_image
+from droneseg.files import atomic_save
 
 CACHE_VERSION = 2  # 2: photos as displayed (EXIF orientation applied), palette masks by colour
 

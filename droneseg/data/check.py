@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from droneseg.classes import ClassTable, DataError
 from droneseg.data.layout import Layout, Sample
-from droneseg.io import ORIENTATIONS, PHOTO_MODES, PhotoView, mask_size_problem, open_image, photo_view, read_mask
+from droneseg.images import ORIENTATIONS, PHOTO_MODES, PhotoView, mask_size_problem, open_image, photo_view, read_mask
 
 
 @dataclass

@@ -11,74 +11,18 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Literal
 
 import lightning.pytorch as pl
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch.utils.data import DataLoader
 
 from droneseg.classes import DataError
+from droneseg.config import DataConfig
 from droneseg.data.cache import CacheEntry, build_cache
 from droneseg.data.dataset import (CropDataset, EpochSampler, ShardSampler, WholeImageDataset, class_counts,
                                    ignore_sigint, images_per_class)
-from droneseg.data.layout import Layout, find_layout
-from droneseg.data.splits import make_splits
-from droneseg.data.transforms import AugmentConfig
-from droneseg.schemes import LabelScheme, get_scheme
-
-
-class DataConfig(BaseModel):
-    """Where samples come from and how they are cut; defaults suit 2 CPU cores."""
-
-    model_config = ConfigDict(extra="forbid")
-    root: str | None = Field(default=None, description="dataset folder (the --data option)")
-    scheme: str = Field(default="full", description="full, six, paved, luma, or a scheme .yaml")
-    long_side: int | None = Field(default=768, ge=16, description="working size: long side in pixels; null = native")
-    crop: int = Field(default=384, ge=16, description="side of the square training crops")
-    batch_size: int = Field(default=4, ge=1)
-    workers: int | Literal["auto"] = Field(
-        default="auto", description="loader processes; auto: 0 for CPU training on <= 4 cores (crops from the "
-        "memory-mapped cache cost less than a process competing with the step), else min(8, cores - 1) per device")
-    samples_per_epoch: int | None = Field(default=None, ge=1, description="crops per epoch; null = one per training image")
-    rare_crop: float = Field(default=0.0, ge=0.0, le=1.0, description="share of crops centred on a class drawn "
-                             "uniformly among the training classes, in an image holding it (class-uniform sampling)")
-    splits: str = Field(default="auto", description="auto (dataset's splits/ if present, else seeded), seed, or a folder")
-    val_fraction: float = Field(default=0.2, ge=0.0, lt=1.0)
-    test_fraction: float = Field(default=0.0, ge=0.0, lt=1.0)
-    split_seed: int = 0
-    image_filter: Literal["area", "bilinear"] = "area"
-    gsd: float | None = Field(default=None, gt=0, description="metres per pixel of the dataset's photos at their own "
-                              "size (null = unknown); model.json records the working GSD it gives, for orthomosaics")
-    augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    cache_dir: str | None = Field(default=None, description="null = $DRONESEG_CACHE or ~/.cache/droneseg")
-
-    @model_validator(mode="after")
-    def _crop_fits(self) -> "DataConfig":
-        if self.long_side is not None and self.crop > self.long_side:
-            raise ValueError(f"crop {self.crop} is larger than the working size (long side {self.long_side}): "
-                             "lower data.crop or raise data.long_side")
-        return self
-
-
-def open_dataset(root: Path, scheme_name: str) -> tuple[Layout, LabelScheme]:
-    """The layout (refusing pairing problems) and the scheme resolved against its class table."""
-    layout = find_layout(root)
-    if layout.problems:
-        more = f" (and {len(layout.problems) - 1} more)" if len(layout.problems) > 1 else ""
-        raise DataError(f"{layout.problems[0]}{more}; run droneseg check-data {root}")
-    if not layout.samples:
-        raise DataError(f"{root}: no image/mask pairs")
-    return layout, get_scheme(scheme_name, layout.table)
-
-
-def resolve_split_dir(cfg: DataConfig, root: Path) -> Path | None:
-    if cfg.splits == "seed":
-        return None
-    if cfg.splits == "auto":
-        shipped = root / "splits"
-        return shipped if (shipped / "train.txt").exists() else None
-    return Path(cfg.splits)
+from droneseg.data.layout import open_dataset
+from droneseg.data.splits import make_splits, split_folder
 
 
 def loader_workers(setting: int | str, on_gpu: bool, cores: int | None = None) -> int:
@@ -96,15 +40,15 @@ def loader_workers(setting: int | str, on_gpu: bool, cores: int | None = None) -
 
 
 class DroneDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, root: Path, seed: int, on_gpu: bool = False,
-                 split_dir: Path | None = None) -> None:
+    def __init__(self, cfg: DataConfig, seed: int, on_gpu: bool = False, split_dir: Path | None = None) -> None:
         """``split_dir``: split files that override ``cfg.splits`` (a resumed run's own ``splits/``)."""
         super().__init__()
-        self.cfg, self.root, self.seed, self.on_gpu = cfg, Path(root), seed, on_gpu
+        self.cfg, self.seed, self.on_gpu = cfg, seed, on_gpu
         self.workers = loader_workers(cfg.workers, on_gpu)
-        self.layout, self.scheme = open_dataset(self.root, cfg.scheme)
+        self.layout, self.scheme = open_dataset(cfg.root, cfg.scheme, cfg.images, cfg.masks, cfg.class_table)
+        self.root = self.layout.root
         ids = [s.id for s in self.layout.samples]
-        self.splits = make_splits(ids, split_dir or resolve_split_dir(cfg, self.root), cfg.val_fraction,
+        self.splits = make_splits(ids, split_dir or split_folder(cfg.splits, cfg.root), cfg.val_fraction,
                                   cfg.test_fraction, cfg.split_seed)
         if not self.splits["train"]:
             raise DataError(f"{self.root}: the train split is empty")

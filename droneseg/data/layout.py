@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from droneseg.classes import ClassTable, DataError
-from droneseg.io import IMAGE_SUFFIXES, MaskKind, open_image
+from droneseg.images import IMAGE_SUFFIXES, MaskKind, open_image
+from droneseg.schemes import LabelScheme, get_scheme
 
 KAGGLE_IMAGES = "original_images"
 KAGGLE_INDEX = "label_images_semantic"
@@ -42,6 +43,33 @@ class Sample:
     image: Path
     mask: Path | None
     mask_kind: MaskKind
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a dataset is: a folder in a known layout (``root``), or two folders of photos and masks; ``table``
+    overrides the class table found. What ``--data``, ``--images``, ``--masks`` and ``--class-table`` say."""
+
+    root: Path | None = None
+    images: Path | None = None
+    masks: Path | None = None
+    table: Path | None = None
+
+    @classmethod
+    def of(cls, data: DataSource | str | Path | None) -> DataSource:
+        """``data`` as a DataSource (a path is a dataset folder)."""
+        return data if isinstance(data, DataSource) else cls(root=None if data is None else Path(data))
+
+    def find(self) -> Layout:
+        """The pairs (:func:`find_layout`); raises DataError when neither a folder nor both folders are given."""
+        return find_layout(self.root, images=self.images, masks=self.masks, table=self.table)
+
+    def splits_root(self) -> Path | None:
+        """The folder whose ``splits/`` belongs to this dataset (None for two loose folders)."""
+        return self.root
+
+    def __str__(self) -> str:
+        return str(self.root) if self.root is not None else f"{self.images} + {self.masks}"
 
 
 @dataclass
@@ -190,27 +218,19 @@ def find_layout(
 
 
 def image_size(path: Path) -> tuple[int, int]:
-    """(W, H) from the header only, as stored (masks have no EXIF turn; photos: :func:`droneseg.io.photo_size`)."""
+    """(W, H) from the header only, as stored (masks have no EXIF turn; photos: :func:`droneseg.images.photo_size`)."""
     with open_image(path) as im:
         return im.size
 
 
-def read_split_file(path: Path) -> list[str]:
-    """Ids one per line (blank lines and ``#`` comments skipped; ``000.jpg`` counts as ``000``).
-
-    An id names a photo of the dataset, never a place: an entry with a folder in it (``../../etc/passwd``,
-    ``a/b``) is refused with a DataError naming the file and line."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read split file ({getattr(exc, 'strerror', None) or exc})") from None
-    ids = []
-    for line_no, line in enumerate(lines, start=1):
-        entry = line.split("#")[0].strip()
-        if not entry:
-            continue
-        if "/" in entry or "\\" in entry or entry in (".", ".."):
-            raise DataError(f"{path}:{line_no}: {entry!r} is not an image id (a file name without folders)")
-        ids.append(Path(entry).stem)
-    return ids
-
+def open_dataset(root: str | Path | None, scheme: str, images: str | Path | None = None,
+                 masks: str | Path | None = None, table: str | Path | None = None) -> tuple[Layout, LabelScheme]:
+    """The layout of a dataset (``root``, or ``images`` + ``masks``; ``table`` overrides its class table), refusing
+    pairing problems, and the scheme named ``scheme`` resolved against its class table. Raises DataError."""
+    layout = find_layout(root, images=images, masks=masks, table=table)
+    if layout.problems:
+        more = f" (and {len(layout.problems) - 1} more)" if len(layout.problems) > 1 else ""
+        raise DataError(f"{layout.problems[0]}{more}; run droneseg check-data on it")
+    if not layout.samples:
+        raise DataError(f"{root or images}: no image/mask pairs")
+    return layout, get_scheme(scheme, layout.table)

@@ -20,12 +20,12 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from droneseg.data.datamodule import DataConfig, open_dataset, resolve_split_dir
-from droneseg.data.layout import KAGGLE_IMAGES, KAGGLE_INDEX, KAGGLE_RGB, Layout
-from droneseg.data.splits import make_splits, save_splits
+from droneseg.data.layout import KAGGLE_IMAGES, KAGGLE_INDEX, KAGGLE_RGB, Layout, open_dataset
+from droneseg.data.splits import make_splits, save_splits, split_folder
 from droneseg.data.transforms import AugmentConfig, color_jitter, scaled_crop
 from droneseg.errors import DataError
-from droneseg.io import atomic_save, atomic_write_text, read_image, read_mask, save_png
+from droneseg.images import read_image, read_mask
+from droneseg.files import atomic_save, atomic_write_text, save_png
 
 UNLABELED = 0
 
@@ -73,8 +73,7 @@ def augment_dataset(
         raise DataError(f"{out}: exists and is not empty; augment never overwrites data")
     cfg = cfg or AugmentConfig()
     layout, _ = open_dataset(Path(data), "full")
-    dcfg = DataConfig(splits=splits, val_fraction=val_fraction)
-    split_ids = make_splits([s.id for s in layout.samples], resolve_split_dir(dcfg, Path(data)), val_fraction, 0.0, seed)
+    split_ids = make_splits([s.id for s in layout.samples], split_folder(splits, data), val_fraction, 0.0, seed)
     by_id = layout.by_id()
     train_ids = list(split_ids["train"])
     for split, ids in split_ids.items():

@@ -1,7 +1,10 @@
-"""Train/val/test splits by image id, fixed before any crop or augmentation (no leakage).
+"""Train/val/test splits by image id, fixed before any crop or augmentation (no leakage): the one module that
+reads, makes, chooses and writes split files.
 
 Contract
 --------
+``read_split_file``: ids one per line. ``split_folder``: where a config's ``data.splits`` points. ``named_split``:
+the ids ``evaluate --split`` scores. ``select``: the samples of a list of ids, refusing unknown ids.
 ``make_splits`` returns {"train": [...], "val": [...], "test": [...]} of ids, disjoint, sorted.
 From split files (``<folder>/train.txt``, ``val.txt``, optional ``test.txt``) when given or when the
 dataset ships a ``splits/`` folder, else from a seeded shuffle of the photos. Augmented copies that
@@ -20,8 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from droneseg.classes import DataError
-from droneseg.data.layout import read_split_file
-from droneseg.io import atomic_write_text
+from droneseg.data.layout import Sample
+from droneseg.files import atomic_write_text
 
 SPLITS = ("train", "val", "test")
 
@@ -40,9 +43,7 @@ def make_splits(
                     continue
                 raise DataError(f"{path}: split file missing")
             listed = read_split_file(path)
-            missing = [i for i in listed if i not in known]
-            if missing:
-                raise DataError(f"{path}: {len(missing)} ids have no image/mask pair, e.g. {missing[0]!r}")
+            _refuse_unknown(listed, known, path)
             out[name] = sorted(set(listed))
         for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
             both = set(out[a]) & set(out[b])
@@ -83,3 +84,72 @@ def source_id(image_id: str, known: set[str]) -> str:
 def save_splits(splits: dict[str, list[str]], folder: Path) -> None:
     for name, ids in splits.items():
         atomic_write_text(Path(folder) / f"{name}.txt", "".join(f"{i}\n" for i in ids))
+
+
+def _refuse_unknown(ids: list[str], known: set[str] | dict, where: Path | str) -> None:
+    missing = [i for i in ids if i not in known]
+    if missing:
+        raise DataError(f"{where}: {len(missing)} ids have no image/mask pair, e.g. {missing[0]!r}")
+
+
+def select(samples: list[Sample], ids: list[str], where: Path | str) -> list[Sample]:
+    """The samples of ``ids``, in their order; raises DataError naming ``where`` for unknown ids or no ids."""
+    by_id = {s.id: s for s in samples}
+    _refuse_unknown(ids, by_id, where)
+    if not ids:
+        raise DataError(f"{where}: the split is empty")
+    return [by_id[i] for i in ids]
+
+
+def split_folder(setting: str, root: str | Path | None) -> Path | None:
+    """The folder of split files a config's ``data.splits`` names: ``auto`` the dataset's ``splits/`` when it
+    holds ``train.txt`` (else None: seeded), ``seed`` None, anything else that folder."""
+    if setting == "seed":
+        return None
+    if setting == "auto":
+        shipped = Path(root) / "splits" if root is not None else None
+        return shipped if shipped is not None and (shipped / "train.txt").exists() else None
+    return Path(setting)
+
+
+def named_split(split: str, run_splits: Path | None, data_root: Path | None) -> tuple[list[str], str, Path]:
+    """Ids ``evaluate --split`` scores -> (ids, name, the file read).
+
+    ``train``/``val``/``test``: the run's own split file when ``run_splits`` is given (the data is the dataset the
+    model was trained on: then only the run's files count, since another file could hold its training ids), else
+    the dataset's ``splits/``; anything else is a file of ids. Raises DataError naming the file.
+    """
+    if split in SPLITS:
+        folder = run_splits if run_splits is not None else (Path(data_root) if data_root else Path(".")) / "splits"
+        path = folder / f"{split}.txt"
+        if path.is_file() and read_split_file(path):  # a run writes an empty test.txt when it has none
+            return read_split_file(path), split, path
+        if run_splits is not None:
+            raise DataError(f"{path}: the run has no {split} split (empty or missing); pass --split FILE")
+        raise DataError(f"no {split}.txt in {folder}; this is not the dataset the model was trained on, so its "
+                        "run's split files do not apply: pass --split FILE with the ids to score")
+    path = Path(split)
+    if not path.is_file():
+        raise DataError(f"--split {split!r}: not train/val/test or a file of ids")
+    return read_split_file(path), path.stem, path
+
+
+def read_split_file(path: Path) -> list[str]:
+    """Ids one per line (blank lines and ``#`` comments skipped; ``000.jpg`` counts as ``000``).
+
+    An id names a photo of the dataset, never a place: an entry with a folder in it (``../../etc/passwd``,
+    ``a/b``) is refused with a DataError naming the file and line."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read split file ({getattr(exc, 'strerror', None) or exc})") from None
+    ids = []
+    for line_no, line in enumerate(lines, start=1):
+        entry = line.split("#")[0].strip()
+        if not entry:
+            continue
+        if "/" in entry or "\\" in entry or entry in (".", ".."):
+            raise DataError(f"{path}:{line_no}: {entry!r} is not an image id (a file name without folders)")
+        ids.append(Path(entry).stem)
+    return ids
+

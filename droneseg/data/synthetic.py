@@ -27,7 +27,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from droneseg.classes import ClassTable
 from droneseg.errors import DataError
-from droneseg.io import atomic_save, atomic_write_text
+from droneseg.files import atomic_save, atomic_write_text
 
 _TABLE = ClassTable.builtin()
 _MIN_SIDE = 16

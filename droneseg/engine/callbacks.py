@@ -17,8 +17,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 import numpy as np
 
-from droneseg.io import atomic_write_text
-from droneseg.plots import prediction_panels
+from droneseg.files import atomic_write_text
+from droneseg.report.plots import prediction_panels
 
 # images_per_s counts training steps only; epoch_s includes validation
 COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_pixel_accuracy", "val_images", "lr", "epoch_s",

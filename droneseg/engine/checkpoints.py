@@ -1,5 +1,5 @@
 """Checkpoints written by our atomic writer: a temporary file in the checkpoint's own folder, fsync, ``os.replace``,
-fsync of the folder (:func:`droneseg.io.atomic_save`).
+fsync of the folder (:func:`droneseg.images.atomic_save`).
 
 Lightning's default writes through an fsspec transaction into ``$TMPDIR`` and then moves the file without fsync:
 across filesystems (a tmpfs ``/tmp``, runs on NFS or Lustre) the move is a copy, and a kill during it leaves a
@@ -25,7 +25,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from droneseg.errors import DataError
-from droneseg.io import atomic_save
+from droneseg.files import atomic_save
 
 
 def load_checkpoint_file(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> dict[str, Any]:

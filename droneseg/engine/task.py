@@ -8,99 +8,26 @@ inference settings, the path ``evaluate`` and ``predict`` take, over whole worki
 Logged per epoch: ``train/loss`` (and each loss term), ``val/loss`` (each band of tiled logits' loss,
 averaged with its valid pixels as weights: exact for CE and focal, close for Dice and Lovász), ``val/miou``
 (pooled over the val split at working size), ``val/pixel_accuracy``, ``lr``. Everything in ``hparams`` is
-plain data, so checkpoints load without unpickling our classes.
+plain data (the model, loss, train and inference configs and the scheme as dicts, rebuilt into their typed
+objects here), so checkpoints load with ``weights_only=True``, without unpickling our classes.
 """
 
 from __future__ import annotations
-
-import re
-from datetime import timedelta
-from typing import Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.accelerators import CPUAccelerator
 import torch
 import torchmetrics
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from droneseg.classes import DataError
+from droneseg.config import TrainConfig
 from droneseg.engine.budget import StepPlan, lr_factor
 from droneseg.errors import Diverged
 from droneseg.losses import LossConfig, build_loss, class_weights_from_counts
 from droneseg.metrics import SegmentationMetrics, image_confusion
 from droneseg.models import ModelConfig, build_model
 from droneseg.schemes import LabelScheme
+from droneseg.session import net_session
 from droneseg.tiler import InferenceConfig, Tiler
-
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``30m``, ``2h``, ``1h30m``, ``1d`` or ``DD:HH:MM:SS`` -> timedelta."""
-    t = text.strip().lower()
-    if t.count(":") == 3:
-        d, h, m, s = (int(v) for v in t.split(":"))
-        return timedelta(days=d, hours=h, minutes=m, seconds=s)
-    match = _DURATION.match(t)
-    if not t or not match or not any(match.groups()):
-        raise DataError(f"duration {text!r}: use e.g. 90s, 30m, 2h, 1h30m or DD:HH:MM:SS")
-    d, h, m, s = (int(v or 0) for v in match.groups())
-    return timedelta(days=d, hours=h, minutes=m, seconds=s)
-
-
-class TrainConfig(BaseModel):
-    """Optimisation and the Trainer; defaults suit a 2-core CPU."""
-
-    model_config = ConfigDict(extra="forbid")
-    max_epochs: int = Field(default=30, ge=1)
-    max_time: str | None = Field(default=None, description="wall-clock budget such as 90s, 30m, 2h, 1h30m")
-    optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=1e-4, ge=0)
-    momentum: float = Field(default=0.9, ge=0, lt=1)
-    schedule: Literal["cosine", "onecycle", "plateau", "none"] = Field(
-        default="cosine", description="over the planned optimiser steps (fitted to max_time when given); plateau: per epoch")
-    warmup: float | None = Field(default=None, ge=0.0, lt=1.0,
-                                 description="share of the planned steps spent warming up; null: 0.05 cosine, 0.3 onecycle")
-    precision: Literal["auto", "32", "16-mixed", "bf16-mixed"] = Field(
-        default="auto", description="auto: bf16-mixed on GPUs that support it, else 32 (CPU autocast is slow)"
-    )
-    @field_validator("max_time")
-    @classmethod
-    def _duration(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                parse_duration(v)
-            except DataError as exc:
-                raise ValueError(str(exc)) from None
-        return v
-
-    @field_validator("precision", mode="before")
-    @classmethod
-    def _precision_text(cls, v: object) -> object:
-        return str(v) if isinstance(v, int) else v  # YAML reads `32` as a number
-
-    accumulate: int = Field(default=1, ge=1, description="gradient accumulation steps")
-    patience: int | None = Field(default=10, ge=1, description="early stopping on val mIoU; null = off")
-    seed: int = 0
-    deterministic: bool = False
-    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
-    devices: int | str = "auto"
-    num_nodes: int = Field(default=1, ge=1)
-    sample_every: int = Field(default=5, ge=0, description="epochs between sample prediction figures; 0 = never")
-    samples: int = Field(default=3, ge=1, description="val images in each sample figure")
-    threads: int | None = Field(default=None, ge=1, description="torch CPU threads; null = torch's default")
-    final_eval: bool = Field(default=True, description="evaluate the best model on val at native resolution at the end")
-    channels_last: bool | Literal["auto"] = Field(
-        default="auto", description="train in NHWC memory layout; auto: on CPU, where it measured 1.15-1.27x faster "
-        "(benchmarks/training.py), not on GPUs (unmeasured)")
-    compile: bool = Field(default=False, description="torch.compile the net (in place; saved weights unchanged). "
-                          "Measured on the 2-core CPU: 80 s to compile, then 0.76x the eager step (FPN-Lite0, 384², "
-                          "batch 4): off by default; worth measuring on a GPU")
-    ema: float | None = Field(default=None, gt=0.0, lt=1.0,
-                              description="decay of an exponential moving average of the weights, used for "
-                              "validation and the saved model (e.g. 0.99); null = off")
-
 
 class SegmentationTask(pl.LightningModule):
     def __init__(self, model: dict, loss: dict, train: dict, scheme: dict, class_weights: list[float] | None = None,
@@ -170,8 +97,9 @@ class SegmentationTask(pl.LightningModule):
         return self.net(x)
 
     def tiler(self) -> Tiler:
-        """The tiler every whole photo goes through (validation, sample figures), on this module's device."""
-        return Tiler.from_config(self.net, self.scheme.num_classes, self.inference_cfg, self.device)
+        """The tiler every whole photo goes through (validation, sample figures), on this module's device: the
+        model session's, as in evaluate and predict."""
+        return net_session(self.net, self.scheme, self.inference_cfg, self.device).tiler()
 
     def _shared_step(self, logits: torch.Tensor, target: torch.Tensor, stage: str, weight: float,
                      metrics: bool = True) -> torch.Tensor:

@@ -27,7 +27,8 @@ from torch.optim.swa_utils import get_ema_avg_fn
 from droneseg import __version__
 from droneseg.classes import DataError
 from droneseg.cluster import ClusterEnv, cpu_threads, detect, prepare
-from droneseg.config import RunConfig, dump_config, resolve_paths, validate
+from droneseg.artifact import DatasetIdentity, ModelInfo, save_model
+from droneseg.config import RunConfig, dump_config, resolve_paths
 from droneseg.data.datamodule import DroneDataModule
 from droneseg.data.splits import save_splits
 from droneseg.engine.budget import Budget
@@ -35,12 +36,13 @@ from droneseg.engine.callbacks import EpochLog, SampleFigures
 from droneseg.engine.checkpoints import AtomicCheckpointIO, load_checkpoint_file
 from droneseg.engine.requeue import (Requeue, StopTraining, interrupt_at_step, listen, resume_checkpoint,
                                      slurm_plugin)
-from droneseg.engine.task import SegmentationTask, parse_duration
+from droneseg.config import parse_duration
+from droneseg.engine.task import SegmentationTask
 from droneseg.errors import Diverged, Interrupted
-from droneseg.io import atomic_write_json, atomic_write_text, photo_size, working_size
-from droneseg.plots import read_metrics_csv, training_curves
-from droneseg.runs import (RUN_DIR_ENV, ModelInfo, finished, is_creator, job_run_dir, new_run_dir, save_model,
-                           shared_run_dir)
+from droneseg.images import photo_size, working_size
+from droneseg.files import atomic_write_json, atomic_write_text
+from droneseg.report.plots import read_metrics_csv, training_curves
+from droneseg.runs import RUN_DIR_ENV, archive_finished, is_creator, make_run_dir, resolve_run
 
 MONITOR = "val/miou"
 
@@ -144,11 +146,10 @@ def _save_model(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: Segmentati
     if best and best.is_file():
         state = load_checkpoint_file(best)["state_dict"]
         task.load_state_dict(state)
-    dataset = {"root": str(Path(cfg.data.root).resolve()), "fingerprint": dm.layout.fingerprint(),
-               "images": len(dm.layout.samples)}
-    info = ModelInfo(model=cfg.model.model_dump(mode="json"), scheme=dm.scheme.to_dict(), long_side=cfg.data.long_side,
-                     crop=cfg.data.crop, image_filter=cfg.data.image_filter,
-                     inference=cfg.inference.model_dump(mode="json"), dataset=dataset,
+    dataset = DatasetIdentity(root=str(Path(dm.root).resolve()), fingerprint=dm.layout.fingerprint(),
+                              images=len(dm.layout.samples))
+    info = ModelInfo(model=cfg.model, scheme=dm.scheme, long_side=cfg.data.long_side, crop=cfg.data.crop,
+                     image_filter=cfg.data.image_filter, inference=cfg.inference, dataset=dataset,
                      gsd=working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side),
                      extra={"run": run.name, "best_checkpoint": best.name if best else None})
     save_model(run, task.net, info)
@@ -216,88 +217,6 @@ class Requeued(Exception):
         self.run, self.exit_code = run, exit_code
 
 
-def _differences(saved: dict, cfg: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
-    """Dotted keys whose values differ between a run's saved config and ``cfg`` (the environment aside)."""
-    now = yaml.safe_load(dump_config(cfg))
-
-    def walk(a: object, b: object, key: str) -> list[str]:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) for d in walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)]
-        return [] if a == b or key in ignore else [key]
-
-    return walk({k: v for k, v in saved.items() if k != "environment"}, now, "")
-
-
-def _saved_config(run: Path) -> dict:
-    path = run / "config.yaml"
-    if not path.is_file():
-        raise DataError(f"{run}: no config.yaml; not a droneseg run folder")
-    return yaml.safe_load(path.read_text(encoding="utf-8"))
-
-
-EXTENDABLE = ("train.max_epochs", "train.max_time")
-
-
-def _archive_finished(run: Path) -> Path:
-    """Move a finished run's model and summary to ``previous/N/`` before it is extended: nothing is lost."""
-    n = 1
-    while (run / "previous" / str(n)).exists():
-        n += 1
-    dest = run / "previous" / str(n)
-    dest.mkdir(parents=True)
-    for name in ("train_summary.json", "model.safetensors", "model.json", "training_curves.png"):
-        if (run / name).exists():
-            os.replace(run / name, dest / name)
-    return dest
-
-
-def _resolve_run(cfg: RunConfig, out: Path, resume: Path | None, run_dir: Path | None, extend: dict,
-                 env: ClusterEnv) -> tuple[RunConfig, Path | None, Path | None, bool]:
-    """-> (config, run folder or None for a new one, checkpoint to resume from, whether a finished run is extended).
-
-    ``resume``: that run exactly as configured, save ``extend`` (``train.max_epochs``/``train.max_time``), which
-    also continues a finished run. ``run_dir`` (or, in a job, the job's folder): resumed if it holds an unfinished
-    run with a checkpoint and the same config (a requeued job), else a new run there.
-    """
-    if resume is not None:
-        run = Path(resume)
-        saved = _saved_config(run)
-        saved.pop("environment", None)
-        for key, value in extend.items():
-            section, name = key.split(".")
-            saved[section][name] = value
-        cfg = validate(saved, str(run / "config.yaml"))
-        ckpt = resume_checkpoint(run)
-        if ckpt is None:
-            raise DataError(f"{run}: no checkpoints/last.ckpt to resume from")
-        if finished(run) and not extend:
-            stopped = json.loads((run / "train_summary.json").read_text(encoding="utf-8")).get("stopped_by")
-            raise DataError(f"{run}: this run finished (stopped by {stopped}); continue it with --resume {run} "
-                            "--max-epochs N or --max-time T")
-        return cfg, run, ckpt, finished(run)
-    if run_dir is None and env.names_run:
-        run_dir = job_run_dir(out, cfg.name, env.job_id)
-    if run_dir is None or not (Path(run_dir) / "config.yaml").is_file():
-        return cfg, run_dir, None, False
-    run = Path(run_dir)
-    if finished(run):
-        raise DataError(f"{run}: holds a finished run; continue it with --resume {run} --max-epochs N or --max-time T")
-    ckpt = resume_checkpoint(run)
-    if ckpt is None:
-        return cfg, run, None, False  # stopped before its first checkpoint: start again in the same folder
-    diff = _differences(_saved_config(run), cfg)
-    if diff:
-        raise DataError(f"{run}: holds an unfinished run configured differently ({diff[0]}); resume it with "
-                        f"--resume {run} or choose another --run-dir")
-    return cfg, run, ckpt, False
-
-
-def _make_run_dir(run_dir: Path | None, out: Path, cfg: RunConfig, env: ClusterEnv) -> Path:
-    if run_dir is None:
-        return new_run_dir(out, cfg.name, env)
-    return shared_run_dir(run_dir, env)
-
-
 def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = None, started: float | None = None,
           run_dir: Path | None = None, extend: dict | None = None) -> Path:
     """Train, resume or extend a run; returns the run folder.
@@ -316,9 +235,9 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     extend = {k: v for k, v in (extend or {}).items() if v is not None}
     if cfg is not None:
         cfg = resolve_paths(cfg)  # config.yaml repeats the run from any folder
-    cfg, run, ckpt, extending = _resolve_run(cfg, out, resume, run_dir, extend, env)
-    if not cfg.data.root:
-        raise DataError("no dataset: pass --data DIR (or set data.root)")
+    cfg, run, ckpt, extending = resolve_run(cfg, out, resume, run_dir, extend, env, resume_checkpoint)
+    if not cfg.data.root and not cfg.data.images:
+        raise DataError("no dataset: pass --data DIR or --images DIR --masks DIR (or set data.root)")
     prepare(env, cfg.train.num_nodes)
     # Lightning's start-up banners (accelerator, tips) are noise on the console; our own summary follows
     logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
@@ -333,12 +252,12 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
     # a resumed run keeps its own splits, whatever the dataset's folder says now
     own_splits = run / "splits" if ckpt is not None and (run / "splits" / "train.txt").is_file() else None
-    dm = DroneDataModule(cfg.data, Path(cfg.data.root), seed=cfg.train.seed, on_gpu=on_gpu, split_dir=own_splits)
+    dm = DroneDataModule(cfg.data, seed=cfg.train.seed, on_gpu=on_gpu, split_dir=own_splits)
     if not dm.splits["val"]:
-        raise DataError(f"{cfg.data.root}: the val split is empty; training needs one for early stopping and the best model")
+        raise DataError(f"{dm.root}: the val split is empty; training needs one for early stopping and the best model")
     working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side)  # refused now, not at the end
     if ckpt is None:
-        run = _make_run_dir(run, out, cfg, env)
+        run = make_run_dir(run, out, cfg.name, env)
         os.environ[RUN_DIR_ENV] = str(run)  # processes Lightning starts for more devices reuse this folder
         if is_creator(env):
             atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
@@ -346,7 +265,7 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     else:
         os.environ[RUN_DIR_ENV] = str(run)
         if extending and is_creator(env):
-            _archive_finished(run)
+            archive_finished(run)
             atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
     task = SegmentationTask(cfg.model.model_dump(mode="json"), cfg.loss.model_dump(mode="json"),
                             cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),

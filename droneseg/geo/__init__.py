@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from droneseg.errors import UserError
-from droneseg.io import BIGTIFF, tiff_directory
+from droneseg import extras
+from droneseg.images import BIGTIFF, tiff_directory
 
 GDAL_SUFFIXES = (".vrt", ".jp2", ".img")
 """Raster formats that are never photos: such an input goes to the orthomosaic path."""
@@ -42,11 +42,4 @@ def is_ortho(path: Path) -> bool:
 
 def require() -> None:
     """Raise UserError naming the ``geo`` extra when a package it brings is missing."""
-    missing = []
-    for name in ("rasterio", "pyogrio", "shapely"):
-        try:
-            __import__(name)
-        except ImportError:
-            missing.append(name)
-    if missing:
-        raise UserError(f"orthomosaics need the geo extra ({', '.join(missing)} missing): {EXTRA_HINT}")
+    extras.require("geo", "rasterio", "pyogrio", "shapely", what="orthomosaics")

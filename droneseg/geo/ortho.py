@@ -34,7 +34,6 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import rasterio
@@ -42,8 +41,9 @@ from rasterio.windows import Window
 from tqdm import tqdm
 
 from droneseg.classes import IGNORE_INDEX
-from droneseg.errors import DataError
-from droneseg.geo.outputs import AreaTable, RasterWriter, write_polygons, write_preview
+from droneseg.geo.options import OrthoOptions, VectorFormat
+from droneseg.areas import AreaTable, write_csv
+from droneseg.geo.outputs import RasterWriter, write_polygons, write_preview
 from droneseg.geo.raster import Ortho, WorkingWindow, open_ortho
 from droneseg.schemes import WrittenClasses
 from droneseg.tiler import Tiler
@@ -53,7 +53,6 @@ CONFIDENCE_NODATA = 0  # a top probability is at least 1/K > 0
 WRITE_ROWS = 512  # full-resolution rows gathered before a write (one COG tile row)
 GDAL_CACHE_MB = 256
 PASS_WINDOW = 4096  # raster pixels a side per window of the sieve and area passes
-VectorFormat = Literal["gpkg", "geojson"]
 
 
 @dataclass
@@ -156,26 +155,22 @@ def working_scale(ortho: Ortho, model_gsd: float | None) -> tuple[float, float]:
     return scale
 
 
-def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, model_gsd: float | None, *,
-                  class_names: list[str] | None = None, image_filter: str = "area", confidence: bool = False,
-                  vector: VectorFormat | None = "gpkg",
-                  min_area: float | None = None, simplify: float | None = None, strip: int = 4096,
-                  progress: bool = True, meta: dict | None = None) -> OrthoResult:
-    """Segment the orthomosaic ``path`` into ``out`` (see the module contract). ``class_names``: the K target
-    classes' names, for the area table and the polygons (default: the names of their written values; with
-    ``--numbering dataset`` a group's value is its first member's, so a scheme's names say what was predicted).
+def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, model_gsd: float | None,
+                  options: OrthoOptions = OrthoOptions(), *, class_names: list[str] | None = None,
+                  image_filter: str = "area", progress: bool = True, meta: dict | None = None) -> OrthoResult:
+    """Segment the orthomosaic ``path`` into ``out`` (see the module contract) with ``options`` (checked when they
+    were made). ``model_gsd``: metres per working pixel (None: unknown). ``class_names``: the K target classes'
+    names, for the area table and the polygons (default: the names of their written values; with ``--numbering
+    dataset`` a group's value is its first member's, so a scheme's names say what was predicted).
     Raises DataError naming the file."""
-    if min_area is not None and not min_area > 0:
-        raise DataError(f"min_area must be a positive number of m², got {min_area}")
-    if simplify is not None and not simplify > 0:
-        raise DataError(f"simplify must be a positive distance in CRS units, got {simplify}")
+    confidence, vector, min_area, simplify = options.confidence, options.vector, options.min_area, options.simplify
     t0 = time.perf_counter()
     files = ortho_paths(path, out, confidence, vector)
     tiles_before, skipped_before = tiler.tiles_run, tiler.tiles_skipped
     # GDAL's block cache defaults to 5% of the machine's memory; reads and writes stream, so a little suffices
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_ortho(path) as ortho:
         grid = working_grid(ortho.width, ortho.height, working_scale(ortho, model_gsd))
-        strips = plan_strips(grid, strip, tiler.tile, tiler.stride())
+        strips = plan_strips(grid, options.strip, tiler.tile, tiler.stride())
         palette = np.zeros((256, 3), np.uint8)
         palette[: len(written.colors)] = written.colors
         colormap = {v: (*palette[v].tolist(), 255) for v in range(256)}
@@ -208,7 +203,8 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
         info = {"input": str(path), "crs": ortho.ds.crs.to_wkt(), "gsd_m": list(ortho.gsd), "model_gsd_m": model_gsd,
                 "working_scale": list(grid.scale), "working_size": list(grid.size), "min_area_m2": min_area,
                 **(meta or {})}
-        table.write(files["areas_csv"], files["areas_json"], info)
+        write_csv(files["areas_csv"], table.rows())
+        table.write_json(files["areas_json"], info)
         write_preview(ortho, files["classes"], files["preview"], palette,
                       {int(v): n for v, n in zip(written.values, names)}, NODATA)
     seconds = {"infer": t_infer - t0, "sieve_count": t_count - t_infer, "polygons": t_vector - t_count,

@@ -14,19 +14,15 @@ Contract
   ``area_m2``, in the raster's CRS; neighbours share their edges exactly. ``simplify`` (CRS units) simplifies them
   as one coverage (``shapely.coverage_simplify``), so shared edges stay shared and no gaps open; it needs every
   polygon in memory, as does GeoJSON output (GeoPackage is written in batches).
-* :class:`AreaTable`: per class, pixels, m² and share of the valid area; ``class_areas.csv`` and ``.json``.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +32,7 @@ from PIL import Image
 from rasterio.windows import Window
 
 from droneseg.geo.raster import Ortho, PixelArea
-from droneseg.io import atomic_path, atomic_save, atomic_write_json, atomic_write_text
+from droneseg.files import atomic_path, atomic_save
 
 COG_BLOCK = 512
 POLYGON_BATCH = 20_000  # features per GeoPackage transaction
@@ -94,50 +90,6 @@ class RasterWriter:
         finally:
             self._draft.unlink(missing_ok=True)
         return bool(self._stack.__exit__(kind, exc, tb))
-
-
-@dataclass
-class AreaTable:
-    """Per-class pixels and ground area of a segmented orthomosaic (see the module contract)."""
-
-    names: list[str]  # target classes
-    values: list[int]  # written value of each target
-    method: str
-    pixels: np.ndarray = field(default=None)  # (K,) int64
-    m2: np.ndarray = field(default=None)  # (K,) float64
-
-    def __post_init__(self) -> None:
-        k = len(self.names)
-        self.pixels = np.zeros(k, np.int64)
-        self.m2 = np.zeros(k, np.float64)
-
-    def add(self, labels: np.ndarray, valid: np.ndarray, pixel_area: np.ndarray | float) -> None:
-        """``labels`` (h, w) uint8 targets, ``valid`` (h, w) bool, ``pixel_area`` m² per pixel (scalar or (h, w))."""
-        k = len(self.names)
-        picked = labels[valid]
-        self.pixels += np.bincount(picked, minlength=k)[:k]
-        if np.isscalar(pixel_area):
-            self.m2 += np.bincount(picked, minlength=k)[:k] * float(pixel_area)
-        else:
-            self.m2 += np.bincount(picked, weights=pixel_area[valid], minlength=k)[:k]
-
-    def rows(self) -> list[dict[str, str]]:
-        total = float(self.m2.sum())
-        return [{"class_id": str(v), "class": n, "pixels": str(int(p)), "area_m2": f"{a:.4f}",
-                 "share": f"{a / total:.6f}" if total else "0"}
-                for v, n, p, a in zip(self.values, self.names, self.pixels, self.m2)]
-
-    def write(self, csv_path: Path, json_path: Path, meta: dict) -> None:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, ["class_id", "class", "pixels", "area_m2", "share"], lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(self.rows())
-        atomic_write_text(csv_path, buf.getvalue())
-        atomic_write_json(json_path, {**meta, "area_method": self.method, "valid_pixels": int(self.pixels.sum()),
-                                      "valid_area_m2": round(float(self.m2.sum()), 4),
-                                      "classes": [{**r, "class_id": int(r["class_id"]), "pixels": int(r["pixels"]),
-                                                   "area_m2": float(r["area_m2"]), "share": float(r["share"])}
-                                                  for r in self.rows()]})
 
 
 def _polygons(ds: rasterio.io.DatasetReaderBase, names: dict[int, str], nodata: int

@@ -30,7 +30,7 @@ from rasterio.windows import Window
 from droneseg.classes import ClassTable
 from droneseg.data.synthetic import render_scene
 from droneseg.errors import DataError
-from droneseg.io import atomic_path
+from droneseg.files import atomic_path
 
 TABLE = ClassTable.builtin()
 

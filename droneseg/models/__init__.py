@@ -32,8 +32,21 @@ from droneseg.models.unet import UNet
 
 __all__ = ["ARCHITECTURES", "ModelConfig", "SegmentationModel", "build_model", "model_summary"]
 
-CLASSIC = "unet"
-"""The classic U-Net's name; the capitalised ``Unet`` is smp's."""
+CLASSIC = "classic-unet"
+"""The classic U-Net's name; smp's U-Net is ``Unet``."""
+LEGACY_CLASSIC = "unet"
+"""The classic U-Net's name before 0.2: smp's ``create_model("unet")`` means smp's ``Unet``, so in a new config
+the name is ambiguous and refused; run folders that wrote it are read with :func:`legacy_model_dict`."""
+
+
+def legacy_model_dict(model: dict) -> dict:
+    """A ``model`` section written before 0.2 (``model.json`` format <= 3, a run's ``config.yaml``) with the
+    classic U-Net's old name ``unet`` read as :data:`CLASSIC`.
+
+    >>> legacy_model_dict({"arch": "unet"})["arch"], legacy_model_dict({"arch": "Unet"})["arch"]
+    ('classic-unet', 'Unet')
+    """
+    return {**model, "arch": CLASSIC} if model.get("arch") == LEGACY_CLASSIC else model
 
 NAMED_WEIGHTS = ("imagenet", "lite0")
 """Values of ``weights`` that are not file paths."""
@@ -53,6 +66,10 @@ class ModelConfig(BaseModel):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
+        if arch.lower() == LEGACY_CLASSIC and arch not in ARCHITECTURES:
+            raise DataError(f"model.arch {arch!r} is ambiguous: droneseg's configurable classic U-Net is now "
+                            f"{CLASSIC!r}, segmentation-models-pytorch's is 'Unet' (run folders that say 'unet' "
+                            "still load)")
         if arch not in ARCHITECTURES:
             raise DataError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
         return arch
@@ -138,7 +155,7 @@ ARCHITECTURES: dict[str, Builder] = {
     CLASSIC: _build_unet,
     **{name: partial(_build_smp, name) for name in _SMP_ARCHITECTURES},
 }
-"""Name -> builder; ``unet`` is the classic U-Net, the others are smp 0.6 architectures of the same name."""
+"""Name -> builder; ``classic-unet`` is the classic U-Net, the others are smp 0.6 architectures of the same name."""
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> SegmentationModel:

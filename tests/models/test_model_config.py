@@ -11,20 +11,20 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from pydantic import ValidationError
 
 from droneseg.errors import DataError
-from droneseg.models import ARCHITECTURES, ModelConfig, build_model, model_summary
+from droneseg.models import ARCHITECTURES, CLASSIC, ModelConfig, build_model, model_summary
 from droneseg.models.pretrained import LITE0_ENCODER
 from droneseg.models.unet import UNet
 
 
 def test_defaults_are_the_classic_student_unet() -> None:
     cfg = ModelConfig()
-    assert (cfg.arch, cfg.channels, cfg.weights, cfg.in_channels) == ("unet", [16, 32, 64], None, 3)
+    assert (cfg.arch, cfg.channels, cfg.weights, cfg.in_channels) == (CLASSIC, [16, 32, 64], None, 3)
     model = build_model(cfg, num_classes=24)
     assert isinstance(model, UNet) and model.size_divisor == 4
 
 
 def test_every_registered_smp_name_is_an_smp_class() -> None:
-    smp_names = set(ARCHITECTURES) - {"unet"}
+    smp_names = set(ARCHITECTURES) - {CLASSIC}
     assert {"Unet", "UnetPlusPlus", "FPN", "PSPNet", "DeepLabV3", "DeepLabV3Plus", "Linknet", "MAnet", "PAN",
             "UPerNet", "Segformer"} <= smp_names  # fmt: skip
     assert all(isinstance(getattr(smp, name), type) for name in smp_names)

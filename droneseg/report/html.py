@@ -5,7 +5,7 @@ Contract
 ``render_html`` returns a single self-contained page: inline CSS, figures embedded as base64
 ``data:image/png`` URIs, no scripts and no external assets (relative links to the files it shows
 are the only references). Every name and context value is HTML-escaped; numbers are written by
-:mod:`droneseg.formats`, as in every other report file.
+:mod:`droneseg.report.formats`, as in every other report file.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from droneseg.formats import DASH, PER_IMAGE_DEFINITION, POOLED_DEFINITION, ImageResult, class_order, fmt, pct
+from droneseg.report.formats import DASH, PER_IMAGE_DEFINITION, POOLED_DEFINITION, ImageResult, class_order, fmt, pct
 
 if TYPE_CHECKING:
     from droneseg.schemes import LabelScheme

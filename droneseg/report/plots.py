@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from droneseg.io import atomic_save  # noqa: E402
+from droneseg.files import atomic_save  # noqa: E402
 from droneseg.schemes import LabelScheme  # noqa: E402
 
 

@@ -1,0 +1,54 @@
+"""How orthomosaic inputs are segmented: one typed object, checked once, taken whole by :mod:`droneseg.geo.ortho`.
+
+Needs no extra (``predict`` checks the options before it knows whether an input is an orthomosaic).
+
+>>> OrthoOptions.from_cli(vector="none", min_area=2).vector, OrthoOptions().strip
+(None, 4096)
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from droneseg.errors import DataError
+
+VectorFormat = Literal["gpkg", "geojson"]
+
+
+class OrthoOptions(BaseModel):
+    """Options of ``predict`` for orthomosaics; photos ignore them."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_gsd: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                    description="metres of ground per working pixel; None: model.json's")
+    confidence: bool = Field(default=False, description="also write <stem>_confidence.tif")
+    vector: VectorFormat | None = Field(default="gpkg", description="polygons as gpkg or geojson; None: none")
+    min_area: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                   description="m²: merge smaller regions into their neighbours")
+    simplify: float | None = Field(default=None, gt=0, allow_inf_nan=False,
+                                   description="coverage simplification tolerance, in CRS units")
+    strip: int = Field(default=4096, ge=32, description="working pixels of core width per strip")
+
+    @field_validator("vector", mode="before")
+    @classmethod
+    def _none_word(cls, v: object) -> object:
+        return None if isinstance(v, str) and v.lower() == "none" else v
+
+    @classmethod
+    def from_cli(cls, **values: object) -> OrthoOptions:
+        """Options from the command line's values; raises DataError naming the option (``--min-area``…)."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else ""
+            option = "--" + field.replace("_", "-") if field else "orthomosaic options"
+            if field in _UNITS and err["type"] in ("greater_than", "finite_number"):
+                raise DataError(f"{option} must be a positive number of {_UNITS[field]}, got {err.get('input')}"
+                                ) from None
+            raise DataError(f"{option}: {err['msg']} (got {err.get('input')!r})") from None
+
+
+_UNITS = {"model_gsd": "metres per pixel", "min_area": "m²", "simplify": "CRS units"}

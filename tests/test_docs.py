@@ -1,0 +1,484 @@
+"""The README and docs/ say what the code and the results JSON say.
+
+* Every measured number listed in :data:`NUMBERS` is read from its JSON under ``benchmarks/results/`` (or from the
+  JSON of an earlier run, ``git show COMMIT:PATH``), formatted as the text formats it, and looked for in the one
+  paragraph or table row of the page that holds it: a number changed on either side fails here.
+* Links between the pages resolve, with their anchors; the README stays a landing page under 10,000 characters
+  that opens with the two commands; ``mkdocs build --strict`` passes.
+* ``scripts/devset/build.py`` builds the dev subset from a fake Kaggle or TU Graz download.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
+BUILD = ROOT / "scripts" / "devset" / "build.py"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# numbers: text against JSON
+
+
+def r(value: float, digits: int = 0) -> str:
+    """``value`` rounded half up to ``digits`` decimals, as a person rounds the JSON's shortest repr."""
+    q = Decimal(1).scaleb(-digits)
+    return str(Decimal(repr(float(value))).quantize(q, rounding=ROUND_HALF_UP))
+
+
+def pct(share: float, digits: int = 1) -> str:
+    """0.8424 -> '84.2' (percent of a share)."""
+    return r(float(Decimal(repr(float(share))) * 100), digits)
+
+
+def gb(mb: float) -> str:
+    """Peak RSS in MB (10^6 bytes, as the benchmarks record it) -> '1.55 GB'."""
+    return f"{r(mb / 1000, 2)} GB"
+
+
+def gib(mb: float) -> str:
+    """CUDA memory in MiB -> '11.7 GiB'."""
+    return f"{r(mb / 1024, 1)} GiB"
+
+
+def iou(v: float) -> str:
+    """Per-class IoU as the text writes it: 2 decimals, 3 below 0.1 (so that 0.046 is not shown as 0.05)."""
+    return r(v, 2 if v >= 0.1 else 3)
+
+
+def results_row(d: dict) -> list[str]:
+    """What the results table says of one 30-minute recipe JSON, whatever the scheme."""
+    return [f"**{r(d['val_miou_native'], 3)}**", f"pixel accuracy {pct(d['pixel_accuracy'])} %",
+            f"{r(d['wall_s'])} s wall, {d['epochs']} epochs at {r(d['images_per_s'], 1)} img/s"]
+
+
+def full_row(d: dict) -> list[str]:
+    ious = d["per_class_iou"].values()
+    above_zero = "every class above zero: " if min(ious) > 0 else ""
+    return [*results_row(d), f"{above_zero}{sum(v > 0.1 for v in ious)} of {len(ious)} above 0.1 IoU",
+            f"`door` {iou(d['per_class_iou']['door'])}"]
+
+
+def six_row(d: dict) -> list[str]:
+    ranked = sorted(d["per_class_iou"].items(), key=lambda kv: -kv[1])
+    return [*results_row(d), ", ".join(f"{name} {r(v, 2)}" for name, v in ranked)]
+
+
+def paved_row(d: dict) -> list[str]:
+    c = d["per_class_iou"]
+    return [*results_row(d), f"paved-area IoU {r(c['paved-area'], 3)}, other {r(c['other'], 3)}"]
+
+
+def per_class(d: dict) -> list[str]:
+    ranked = sorted(d["per_class_iou"].items(), key=lambda kv: -kv[1])
+    return [", ".join(f"{name} {iou(v)}" for name, v in ranked)]
+
+
+def recipe_row(d: dict) -> list[str]:
+    """A row of the 8-minute ranking: mIoU (plain or bold) and img/s."""
+    return [r(d["val_miou_native"], 3), f"| {r(d['images_per_s'], 2)}"]
+
+
+def predict_row(d: dict) -> list[str]:
+    def pick(backend: str, scale: float) -> dict:
+        return next(x for x in d["results"] if x["backend"] == backend and x["tile"] == 512 and x["scale"] == scale)
+
+    torch, onnx, preview = pick("torch", 1.0), pick("onnx", 1.0), pick("torch", 0.25)
+    return [f"{r(torch['seconds_per_photo'], 1)} s, peak RSS {gb(torch['peak_rss_mb'])}",
+            f"(ONNX Runtime {r(onnx['seconds_per_photo'], 1)} s, {gb(onnx['peak_rss_mb'])})",
+            f"`--scale 0.25` {r(preview['seconds_per_photo'], 2)} s"]
+
+
+def evaluate_row(d: dict) -> list[str]:
+    s = d["summary"]["long_side_768"]
+    rss = s["evaluate_peak_rss_mb_by_photos"]
+    return [f"{r(s['evaluate_s_per_photo'], 1)} s per photo over {s['photos']} photos",
+            f"({r(s['evaluate_marginal_s_per_photo'], 1)} s per extra photo; predict {r(s['predict_s_per_photo'], 1)} s: "
+            f"{r(s['evaluate_over_predict'], 1)}x)",
+            f"peak RSS {gb(rss['1'])} with 1 photo, {gb(rss[str(s['photos'])])} with {s['photos']}"]
+
+
+def evaluate_native_row(d: dict) -> list[str]:
+    s = d["summary"]["long_side_None"]
+    rss = s["evaluate_peak_rss_mb_by_photos"]
+    return [f"{r(s['evaluate_s_per_photo'])} s per photo (predict {r(s['predict_s_per_photo'])} s: "
+            f"{r(s['evaluate_over_predict'], 2)}x)",
+            f"peak RSS {gb(rss['1'])} with 1 photo, {gb(rss[str(s['photos'])])} with {s['photos']}"]
+
+
+def quick_suite(d: dict) -> list[str]:
+    full, demo = d["training"]["full"], d["training"]["demo"]
+    base_f, base_d = full["notebook_baseline"], demo["notebook_baseline"]
+    inf = d["inference"]
+    return [f"{r(d['seconds'])} s;",
+            f"bare step {r(full['bare_step']['images_per_s'], 2)} img/s ({r(full['bare_step']['achieved_gflops'])} GFLOP/s",
+            f"the {r(d['machine']['fp32_peak_gflops'])} GFLOP/s",
+            f"pipeline {r(full['pipeline_over_bare'], 2)} of it",
+            f"demo {r(demo['bare_step']['images_per_s'], 1)} img/s, pipeline {r(demo['pipeline_over_bare'], 2)} of it",
+            f"{r(base_f['dev_1500x1000']['ours_over_baseline'], 2)}x slower than ours on 1500x1000 photos and "
+            f"{r(base_f['synthetic_6000x4000']['ours_over_baseline'], 2)}x on 6000x4000",
+            f"{r(base_d['dev_1500x1000']['ours_over_baseline'], 2)}x and "
+            f"{r(base_d['synthetic_6000x4000']['ours_over_baseline'], 1)}x for the demo",
+            f"makes {r(d['loader']['crops_per_s'], 1)} augmented {d['loader']['crop']}² crops/s",
+            f"model {r(inf['predict']['seconds_per_photo'], 1)} s, `evaluate` {r(inf['evaluate']['seconds_per_photo'], 1)} s"]
+
+
+def ortho_row(model: str) -> Callable[[dict], list[str]]:
+    def expect(d: dict) -> list[str]:
+        x = d["results"][model]
+        st = x["stages_s"]
+        return [f"| {r(x['seconds'])} | {r(st['infer'])} s | {r(st['sieve_count'])} s | {r(st['polygons'])} s "
+                f"({x['polygons']:,} polygons) | {r(st['cog'])} s | {gb(x['peak_rss_mb'])} |"]
+    return expect
+
+
+def ortho_scene(d: dict) -> list[str]:
+    x = d["results"]["demo"]
+    grid = r(d["ortho"]["size"][0] * x["working_scale"][0])
+    return [f"a {d['ortho']['size'][0]:,} x {d['ortho']['size'][1]:,} synthetic orthomosaic at {r(d['ortho']['gsd_m'] * 100)} cm/px",
+            f"read at {r(d['model_gsd_m'] * 100)} cm/px: an {grid} x {grid} working grid",
+            f"{x['tiles'] + x['tiles_skipped']} tiles of 512² of which {x['tiles_skipped']} over the collar"]
+
+
+def ortho_headline(d: dict) -> list[str]:
+    demo, full = d["results"]["demo"], d["results"]["full"]
+    return [f"demo U-Net {r(demo['seconds'])} s, peak RSS {gb(demo['peak_rss_mb'])}",
+            f"`full` FPN-Lite0 {r(full['seconds'])} s, {gb(full['peak_rss_mb'])}"]
+
+
+def ortho_onnx(d: dict) -> list[str]:
+    demo, full = d["results"]["demo"], d["results"]["full"]
+    return [f"demo {r(demo['seconds'])} s in all ({r(demo['stages_s']['infer'])} s inference, {gb(demo['peak_rss_mb'])})",
+            f"`full` {r(full['seconds'])} s ({r(full['stages_s']['infer'])} s inference) but at {gb(full['peak_rss_mb'])} peak"]
+
+
+def ortho_vs_photo(d: dict) -> list[str]:
+    o, p, a = d["scores"]["ortho"], d["scores"]["photo"], d["agreement"]
+    return [f"each of the {d['photos']} dev val photos",
+            f"scores mIoU {r(o['miou'], 3)} and pixel accuracy {r(o['pixel_accuracy'], 3)}",
+            f"the photo path scores {r(p['miou'], 3)} and {r(p['pixel_accuracy'], 3)}",
+            f"agree on {pct(a['mean'])}% of pixels on average ({pct(a['min'])}% on the worst photo)"]
+
+
+def gpu_train(d: dict) -> list[str]:
+    f32, bf16 = d["runs"]["32"], d["runs"]["bf16-mixed"]
+    return [f"{r(f32['images_per_s'])} img/s fp32 ({gib(f32['peak_cuda_mb'])}), "
+            f"{r(bf16['images_per_s'])} img/s bf16-mixed ({gib(bf16['peak_cuda_mb'])})"]
+
+
+def gpu_predict(d: dict) -> list[str]:
+    return [f"{r(d['predict_6000x4000_torch_s'], 1)} s ({r(d['predict_timings_torch']['infer'], 1)} s inference)"]
+
+
+@dataclass(frozen=True)
+class Numbers:
+    """The paragraph or table row of ``page`` that contains ``where`` holds every string ``expect`` makes of the
+    JSON ``source`` (a path under benchmarks/results/, or ``COMMIT:benchmarks/results/...`` for an earlier run)."""
+
+    page: str
+    where: str
+    source: str
+    expect: Callable[[dict], list[str]]
+
+    @property
+    def id(self) -> str:
+        return f"{self.page}:" + re.sub(r"\W+", "-", self.where).strip("-")[:40]
+
+
+RESULTS_TABLE = [
+    ("| `full` (22 classes) |", "recipes/full-30m.json", full_row),
+    ("| `six` |", "recipes/six-30m.json", six_row),
+    ("| `paved` |", "recipes/paved-30m.json", paved_row),
+]
+RECIPE_ROWS = ["unet-lite0", "fpn-lite0", "fpn-lite0-sqrt-lr2e-3", "full", "full-ema", "full-crop256-b8",
+               "full-rare0.8", "full-ohem", "full-1024", "full-lovasz"]
+OLD = "benchmarks/results/recipes"
+
+NUMBERS = [
+    # the results table: in the README, the docs' home page and Benchmarks
+    *[Numbers(page, where, src, fn) for page in ("README.md", "docs/index.md", "docs/benchmarks.md")
+      for where, src, fn in RESULTS_TABLE],
+    Numbers("docs/benchmarks.md", "Per-class IoU of `full`:", "recipes/full-30m.json", per_class),
+    Numbers("docs/benchmarks.md", "Door (21 of 250 training photos", "recipes/full-30m.json",
+            lambda d: [f"this run made {d['epochs']} epochs at {r(d['images_per_s'], 1)} img/s"]),
+    *[Numbers("docs/benchmarks.md", f"`{name}-8m.json`", f"recipes/{name}-8m.json", recipe_row) for name in RECIPE_ROWS],
+    Numbers("docs/benchmarks.md", "`full-1024-8m.json`", "recipes/full-1024-8m.json",
+            lambda d: [f"returned after {r(d['wall_s'])} s"]),
+    # "Measured on this code"
+    Numbers("docs/benchmarks.md", "| cache build per photo", "cache.json", lambda d: [
+        f"{r(d['sets']['dev_1500x1000']['build_draft']['median_s'], 2)} s (1500x1000)",
+        f"{r(d['sets']['synthetic_6000x4000']['build_draft']['median_s'], 2)} s (6000x4000 JPEG",
+        f"vs {r(d['sets']['synthetic_6000x4000']['build_full_decode']['median_s'], 2)} s full decoding"]),
+    Numbers("docs/benchmarks.md", "| cache read of a 384² crop", "cache.json",
+            lambda d: [f"| {r(d['sets']['dev_1500x1000']['read']['crop_read_ms'], 1)} ms |"]),
+    Numbers("docs/benchmarks.md", "| train `full` preset on the dev train split", "recipes/full-30m.json",
+            lambda d: [f"| {r(d['images_per_s'], 1)} img/s;", f"val mIoU {r(d['val_miou_native'], 3)} (above)"]),
+    Numbers("docs/benchmarks.md", "| evaluate that model on the 50 dev val photos", "recipes/full-30m.json",
+            lambda d: [f"| {r(d['final_eval_s'])} s (validation at working size during training: "
+                       f"{r(d['budget_detail']['val_s'])} s)"]),
+    Numbers("docs/benchmarks.md", "| benchmark suite, quick", "run-quick.json", quick_suite),
+    Numbers("docs/benchmarks.md", "| predict one 6000x4000 photo, U-Net", "predict.json", predict_row),
+    Numbers("docs/benchmarks.md", "| evaluate 6000x4000 photos with masks", "evaluate.json", evaluate_row),
+    Numbers("docs/benchmarks.md", "| evaluate at native size", "evaluate.json", evaluate_native_row),
+    Numbers("docs/benchmarks.md", "| predict a 20,000 x 20,000 orthomosaic", "ortho.json", ortho_headline),
+    Numbers("docs/benchmarks.md", "Unet-Lite0 training, 512² crops", "gpu.json", gpu_train),
+    Numbers("docs/benchmarks.md", "predict one 6000x4000 photo, Unet-Lite0", "gpu.json", gpu_predict),
+    # orthomosaics
+    Numbers("docs/benchmarks.md", "On real imagery:", "ortho_vs_photo.json", ortho_vs_photo),
+    Numbers("docs/benchmarks.md", "Measured on this machine (", "ortho.json", ortho_scene),
+    Numbers("docs/benchmarks.md", "| demo (U-Net [16,32,64,128], 6 classes) |", "ortho.json", ortho_row("demo")),
+    Numbers("docs/benchmarks.md", "| full (FPN EfficientNet-Lite0, 22 classes) |", "ortho.json", ortho_row("full")),
+    Numbers("docs/benchmarks.md", "With `--backend onnx`", "ortho-onnx.json", ortho_onnx),
+    Numbers("docs/benchmarks.md", "With `--strip 2048`", "ortho-strip2048-10000.json", lambda d: [
+        f"peaked at {gb(d['results']['demo']['peak_rss_mb'])} on a 10,000² orthomosaic ({r(d['results']['demo']['seconds'])} s)",
+        f"{r(d['results']['demo']['rss_after_imports_mb'] / 1000, 1)} GB of it is importing torch"]),
+    Numbers("docs/benchmarks.md", "With `--strip 2048`", "ortho-strip2048-20000.json", lambda d: [
+        f"{gb(d['results']['demo']['peak_rss_mb'])} on the 20,000² one (4x the pixels, {r(d['results']['demo']['seconds'])} s",
+        f"{d['results']['demo']['tiles']} tiles instead of"]),
+    Numbers("docs/benchmarks.md", "With `--strip 2048`", "ortho.json",
+            lambda d: [f"tiles instead of {d['results']['demo']['tiles']})"]),
+    # earlier runs, from the repo's history
+    Numbers("docs/benchmarks.md", "Before class-uniform crops, `six`", f"5f183da:{OLD}/six-30m.json",
+            lambda d: [f"`six` reached {r(d['val_miou_native'], 3)} in {d['epochs']} epochs"]),
+    Numbers("docs/benchmarks.md", "Before class-uniform crops, `six`", f"5f183da:{OLD}/paved-30m.json",
+            lambda d: [f"`paved` {r(d['val_miou_native'], 3)} in {d['epochs']} epochs at {r(d['images_per_s'], 1)} img/s"]),
+    Numbers("docs/benchmarks.md", "Door (21 of 250 training photos", f"bd394f1:{OLD}/full-30m.json",
+            lambda d: [f"{r(d['val_miou_native'], 3)} before, in {d['epochs']} epochs at {r(d['images_per_s'], 1)} img/s"]),
+    Numbers("docs/benchmarks.md", "At 30 minutes:", f"bbf7ffb:{OLD}/full-30m.json",
+            lambda d: [f"{r(d['val_miou_native'], 3)} without EMA"]),
+    Numbers("docs/benchmarks.md", "At 30 minutes:", f"20fd93c:{OLD}/full-30m.json",
+            lambda d: [f"{r(d['val_miou_native'], 3)} with EMA (door {r(d['per_class_iou']['door'], 3)};"]),
+    Numbers("docs/benchmarks.md", "At 30 minutes:", f"bd394f1:{OLD}/full-30m.json",
+            lambda d: [f"{r(d['val_miou_native'], 3)} with EMA and 256² x 8 (door {r(d['per_class_iou']['door'], 3)};"]),
+    Numbers("docs/benchmarks.md", "| benchmark suite, quick", "bd394f1:benchmarks/results/run-quick.json",
+            lambda d: [f"({r(d['training']['full']['pipeline_over_bare'], 2)} in the run before"]),
+    Numbers("docs/benchmarks.md", "An earlier run of the same code path", "a5b7016:benchmarks/results/ortho.json",
+            lambda d: [f"took {r(d['results']['demo']['seconds'])} s and {r(d['results']['full']['seconds'])} s"]),
+]
+
+
+@cache
+def load(source: str) -> dict:
+    if ":" not in source:
+        return json.loads((RESULTS / source).read_text(encoding="utf-8"))
+    proc = subprocess.run(["git", "-C", str(ROOT), "show", source], capture_output=True, text=True)
+    if proc.returncode:
+        pytest.skip(f"git history not available here ({source})")
+    return json.loads(proc.stdout)
+
+
+def blocks(page: str) -> list[str]:
+    """The page's paragraphs and table rows, each with its whitespace collapsed to single spaces."""
+    out: list[str] = []
+    for chunk in re.split(r"\n\s*\n", (ROOT / page).read_text(encoding="utf-8")):
+        lines = chunk.splitlines()
+        rows = [ln for ln in lines if ln.startswith("|")]
+        rest = " ".join(ln for ln in lines if not ln.startswith("|"))
+        out += [" ".join(ln.split()) for ln in rows]
+        if rest.strip():
+            out.append(" ".join(rest.split()))
+    return out
+
+
+@pytest.mark.parametrize("n", NUMBERS, ids=[n.id for n in NUMBERS])
+def test_the_text_quotes_the_json(n: Numbers):
+    where = " ".join(n.where.split())
+    found = [b for b in blocks(n.page) if where in b]
+    assert len(found) == 1, f"{n.page}: {len(found)} paragraphs or rows contain {n.where!r}, expected one"
+    data = load(n.source)
+    missing = [text for text in n.expect(data) if text not in found[0]]
+    assert not missing, f"{n.page}, the block with {n.where!r}, should say (from {n.source}): {missing}"
+
+
+def test_every_recipe_run_is_quoted():
+    """Each run under benchmarks/results/recipes/ is a published result: a new one lands with its row in the docs."""
+    quoted = {n.source for n in NUMBERS if ":" not in n.source}
+    on_disk = {str(p.relative_to(RESULTS)) for p in (RESULTS / "recipes").glob("*.json")}
+    assert on_disk - quoted == set(), "recipe JSON quoted by no page: add its row to docs/benchmarks.md and NUMBERS"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# pages: size, links, site
+
+
+def test_readme_is_a_landing_page_that_opens_with_the_two_commands():
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert len(text) < 10_000, f"README.md has {len(text)} characters; move detail into docs/"
+    assert text.splitlines()[:6] == [
+        "# droneseg",
+        "",
+        "```bash",
+        "make demo   # sets up .venv (pip, pinned), synthesises aerial scenes, trains a small U-Net on CPU, evaluates, predicts",
+        "make test   # sets up .venv the same way and runs the whole test suite",
+        "```",
+    ]
+
+
+def slug(heading: str) -> str:
+    """The anchor GitHub and mkdocs' toc both give a plain heading."""
+    text = re.sub(r"[`*_]", "", heading.strip().lower())
+    text = re.sub(r"[^\w\- ]", "", text)
+    return re.sub(r"[ ]+", "-", text.strip())
+
+
+def anchors(page: Path) -> set[str]:
+    text = re.sub(r"```.*?```", "", page.read_text(encoding="utf-8"), flags=re.S)
+    return {slug(m) for m in re.findall(r"^#{1,6} (.+)$", text, flags=re.M)}
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_links_resolve(page: str):
+    path = ROOT / page
+    text = re.sub(r"```.*?```", "", path.read_text(encoding="utf-8"), flags=re.S)
+    bad = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"[a-z]+:", target):
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (path.parent / file).resolve() if file else path
+        if not dest.exists():
+            bad.append(f"{target}: no such file")
+        elif page.startswith("docs/") and not dest.is_relative_to(ROOT / "docs"):
+            bad.append(f"{target}: outside docs/, not part of the site")
+        elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
+            bad.append(f"{target}: no heading gives #{anchor}")
+    assert not bad, f"{page}: {bad}"
+
+
+def test_the_site_builds_strict(tmp_path):
+    pytest.importorskip("mkdocs")
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    proc = subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "site" / "images" / "ortho_preview.jpg").is_file()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# scripts/devset/build.py on a fake download
+
+TABLE = [("unlabeled", 0, 0, 0), ("paved-area", 128, 64, 128), ("grass", 0, 102, 0), ("door", 254, 148, 12)]
+TRAIN, VAL = ["000", "001"], ["003"]
+
+
+def fake_photo() -> Image.Image:
+    """8x8 grey photo whose 4x4 blocks alternate 0 and 200 in a checkerboard: each block averages 100."""
+    board = (np.indices((8, 8)).sum(0) % 2) * 200
+    return Image.fromarray(np.repeat(board[..., None], 3, axis=2).astype(np.uint8))
+
+
+def fake_index_mask() -> np.ndarray:
+    """8x8 of grass (2) with door (3) at (2, 2), the centre of block (0, 0), and paved-area (1) at (2, 6)."""
+    m = np.full((8, 8), 2, np.uint8)
+    m[2, 2], m[2, 6] = 3, 1
+    m[0, 0] = 1  # not a block centre: never sampled
+    return m
+
+
+def write_table(path: Path) -> None:
+    path.write_text("name, r, g, b\n" + "".join(f"{n}, {r_}, {g}, {b}\n" for n, r_, g, b in TABLE))
+
+
+def write_splits(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "train.txt").write_text("\n".join(TRAIN) + "\n")
+    (folder / "val.txt").write_text("\n".join(VAL) + "\n")
+    return folder
+
+
+def fake_kaggle(root: Path) -> Path:
+    """The Kaggle archive as it unpacks: photos and index masks two levels down, colour masks doubly nested."""
+    inner = root / "dataset" / "semantic_drone_dataset"
+    for sub in ("original_images", "label_images_semantic"):
+        (inner / sub).mkdir(parents=True)
+    (root / "RGB_color_image_masks" / "RGB_color_image_masks").mkdir(parents=True)
+    colors = np.array([t[1:] for t in TABLE], np.uint8)
+    for i in TRAIN + VAL:
+        fake_photo().save(inner / "original_images" / f"{i}.jpg", quality=100)
+        Image.fromarray(fake_index_mask()).save(inner / "label_images_semantic" / f"{i}.png")
+        Image.fromarray(colors[fake_index_mask()]).save(root / "RGB_color_image_masks" / "RGB_color_image_masks" / f"{i}.png")
+    write_table(root / "class_dict_seg.csv")
+    return root
+
+
+def fake_tugraz(root: Path, bad_colour_in: str | None = None) -> Path:
+    images, gt = root / "training_set" / "images", root / "training_set" / "gt" / "semantic"
+    images.mkdir(parents=True)
+    (gt / "label_images").mkdir(parents=True)
+    colors = np.array([t[1:] for t in TABLE], np.uint8)
+    for i in TRAIN + VAL:
+        fake_photo().save(images / f"{i}.jpg", quality=100)
+        rgb = colors[fake_index_mask()]
+        if i == bad_colour_in:
+            rgb[5, 5] = (1, 2, 3)
+        Image.fromarray(rgb).save(gt / "label_images" / f"{i}.png")
+    write_table(gt / "class_dict.csv")
+    return root
+
+
+def run_build(*args: str | Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(BUILD), *map(str, args)], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("layout", ["kaggle", "tugraz"])
+def test_build_devset_from_a_fake_download(tmp_path, layout):
+    download = fake_kaggle(tmp_path / "dl") if layout == "kaggle" else fake_tugraz(tmp_path / "dl")
+    out = tmp_path / "data" / "semantic-drone-dev"
+    proc = run_build(download, "--out", out, "--factor", "4", "--splits", write_splits(tmp_path / "splits"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"wrote {out}/original_images/: 3 photos of 2x2 (from 8x8: 4x4 box average" in proc.stdout
+    assert sorted(p.name for p in out.iterdir()) == [
+        "RGB_color_image_masks", "class_dict_seg.csv", "label_images_semantic", "original_images", "splits"]
+    for i in TRAIN + VAL:
+        photo = np.asarray(Image.open(out / "original_images" / f"{i}.jpg"))
+        assert photo.shape == (2, 2, 3) and np.abs(photo.astype(int) - 100).max() <= 2  # the box mean, not a sample
+        index = np.asarray(Image.open(out / "label_images_semantic" / f"{i}.png"))
+        assert index.tolist() == [[3, 1], [2, 2]]  # the block centres: door at (2, 2), paved-area at (2, 6)
+        rgb = np.asarray(Image.open(out / "RGB_color_image_masks" / f"{i}.png"))
+        assert rgb[0, 0].tolist() == [254, 148, 12] and rgb[0, 1].tolist() == [128, 64, 128]
+    assert (out / "class_dict_seg.csv").read_text().splitlines() == ["name, r, g, b", "unlabeled, 0, 0, 0",
+                                                                     "paved-area, 128, 64, 128", "grass, 0, 102, 0",
+                                                                     "door, 254, 148, 12"]
+    assert (out / "splits" / "train.txt").read_text().split() == TRAIN
+    assert (out / "splits" / "val.txt").read_text().split() == VAL
+    # a second build into the same folder is refused, and changes nothing
+    again = run_build(download, "--out", out, "--splits", tmp_path / "splits")
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "exists and is not empty" in again.stderr
+
+
+def test_build_devset_names_every_missing_id_on_one_line(tmp_path):
+    """The shipped split files name 300 ids; a download holding 3 of them is refused before anything is written."""
+    shipped = [line for name in ("train", "val")
+               for line in (BUILD.parent / f"{name}.txt").read_text().split()]
+    assert len(shipped) == 300 and len(set(shipped)) == 300
+    out = tmp_path / "out"
+    proc = run_build(fake_kaggle(tmp_path / "dl"), "--out", out)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1, proc.stderr
+    missing = [i for i in shipped if i not in TRAIN + VAL]
+    assert f"{len(missing)} of 300 ids have no photo or mask: {', '.join(missing)}" in proc.stderr
+    assert not out.exists()
+
+
+def test_build_devset_refuses_an_unknown_colour_naming_the_file(tmp_path):
+    download = fake_tugraz(tmp_path / "dl", bad_colour_in="001")
+    out = tmp_path / "out"
+    proc = run_build(download, "--out", out, "--splits", write_splits(tmp_path / "splits"))
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1
+    assert "training_set/gt/semantic/label_images/001.png: unknown colour (1, 2, 3) in 1 pixels" in proc.stderr
+    assert not out.exists() and list(tmp_path.glob(".out.*")) == []  # the temporary folder is gone too
