@@ -240,8 +240,6 @@ def train(
 ) -> None:
     started = time.monotonic()  # --max-time counts from here, the heavy imports included
     from droneseg.config import load_config
-    from droneseg.engine.train import Requeued
-    from droneseg.engine.train import train as run_training
 
     extend = {"train.max_epochs": max_epochs, "train.max_time": max_time}
     values: dict[str, object] = {"train.devices": _devices(devices), "train.num_nodes": num_nodes, "data.gsd": gsd}
@@ -257,6 +255,10 @@ def train(
         cfg = None
     else:
         cfg = load_config(config, list(set_ or []), {**values, **extend})
+    # Lightning (seconds to import) only once the config is known to be valid: a typo is answered at once
+    from droneseg.engine.train import Requeued
+    from droneseg.engine.train import train as run_training
+
     try:
         run = run_training(cfg, out=out, resume=resume, started=started, run_dir=run_dir,
                            extend=extend if resume is not None else None)

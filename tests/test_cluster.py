@@ -22,6 +22,9 @@ from droneseg.classes import DataError
 from helpers import TINY_TRAIN
 from droneseg.cluster import ClusterEnv, cpu_threads, detect, master_port, oar_nodes, prepare
 
+# end-to-end runs in subprocesses: a hung one fails after 300 s with its traceback (pyproject: 120 s)
+pytestmark = pytest.mark.timeout(300)
+
 TINY = [*TINY_TRAIN, "--set", "data.samples_per_epoch=8", "--set", "train.accelerator=cpu",
         "--set", "train.patience=null"]
 
@@ -132,6 +135,7 @@ def test_torchrun_threads_get_their_share_of_the_cores():
 
 # -- torchrun ----------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_torchrun_two_ranks_validate_each_image_once_as_one_process_would(synth_root, tmp_path):
     """2 gloo ranks under torchrun: the val split sharded without padding, the pooled confusion matrix equal to one
     process validating the same checkpoint, the final evaluation sharded and equal to a one-process evaluate."""
@@ -224,6 +228,7 @@ def _finish(procs: list[subprocess.Popen]) -> list[int]:
     return codes
 
 
+@pytest.mark.slow
 def test_slurm_requeue_saves_requeues_and_the_requeued_job_resumes(synth_root, tmp_path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
@@ -252,6 +257,7 @@ def test_slurm_requeue_saves_requeues_and_the_requeued_job_resumes(synth_root, t
     _same_training(run, ref)
 
 
+@pytest.mark.slow
 def test_oar_checkpoint_signal_exits_99_and_the_resubmitted_job_resumes(synth_root, tmp_path):
     """OAR: one process per node (here one node, 2 devices: Lightning starts the second); SIGUSR2 reaches the job
     script's process only; the ranks agree, save and exit 99; the resubmitted job (a new id) resumes --run-dir."""
@@ -279,6 +285,7 @@ def test_oar_checkpoint_signal_exits_99_and_the_resubmitted_job_resumes(synth_ro
     _same_training(run, tmp_path / "ref")
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_extended_and_keeps_its_earlier_model(synth_root, tmp_path):
     common = ["-c", "demo", "--data", str(synth_root), *TINY, "--set", "train.final_eval=false"]
     r = subprocess.run(_cli("train", *common, "--out", str(tmp_path), "--max-epochs", "2"), capture_output=True,
@@ -300,6 +307,7 @@ def test_a_finished_run_is_extended_and_keeps_its_earlier_model(synth_root, tmp_
 
 # -- prediction at survey scale ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_two_rank_predict_writes_each_photo_once_and_one_class_area_table(tmp_path):
     from PIL import Image
 
@@ -350,6 +358,7 @@ def _template_env(tmp_path: Path, synth_root: Path, **extra: str) -> dict[str, s
                       TMPDIR=str(tmp_path / "local"), **extra)
 
 
+@pytest.mark.slow
 def test_the_sbatch_template_trains_under_srun(synth_root, tmp_path):
     """The template as sbatch runs it, with a stand-in ``srun`` that starts the job's tasks on this machine."""
     bin_dir = tmp_path / "bin"
@@ -369,6 +378,7 @@ def test_the_sbatch_template_trains_under_srun(synth_root, tmp_path):
     assert summary["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_the_oar_template_forwards_the_checkpoint_signal_and_exits_99(synth_root, tmp_path):
     """The OAR script on one node (2 cores reserved: 2 devices); SIGUSR2 to the script, as OAR sends it."""
     nodefile = tmp_path / "nodefile"

@@ -7,12 +7,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
+from typer.testing import CliRunner
 
 from droneseg.cli import app
 from droneseg.data.check import check_dataset
 from droneseg.data.layout import find_layout
-from typer.testing import CliRunner
 
 RUN = CliRunner()
 
@@ -106,6 +107,7 @@ def test_broken_copy_names_each_problem_on_its_own_line(synth_copy):
     assert len(problems) == len(expected)
 
 
+@pytest.mark.slow
 def test_missing_folder_is_one_line_error_and_exit_2(tmp_path):
     cmd = [sys.executable, "-m", "droneseg", "check-data", str(tmp_path / "nope")]
     r = subprocess.run(cmd, capture_output=True, text=True)
@@ -113,6 +115,7 @@ def test_missing_folder_is_one_line_error_and_exit_2(tmp_path):
     assert r.stderr.strip() == f"droneseg: error: {tmp_path / 'nope'}: no such folder"
 
 
+@pytest.mark.slow
 def test_dev_set_is_clean(dev_data):
     layout = find_layout(dev_data)
     report = check_dataset(layout, workers=2, progress=False)

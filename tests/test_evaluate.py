@@ -45,7 +45,7 @@ def val_ids(data: Path) -> list[str]:
     return (data / "splits" / "val.txt").read_text().split()
 
 
-@pytest.mark.parametrize("numbering", ["auto", "dataset"])
+@pytest.mark.parametrize("numbering", ["auto", pytest.param("dataset", marks=pytest.mark.slow)])
 def test_miou_equals_an_independent_recomputation_from_the_saved_masks(synth_root, tmp_path, numbering):
     # 'six' groups classes: by default its masks hold its own 0..5, with its class table beside them
     model = save_tiny_model(tmp_path / "run", "six", long_side=48, inference={"tile": 32})  # 48x32 in two 32² tiles
@@ -68,6 +68,7 @@ def test_miou_equals_an_independent_recomputation_from_the_saved_masks(synth_roo
     assert metrics["context"]["inference"]["tile"] == 32 and metrics["context"]["curves"] == "every pixel"
 
 
+@pytest.mark.slow
 def test_predict_masks_rescore_evaluate_miou_when_the_photo_spans_several_tiles(tmp_path):
     """One truth: a trained model whose working size spans 3x2 tiles; predict's masks give evaluate's mIoU."""
     from typer.testing import CliRunner
@@ -130,6 +131,7 @@ def test_luma_scheme_thresholds_each_map_and_scores_two_classes(synth_root, tmp_
     assert predicted[1] / sum(predicted) == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.slow
 def test_the_runs_split_applies_only_to_the_dataset_it_was_trained_on(synth_root, tmp_path):
     layout = find_layout(synth_root)
     identity = {"root": str(synth_root), "fingerprint": layout.fingerprint(), "images": len(layout.samples)}
@@ -166,6 +168,7 @@ def test_unknown_split_file_is_a_one_line_error(synth_root, tmp_path):
         evaluate(model, synth_root, split=str(ids), progress=False)
 
 
+@pytest.mark.slow
 def test_an_evaluation_is_never_overwritten(synth_root, tmp_path):
     model = save_tiny_model(tmp_path / "run", "paved", long_side=48)
     first = evaluate(model, synth_root, figures=0, progress=False)

@@ -128,6 +128,7 @@ def test_class_areas_match_the_known_areas_of_the_scene_within_2_percent(flat, t
     assert "projected CRS" in table["area_method"] and table["model_gsd_m"] == 0.05
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("copy", ["5cm", "2cm"])
 def test_a_scene_predicted_in_strips_equals_the_one_pass_result(textured, tmp_path, copy):
     """A real (random) U-Net on a textured scene: strips with context vs one pass of the tiler over the whole
@@ -220,6 +221,7 @@ def test_geojson_min_area_and_coverage_simplification(flat, tmp_path):
     assert shapely.area(g).sum() == pytest.approx(a_plain["valid_area_m2"], rel=0.005)
 
 
+@pytest.mark.slow
 def test_geographic_crs_areas_are_measured_on_an_equal_area_projection(tmp_path):
     pyproj = pytest.importorskip("pyproj")
     deg = 5e-7  # about 5.6 cm north-south, 3.8 cm east-west at 47° N
@@ -286,6 +288,7 @@ def test_tiles_outside_the_valid_area_are_not_inferred(flat, tmp_path):
     assert (classes[:20, :20] == NODATA).all()  # a corner of the collar: never written, reads back as nodata
 
 
+@pytest.mark.slow
 def test_predict_cli_on_an_orthomosaic_writes_every_output(textured, tmp_path, capsys):
     model = save_tiny_model(tmp_path / "model", long_side=None)
     out = tmp_path / "pred"
@@ -389,6 +392,7 @@ def test_min_area_merges_small_regions_across_windows_and_never_eats_large_ones(
     assert (after[:, :3] == NODATA).all()
 
 
+@pytest.mark.slow
 def test_a_folder_predicted_into_itself_twice_does_not_segment_its_own_outputs(flat, tmp_path, capsys):
     import shutil
 
@@ -406,6 +410,7 @@ def test_a_folder_predicted_into_itself_twice_does_not_segment_its_own_outputs(f
     assert "one band with a colour table: a class map, not imagery" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_grouping_scheme_areas_and_polygons_name_the_schemes_classes_in_any_numbering(textured, tmp_path):
     model = save_tiny_model(tmp_path / "model", scheme="six", long_side=None)
     assert run_cli("predict", model, textured["5cm"], "--out", tmp_path / "p", "--model-gsd", "0.05",

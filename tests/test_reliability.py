@@ -36,6 +36,9 @@ from droneseg.cli import main
 from droneseg.data.synthetic import write_synthetic
 from helpers import TINY_TRAIN, save_tiny_model
 
+# end-to-end runs in subprocesses: a hung one fails after 300 s with its traceback (pyproject: 120 s)
+pytestmark = pytest.mark.timeout(300)
+
 TINY = [*TINY_TRAIN, "--set", "train.final_eval=false"]
 
 
@@ -773,6 +776,7 @@ FAULTS = [fault_sigkill_during_training, fault_sigint_during_training, fault_sig
           fault_a_bug_of_ours_is_not_bad_input]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fault", FAULTS, ids=[f.__name__.removeprefix("fault_") for f in FAULTS])
 def test_fault(fault, tmp_path, capsys, uninterrupted, monkeypatch):
     fault(tmp_path, capsys, uninterrupted, monkeypatch)

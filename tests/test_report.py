@@ -98,6 +98,7 @@ def read_csv(path: Path) -> list[list[str]]:
         return list(csv.reader(fh))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case_name", ["full_case", "paved_case"])
 def test_every_file_is_written(case_name: str, request) -> None:
     case = request.getfixturevalue(case_name)
@@ -110,6 +111,7 @@ def test_every_file_is_written(case_name: str, request) -> None:
             assert Image.open(folder / name).size[0] > 300, name
 
 
+@pytest.mark.slow  # the 22-class report takes ~8 s to draw
 def test_confusion_csvs_match_the_matrix_and_leave_absent_rows_blank(full_case: Case) -> None:
     folder, names = full_case.report.parent, list(full_case.scheme.names)
     raw = read_csv(folder / "confusion_matrix.csv")
@@ -126,6 +128,7 @@ def test_confusion_csvs_match_the_matrix_and_leave_absent_rows_blank(full_case: 
     assert norm[22][0] == "obstacle" and norm[22][1:] == [""] * 22  # absent by construction
 
 
+@pytest.mark.slow  # the 22-class report takes ~8 s to draw
 def test_per_class_csv_matches_metrics_with_blanks_for_none(full_case: Case) -> None:
     rows = read_csv(full_case.report.parent / "per_class.csv")
     assert rows[0] == ["name", "iou", "f1", "precision", "recall", "support", "predicted", "ap", "auc"]
@@ -137,6 +140,7 @@ def test_per_class_csv_matches_metrics_with_blanks_for_none(full_case: Case) -> 
     assert obstacle[0] == "obstacle" and (obstacle[4], obstacle[7], obstacle[8]) == ("", "", "")
 
 
+@pytest.mark.slow  # the 22-class report takes ~8 s to draw
 def test_metrics_json_round_trips_and_labels_per_image_miou(full_case: Case) -> None:
     folder = full_case.report.parent
     saved = json.loads((folder / "metrics.json").read_text())
@@ -153,6 +157,7 @@ def test_metrics_json_round_trips_and_labels_per_image_miou(full_case: Case) -> 
     assert json.loads((folder / "curves.json").read_text()) == json.loads(json.dumps(full_case.metrics["curves"]))
 
 
+@pytest.mark.slow  # the 22-class report takes ~8 s to draw
 def test_metrics_txt_puts_pooled_miou_first_and_names_absent_classes(full_case: Case) -> None:
     text = (full_case.report.parent / "metrics.txt").read_text()
     summary = [line for line in text.splitlines() if line.startswith(("Pooled mIoU", "Per-image mIoU"))]
@@ -172,6 +177,7 @@ def test_two_class_report_prints_the_threshold_table(paved_case: Case) -> None:
     assert list(json.loads((folder / "curves.json").read_text())) == ["other", "paved-area"]
 
 
+@pytest.mark.slow  # the 22-class report takes ~8 s to draw
 def test_html_is_self_contained_and_shows_every_class_and_example(full_case: Case) -> None:
     page = full_case.report.read_text()
     assert 'src="http' not in page and "<script" not in page and "url(" not in page
@@ -241,6 +247,7 @@ def _chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (make test installs it as root)")
 def test_report_renders_in_headless_chromium(full_case: Case, tmp_path: Path) -> None:
     """The page as a browser runs it: no console or script errors, every figure decodes, the tables are there, and

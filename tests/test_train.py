@@ -16,6 +16,9 @@ from typer.testing import CliRunner
 from droneseg.cli import app
 from helpers import TINY_TRAIN
 
+# end-to-end runs in subprocesses: a hung one fails after 300 s with its traceback (pyproject: 120 s)
+pytestmark = pytest.mark.timeout(300)
+
 RUN = CliRunner()
 TINY = [*TINY_TRAIN, "--set", "train.sample_every=1", "--set", "train.samples=2"]  # with sample figures
 
@@ -31,6 +34,7 @@ def _rows(run: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
+@pytest.mark.slow
 def test_train_writes_the_whole_run_folder_and_one_truth(synth_root, tmp_path):
     run = _train(synth_root, tmp_path / "runs", "--max-epochs", "2", "--gsd", "0.06")
     assert json.loads((run / "model.json").read_text())["gsd"] == pytest.approx(0.06)  # native working size
@@ -57,6 +61,7 @@ def test_train_writes_the_whole_run_folder_and_one_truth(synth_root, tmp_path):
     assert _train(synth_root, tmp_path / "runs", "--max-epochs", "1") != run
 
 
+@pytest.mark.slow
 def test_max_time_stops_cleanly_with_every_file(synth_root, tmp_path):
     t0 = time.monotonic()
     run = _train(synth_root, tmp_path / "runs", "--max-epochs", "10000", "--max-time", "6s",
@@ -77,6 +82,7 @@ def test_resume_refuses_other_options(synth_root, tmp_path):
     assert result.exit_code != 0 and "takes only --max-epochs and --max-time" in str(result.exception)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -95,6 +101,7 @@ def test_bad_config_names_the_key(synth_root, tmp_path, override, message):
     assert not list(tmp_path.glob("demo-*"))  # nothing created for a bad config
 
 
+@pytest.mark.slow
 def test_two_cpu_processes_train_with_ddp_into_one_run_folder(synth_root, tmp_path):
     """Lightning starts the second process itself (gloo); both ranks must agree on one run folder."""
     r = subprocess.run(_cli("train", "-c", "demo", "--data", str(synth_root), "--out", str(tmp_path), *TINY,
@@ -115,6 +122,7 @@ def test_a_finished_run_is_not_resumed(synth_root, tmp_path):
     assert "--max-epochs N or --max-time T" in str(result.exception)  # and says how to extend it
 
 
+@pytest.mark.slow
 def test_the_budget_covers_the_command_and_the_schedule_ends_when_it_does(synth_root, tmp_path):
     """The budget, not the epoch count, stops the run; by then the cosine schedule has decayed to its end."""
     t0 = time.monotonic()
@@ -132,6 +140,7 @@ def test_the_budget_covers_the_command_and_the_schedule_ends_when_it_does(synth_
     assert max(lrs) > 5 * lrs[-1]  # it rose and decayed within the budget
 
 
+@pytest.mark.slow
 def test_when_max_epochs_ends_first_the_schedule_spans_its_steps_and_runs_repeat(synth_root, tmp_path):
     """A generous budget must not stretch the schedule over steps that never run (it would never anneal), nor
     make it depend on the wall clock: two runs give the same losses bit for bit."""
@@ -160,6 +169,7 @@ def test_schedules_as_a_function_of_progress(schedule, points):
         assert lr_factor(progress, schedule, warmup) == pytest.approx(expected, rel=1e-6), progress
 
 
+@pytest.mark.slow
 def test_luma_and_class_weighted_runs_validate_through_the_tiler(synth_root, tmp_path):
     """Luma is validated on the labels split at each map's own median, as evaluate scores it."""
     run = _train(synth_root, tmp_path / "runs", "--max-epochs", "1", "--set", "data.scheme=luma",
@@ -193,6 +203,7 @@ def test_ema_validates_and_saves_the_averaged_weights(synth_root, tmp_path):
     assert torch.equal(saved[name.removeprefix("net.")], average[name])
 
 
+@pytest.mark.slow
 def test_a_resumed_run_keeps_its_own_splits_and_its_config_holds_absolute_paths(synth_copy, tmp_path, monkeypatch):
     """config.yaml repeats the run from any folder (paths resolved); a resume (here: extending) trains and
     validates on the run's splits/ although the dataset's split files changed in between."""
