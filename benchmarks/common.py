@@ -30,8 +30,8 @@ def timing_model(folder: Path, long_side: int | None, tile: int = 512) -> tuple[
     default-initialised net paints one class everywhere, which flatters the upsampling). -> (folder, description)."""
     import torch
 
-    from droneseg.models import ModelConfig, build_model, model_summary
     from droneseg.artifact import ModelInfo, save_model
+    from droneseg.models import ModelConfig, build_model, model_summary
     from droneseg.schemes import get_scheme
 
     scheme, cfg = get_scheme("full"), ModelConfig(channels=[16, 32, 64, 128])

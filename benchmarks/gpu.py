@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from droneseg.tiler import InferenceOverrides
 from droneseg.config import load_config
 from droneseg.data.synthetic import write_synthetic
 from droneseg.engine.train import train
 from droneseg.predict import predict
+from droneseg.tiler import InferenceOverrides
 
 
 def main() -> None:

@@ -29,10 +29,10 @@ def main() -> None:
     from affine import Affine
     from PIL import Image
 
+    from droneseg.artifact import load_model
     from droneseg.data.layout import find_layout
     from droneseg.images import photo_size, read_image, read_mask, working_size
     from droneseg.predict import OrthoOptions, predict
-    from droneseg.artifact import load_model
 
     _, info = load_model(args.model)
     scheme = info.label_scheme()

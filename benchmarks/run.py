@@ -81,9 +81,9 @@ def bench_cache(data: dict[str, Path], n: int) -> dict:
 def bench_inference(large: Path, root: Path, photos: int) -> dict:
     """evaluate and predict on 6000x4000 photos with the ``full`` preset's network (pretrained encoder, random
     decoder: the timing does not depend on training)."""
+    from droneseg.artifact import ModelInfo, save_model
     from droneseg.config import load_config
     from droneseg.models import build_model, model_summary
-    from droneseg.artifact import ModelInfo, save_model
     from droneseg.schemes import get_scheme
 
     cfg = load_config("full")

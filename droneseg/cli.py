@@ -10,8 +10,8 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
@@ -281,7 +281,7 @@ def _devices(text: str | None) -> int | str | None:
         raise DataError(f"--devices: a number or auto, got {text!r}") from None
 
 
-TileOpt = Annotated[Optional[int], typer.Option("--tile", min=32, help="Tile side at working scale (default: model.json).", rich_help_panel="Inference (default: model.json)")]
+TileOpt = Annotated[Optional[int], typer.Option("--tile", min=32, help="Tile side at working scale.", rich_help_panel="Inference (default: model.json)")]
 OverlapOpt = Annotated[Optional[float], typer.Option("--overlap", min=0.0, max=0.9, help="Tile overlap share.", rich_help_panel="Inference (default: model.json)")]
 BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles per forward pass.", rich_help_panel="Inference (default: model.json)")]
 BlendOpt = Annotated[Optional[str], typer.Option("--blend", help="gaussian or cosine tile weights.", rich_help_panel="Inference (default: model.json)")]

@@ -37,11 +37,11 @@ from droneseg.cluster import broadcast_object, detect, gather_objects, process_g
 from droneseg.data.cache import build_cache
 from droneseg.data.layout import DataSource, Layout
 from droneseg.data.splits import named_split, read_split_file, select
-from droneseg.images import read_mask
 from droneseg.files import atomic_write_text, save_png
+from droneseg.images import read_mask
 from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics, image_confusion
-from droneseg.report.plots import prediction_panels
 from droneseg.report import ImageResult, spread, write_evaluation
+from droneseg.report.plots import prediction_panels
 from droneseg.schemes import Numbering
 from droneseg.session import ModelSession, open_session
 from droneseg.tiler import InferenceOverrides

@@ -16,10 +16,9 @@ Contract
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
-
-import math
 
 import numpy as np
 import torch

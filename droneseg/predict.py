@@ -58,10 +58,10 @@ from tqdm import tqdm
 from droneseg.areas import AreaTable, write_csv
 from droneseg.classes import IGNORE_INDEX, DataError
 from droneseg.cluster import broadcast_object, detect, gather_objects, process_group
+from droneseg.files import atomic_save, atomic_write_text, folder_lock
 from droneseg.geo import GDAL_SUFFIXES, is_ortho, require
 from droneseg.geo.options import OrthoOptions
 from droneseg.images import IMAGE_SUFFIXES, photo_size, read_alpha, read_image, read_working_image
-from droneseg.files import atomic_save, atomic_write_text, folder_lock
 from droneseg.schemes import Numbering, WrittenClasses
 from droneseg.session import ModelSession, open_session
 from droneseg.tiler import InferenceConfig, InferenceOverrides, Tiler

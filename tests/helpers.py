@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from droneseg.artifact import ModelInfo, save_model
 from droneseg.data.synthetic import render_scene
 from droneseg.models import ModelConfig, build_model
-from droneseg.artifact import ModelInfo, save_model
 from droneseg.schemes import get_scheme
-
 
 TINY_TRAIN = ["--set", "model.channels=[8,16]", "--set", "data.crop=48", "--set", "data.batch_size=2",
               "--set", "data.samples_per_epoch=4", "--set", "data.workers=0", "--set", "data.long_side=null",

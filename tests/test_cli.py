@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import typer.main
+from helpers import TINY_TRAIN
 
 from droneseg.cli import app, main
 from droneseg.config import PRESETS, load_config, presets
-from helpers import TINY_TRAIN
 
 COMMANDS = typer.main.get_command(app)
 WORKFLOW = ["demo", "synth", "synth-ortho", "check-data", "augment", "train", "evaluate", "predict", "export"]
@@ -84,12 +84,14 @@ def test_train_and_evaluate_read_two_loose_folders(synth_root, tmp_path, capsys)
     shutil.copy(synth_root / "class_dict_seg.csv", masks / "class_dict_seg.csv")
     with pytest.raises(SystemExit) as stop:
         main(["train", "-c", "demo", "--images", str(images), "--masks", str(masks), "--out", str(tmp_path / "runs"),
-              "--max-epochs", "1", *TINY_TRAIN, "--set", "train.final_eval=false"])
+              "--max-epochs", "1", *TINY_TRAIN])
     out, err = capsys.readouterr()
     assert stop.value.code == 0, err
     run = Path(out.strip().splitlines()[-1])
     saved = (run / "config.yaml").read_text()
     assert str(images.resolve()) in saved and str(masks.resolve()) in saved
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert 0 <= summary["val_miou_native"] <= 1  # the final evaluation read the same two folders
     with pytest.raises(SystemExit) as stop:
         main(["evaluate", str(run), "--images", str(images), "--masks", str(masks), "--figures", "0"])
     out, err = capsys.readouterr()

@@ -16,10 +16,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from helpers import TINY_TRAIN
 from safetensors.torch import load_file
 
 from droneseg.classes import DataError
-from helpers import TINY_TRAIN
 from droneseg.cluster import ClusterEnv, cpu_threads, detect, master_port, oar_nodes, prepare
 
 # end-to-end runs in subprocesses: a hung one fails after 300 s with its traceback (pyproject: 120 s)
@@ -309,9 +309,8 @@ def test_a_finished_run_is_extended_and_keeps_its_earlier_model(synth_root, tmp_
 
 @pytest.mark.slow
 def test_two_rank_predict_writes_each_photo_once_and_one_class_area_table(tmp_path):
-    from PIL import Image
-
     from helpers import save_tiny_model, scene
+    from PIL import Image
 
     model = save_tiny_model(tmp_path / "model")
     photos = tmp_path / "photos"

@@ -185,6 +185,19 @@ def gpu_predict(d: dict) -> list[str]:
     return [f"{r(d['predict_6000x4000_torch_s'], 1)} s ({r(d['predict_timings_torch']['infer'], 1)} s inference)"]
 
 
+def demo_page(d: dict) -> list[str]:
+    return [f"**{r(d['wall_s'])} s** from start to", f"{gb(d['peak_rss_mb'])} peak memory",
+            f"{d['epochs']} epochs of", f"at {r(d['images_per_s'], 1)} images/s",
+            f"**synthetic val mIoU of {r(d['val_miou_native'], 3)}** (native resolution, {d['val_images']} images",
+            f"`droneseg evaluate RUN --backend onnx` gives {r(d['val_miou_onnx'], 3)} too (a difference of "
+            f"{r(abs(d['onnx_minus_torch_miou']), 1)})"]
+
+
+def demo_row(d: dict) -> list[str]:
+    return [f"| {r(d['wall_s'])} s, synthetic val mIoU {r(d['val_miou_native'], 3)} (six classes;",
+            f"`evaluate --backend onnx`: {r(d['val_miou_onnx'], 3)})"]
+
+
 @dataclass(frozen=True)
 class Numbers:
     """The paragraph or table row of ``page`` that contains ``where`` holds every string ``expect`` makes of the
@@ -210,6 +223,8 @@ RECIPE_ROWS = ["unet-lite0", "fpn-lite0", "fpn-lite0-sqrt-lr2e-3", "full", "full
 OLD = "benchmarks/results/recipes"
 
 NUMBERS = [
+    Numbers("docs/index.md", "Measured here (2-core CPU, `python benchmarks/demo.py`", "demo.json", demo_page),
+    Numbers("docs/benchmarks.md", "| demo, start to printed paths", "demo.json", demo_row),
     # the results table: in the README, the docs' home page and Benchmarks
     *[Numbers(page, where, src, fn) for page in ("README.md", "docs/index.md", "docs/benchmarks.md")
       for where, src, fn in RESULTS_TABLE],

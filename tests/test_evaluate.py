@@ -8,19 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import TINY_TRAIN, ShapeRecorder, save_tiny_model
 from PIL import Image
 
 import droneseg.session as session_module
-from droneseg.tiler import InferenceOverrides
+from droneseg.artifact import load_model
 from droneseg.classes import ClassTable, DataError
 from droneseg.data.layout import find_layout
 from droneseg.data.synthetic import write_synthetic
 from droneseg.evaluate import curve_stride, evaluate
 from droneseg.images import read_mask
 from droneseg.predict import predict
-from droneseg.artifact import load_model
 from droneseg.schemes import get_scheme
-from helpers import TINY_TRAIN, ShapeRecorder, save_tiny_model
+from droneseg.tiler import InferenceOverrides
 
 
 def rescore(data: Path, masks: Path, ids: list[str], scheme_name: str, numbering: str = "scheme") -> dict:

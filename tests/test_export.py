@@ -10,16 +10,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import save_tiny_model, scene
 from PIL import Image
 
 from droneseg import __version__
-from droneseg.tiler import InferenceOverrides
+from droneseg.artifact import load_model
 from droneseg.classes import DataError
 from droneseg.export import PARITY_TOL, export
 from droneseg.predict import predict
-from droneseg.artifact import load_model
 from droneseg.schemes import get_scheme
-from helpers import save_tiny_model, scene
+from droneseg.tiler import InferenceOverrides
 
 
 @pytest.fixture(scope="module")

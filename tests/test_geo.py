@@ -20,6 +20,7 @@ rasterio = pytest.importorskip("rasterio", reason="the geo extra is not installe
 pyogrio = pytest.importorskip("pyogrio")
 shapely = pytest.importorskip("shapely")
 
+from helpers import save_tiny_model, tiny_net  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
 from droneseg import cli  # noqa: E402
@@ -32,7 +33,6 @@ from droneseg.geo.raster import open_ortho  # noqa: E402
 from droneseg.geo.scene import labels_path, write_synthetic_ortho  # noqa: E402
 from droneseg.schemes import get_scheme  # noqa: E402
 from droneseg.tiler import Tiler  # noqa: E402
-from helpers import save_tiny_model, tiny_net  # noqa: E402
 
 TABLE = ClassTable.builtin()
 SCHEME = get_scheme("full")
@@ -365,8 +365,9 @@ def test_working_gsd_of_a_model_is_the_photos_gsd_over_the_working_scale(tmp_pat
 def test_min_area_merges_small_regions_across_windows_and_never_eats_large_ones(tmp_path, monkeypatch):
     """Sieve windows of 512 px (monkeypatched from 4096): a 2100 px line and a 1200 px band that cross window edges
     stay whole; a 20 px patch across an edge and a 1 px speck are merged."""
-    import droneseg.geo.ortho as ortho_module
     from affine import Affine
+
+    import droneseg.geo.ortho as ortho_module
 
     monkeypatch.setattr(ortho_module, "PASS_WINDOW", 512)
     values = np.full((300, 1500), 1, np.uint8)

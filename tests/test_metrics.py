@@ -13,8 +13,8 @@ from torchmetrics.classification import MulticlassAUROC, MulticlassAveragePrecis
 
 from droneseg.errors import DataError
 from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics
-from droneseg.tiler import luma_threshold
 from droneseg.schemes import get_scheme
+from droneseg.tiler import luma_threshold
 
 IGN = 255
 

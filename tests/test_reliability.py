@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_TRAIN, save_tiny_model
 from PIL import Image
 
 from droneseg.cli import main
 from droneseg.data.synthetic import write_synthetic
-from helpers import TINY_TRAIN, save_tiny_model
 
 # end-to-end runs in subprocesses: a hung one fails after 300 s with its traceback (pyproject: 120 s)
 pytestmark = pytest.mark.timeout(300)

@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 from droneseg.metrics import PerImageIoU, SegmentationMetrics
-from droneseg.report.plots import prediction_panels, training_curves
 from droneseg.report import ImageResult, spread, write_evaluation
+from droneseg.report.plots import prediction_panels, training_curves
 from droneseg.schemes import LabelScheme, SchemeSpec, TargetSpec, build_scheme, get_scheme
 
 FILES = (

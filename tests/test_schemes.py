@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from droneseg.classes import IGNORE_INDEX, ClassTable, DataError
-from droneseg.schemes import SCHEMES, get_scheme, LabelScheme
+from droneseg.schemes import SCHEMES, LabelScheme, get_scheme
 
 TABLE = ClassTable.builtin()
 # source indices: unlabeled, paved-area, dirt, grass, gravel, water, roof, car, tree, conflicting

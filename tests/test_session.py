@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from helpers import save_tiny_model, scene
 from PIL import Image
 
 from droneseg.classes import DataError
@@ -15,7 +16,6 @@ from droneseg.export import export
 from droneseg.predict import predict
 from droneseg.session import BACKENDS, open_session
 from droneseg.tiler import InferenceOverrides
-from helpers import save_tiny_model, scene
 
 
 @pytest.fixture(scope="module")

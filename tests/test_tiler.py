@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from helpers import scene, tiny_net
 
 from droneseg.tiler import Tiler, axis_weights, cosine_window, tile_origins
-from helpers import scene, tiny_net
 
 SEAM_TOL = {"cosine": 0.05, "gaussian": 0.01}
 

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import TINY_TRAIN
 from typer.testing import CliRunner
 
 from droneseg.cli import app
-from helpers import TINY_TRAIN
 
 # end-to-end runs in subprocesses: a hung one fails after 300 s with its traceback (pyproject: 120 s)
 pytestmark = pytest.mark.timeout(300)

@@ -29,8 +29,8 @@ from tqdm import tqdm
 
 from droneseg.classes import ClassTable, DataError
 from droneseg.data.layout import Sample, image_size
-from droneseg.images import ImageFilter, mask_size_problem, photo_view, read_mask, read_working_image
 from droneseg.files import atomic_save
+from droneseg.images import ImageFilter, mask_size_problem, photo_view, read_mask, read_working_image
 
 CACHE_VERSION = 2  # 2: photos as displayed (EXIF orientation applied), palette masks by colour
 

@@ -19,8 +19,15 @@ from torch.utils.data import DataLoader
 from droneseg.classes import DataError
 from droneseg.config import DataConfig
 from droneseg.data.cache import CacheEntry, build_cache
-from droneseg.data.dataset import (CropDataset, EpochSampler, ShardSampler, WholeImageDataset, class_counts,
-                                   ignore_sigint, images_per_class)
+from droneseg.data.dataset import (
+    CropDataset,
+    EpochSampler,
+    ShardSampler,
+    WholeImageDataset,
+    class_counts,
+    ignore_sigint,
+    images_per_class,
+)
 from droneseg.data.layout import open_dataset
 from droneseg.data.splits import make_splits, split_folder
 

@@ -24,8 +24,8 @@ from droneseg.data.layout import KAGGLE_IMAGES, KAGGLE_INDEX, KAGGLE_RGB, Layout
 from droneseg.data.splits import make_splits, save_splits, split_folder
 from droneseg.data.transforms import AugmentConfig, color_jitter, scaled_crop
 from droneseg.errors import DataError
-from droneseg.images import read_image, read_mask
 from droneseg.files import atomic_save, atomic_write_text, save_png
+from droneseg.images import read_image, read_mask
 
 UNLABELED = 0
 

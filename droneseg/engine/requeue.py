@@ -21,15 +21,14 @@ Contract
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import subprocess
 import sys
-from pathlib import Path
-
-import contextlib
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch

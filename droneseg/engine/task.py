@@ -15,9 +15,9 @@ objects here), so checkpoints load with ``weights_only=True``, without unpicklin
 from __future__ import annotations
 
 import lightning.pytorch as pl
-from lightning.pytorch.accelerators import CPUAccelerator
 import torch
 import torchmetrics
+from lightning.pytorch.accelerators import CPUAccelerator
 
 from droneseg.config import TrainConfig
 from droneseg.engine.budget import StepPlan, lr_factor
@@ -28,6 +28,7 @@ from droneseg.models import ModelConfig, build_model
 from droneseg.schemes import LabelScheme
 from droneseg.session import net_session
 from droneseg.tiler import InferenceConfig, Tiler
+
 
 class SegmentationTask(pl.LightningModule):
     def __init__(self, model: dict, loss: dict, train: dict, scheme: dict, class_weights: list[float] | None = None,

@@ -25,22 +25,20 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch.optim.swa_utils import get_ema_avg_fn
 
 from droneseg import __version__
+from droneseg.artifact import DatasetIdentity, ModelInfo, save_model
 from droneseg.classes import DataError
 from droneseg.cluster import ClusterEnv, cpu_threads, detect, prepare
-from droneseg.artifact import DatasetIdentity, ModelInfo, save_model
-from droneseg.config import RunConfig, dump_config, resolve_paths
+from droneseg.config import RunConfig, dump_config, parse_duration, resolve_paths
 from droneseg.data.datamodule import DroneDataModule
 from droneseg.data.splits import save_splits
 from droneseg.engine.budget import Budget
 from droneseg.engine.callbacks import EpochLog, SampleFigures
 from droneseg.engine.checkpoints import AtomicCheckpointIO, load_checkpoint_file
-from droneseg.engine.requeue import (Requeue, StopTraining, interrupt_at_step, listen, resume_checkpoint,
-                                     slurm_plugin)
-from droneseg.config import parse_duration
+from droneseg.engine.requeue import Requeue, StopTraining, interrupt_at_step, listen, resume_checkpoint, slurm_plugin
 from droneseg.engine.task import SegmentationTask
 from droneseg.errors import Diverged, Interrupted
-from droneseg.images import photo_size, working_size
 from droneseg.files import atomic_write_json, atomic_write_text
+from droneseg.images import photo_size, working_size
 from droneseg.report.plots import read_metrics_csv, training_curves
 from droneseg.runs import RUN_DIR_ENV, archive_finished, is_creator, make_run_dir, resolve_run
 
@@ -161,7 +159,7 @@ def _final_eval(cfg: RunConfig, run: Path, trainer: pl.Trainer) -> dict:
     from droneseg.evaluate import evaluate  # the same code path as `droneseg evaluate`: one truth
 
     t_eval = time.monotonic()
-    folder = evaluate(run, cfg.data.root, split="val", figures=2 * cfg.train.samples,
+    folder = evaluate(run, cfg.data.source(), split="val", figures=2 * cfg.train.samples,
                       device=str(trainer.strategy.root_device), cache_dir=cfg.data.cache_dir,
                       progress=sys.stderr.isatty())
     if not trainer.is_global_zero:

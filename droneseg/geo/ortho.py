@@ -40,9 +40,9 @@ import rasterio
 from rasterio.windows import Window
 from tqdm import tqdm
 
+from droneseg.areas import AreaTable, write_csv
 from droneseg.classes import IGNORE_INDEX
 from droneseg.geo.options import OrthoOptions, VectorFormat
-from droneseg.areas import AreaTable, write_csv
 from droneseg.geo.outputs import RasterWriter, write_polygons, write_preview
 from droneseg.geo.raster import Ortho, WorkingWindow, open_ortho
 from droneseg.schemes import WrittenClasses

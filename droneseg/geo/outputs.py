@@ -31,8 +31,8 @@ import rasterio.shutil
 from PIL import Image
 from rasterio.windows import Window
 
-from droneseg.geo.raster import Ortho, PixelArea
 from droneseg.files import atomic_path, atomic_save
+from droneseg.geo.raster import Ortho, PixelArea
 
 COG_BLOCK = 512
 POLYGON_BATCH = 20_000  # features per GeoPackage transaction

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import rasterio
+from affine import Affine
 from PIL import Image
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp
 from rasterio.errors import CRSError
-from affine import Affine
 from rasterio.windows import Window
 
 from droneseg.classes import ClassTable

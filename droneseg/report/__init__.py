@@ -37,6 +37,10 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.patheffects import withStroke  # noqa: E402
 
+from droneseg.files import (
+    atomic_write_json,
+    atomic_write_text,  # noqa: E402
+)
 from droneseg.report.formats import (  # noqa: E402
     PER_IMAGE_DEFINITION,
     POOLED_DEFINITION,
@@ -45,10 +49,8 @@ from droneseg.report.formats import (  # noqa: E402
     fmt,
     pct,
 )
-from droneseg.files import atomic_write_text  # noqa: E402
-from droneseg.files import atomic_write_json
-from droneseg.report.plots import save_figure  # noqa: E402
 from droneseg.report.html import render_html  # noqa: E402
+from droneseg.report.plots import save_figure  # noqa: E402
 from droneseg.schemes import LabelScheme  # noqa: E402
 
 _LIGHT = 0.7  # luminance above which a line on white gets a dark outline
