@@ -53,7 +53,8 @@ def main() -> None:
         photo = write_synthetic(tmp / "big", n=1, size=(6000, 4000), seed=3) / "original_images" / "000.jpg"
         for backend in ("torch",):
             t0 = time.perf_counter()
-            s = predict(run, [photo], tmp / f"pred-{backend}", backend=backend, progress=False, inference=InferenceOverrides(tile=768, batch=8))
+            s = predict(run, [photo], tmp / f"pred-{backend}", backend=backend, progress=False,
+                        inference=InferenceOverrides(tile=768, batch=8))
             report[f"predict_6000x4000_{backend}_s"] = time.perf_counter() - t0
             report[f"predict_timings_{backend}"] = s.timings
     args.out.parent.mkdir(parents=True, exist_ok=True)

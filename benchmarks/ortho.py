@@ -26,7 +26,8 @@ from common import in_child, machine, peak_rss_mb, timing_model
 
 def child(config: dict) -> dict:
     t0 = time.perf_counter()
-    from droneseg.predict import OrthoOptions, predict
+    from droneseg.geo.options import OrthoOptions
+    from droneseg.predict import predict
 
     baseline = peak_rss_mb()
     t1 = time.perf_counter()

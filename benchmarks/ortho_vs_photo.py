@@ -32,10 +32,11 @@ def main() -> None:
     from droneseg.artifact import load_model
     from droneseg.data.layout import find_layout
     from droneseg.images import photo_size, read_image, read_mask, working_size
-    from droneseg.predict import OrthoOptions, predict
+    from droneseg.geo.options import OrthoOptions
+    from droneseg.predict import predict
 
     _, info = load_model(args.model)
-    scheme = info.label_scheme()
+    scheme = info.scheme
     layout = find_layout(args.data)
     val = set((args.data / "splits" / "val.txt").read_text().split())
     samples = [s for s in layout.samples if s.id in val][: args.n]
