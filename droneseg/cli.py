@@ -223,13 +223,13 @@ def _train_help() -> str:
 
 @command(help=_train_help())
 def train(
-    config: Annotated[str, typer.Option("--config", "-c", help="Preset name (listed above) or YAML path.")] = "full",
+    config: Annotated[Optional[str], typer.Option("--config", "-c", help="Preset name (listed above) or YAML path. [default: full]", show_default=False)] = None,
     data: DataOpt = None,
     images: ImagesOpt = None,
     masks: MasksOpt = None,
     class_table: TableOpt = None,
     set_: SetOpt = None,
-    out: Annotated[Path, typer.Option("--out", help="Folder for run folders.")] = Path("runs"),
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for run folders. [default: runs]", show_default=False)] = None,
     max_time: Annotated[Optional[str], typer.Option("--max-time", help="Wall-clock budget of the whole command, e.g. 30m, 2h.")] = None,
     max_epochs: Annotated[Optional[int], typer.Option("--max-epochs", min=1, help="Most epochs to train (default: the preset's train.max_epochs).")] = None,
     devices: Annotated[Optional[str], typer.Option("--devices", help="Devices (processes) per node: a number or auto (default: train.devices).")] = None,
@@ -242,25 +242,29 @@ def train(
     from droneseg.config import load_config
 
     extend = {"train.max_epochs": max_epochs, "train.max_time": max_time}
-    values: dict[str, object] = {"train.devices": _devices(devices), "train.num_nodes": num_nodes, "data.gsd": gsd}
-    if data is not None or images is not None or masks is not None:
-        source = _source(data, images, masks, class_table)
-        values.update({"data.root": source.root, "data.images": source.images, "data.masks": source.masks})
-    values["data.class_table"] = class_table
-    values = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in values.items() if v is not None}
-    if resume is not None:
-        if values or set_ or run_dir is not None:
-            raise DataError("--resume continues a run as configured; it takes only --max-epochs and --max-time "
-                            "(to extend it)")
+    if resume is not None:  # every option it cannot honour is refused, none silently ignored
+        given = {"-c/--config": config, "--set": set_, "--out": out, "--run-dir": run_dir, "--data": data,
+                 "--images": images, "--masks": masks, "--class-table": class_table, "--gsd": gsd,
+                 "--devices": devices, "--num-nodes": num_nodes}
+        refused = [name for name, value in given.items() if value is not None and value != []]
+        if refused:
+            raise DataError(f"--resume continues a run as it was configured and takes only --max-epochs and "
+                            f"--max-time (to extend it); drop {', '.join(refused)}")
         cfg = None
     else:
-        cfg = load_config(config, list(set_ or []), {**values, **extend})
+        values: dict[str, object] = {"train.devices": _devices(devices), "train.num_nodes": num_nodes, "data.gsd": gsd}
+        if data is not None or images is not None or masks is not None:
+            source = _source(data, images, masks, class_table)
+            values.update({"data.root": source.root, "data.images": source.images, "data.masks": source.masks})
+        values["data.class_table"] = class_table
+        values = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in values.items() if v is not None}
+        cfg = load_config(config or "full", list(set_ or []), {**values, **extend})
     # Lightning (seconds to import) only once the config is known to be valid: a typo is answered at once
     from droneseg.engine.train import Requeued
     from droneseg.engine.train import train as run_training
 
     try:
-        run = run_training(cfg, out=out, resume=resume, started=started, run_dir=run_dir,
+        run = run_training(cfg, out=out or Path("runs"), resume=resume, started=started, run_dir=run_dir,
                            extend=extend if resume is not None else None)
     except Requeued as stop:
         typer.echo(f"droneseg: {stop}", err=True)
@@ -399,7 +403,7 @@ def export_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).", show_default=False)],
     format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
     out: Annotated[Optional[Path], typer.Option("--out", help="File or folder (default RUN/model.onnx, where --backend onnx looks).")] = None,
-    opset: Annotated[int, typer.Option("--opset", min=11, help="ONNX operator set version to target.")] = 17,
+    opset: Annotated[int, typer.Option("--opset", help="ONNX operator set version to write (11 to the exporter's newest, 20 with torch 2.14).")] = 17,
 ) -> None:
     """Export to ONNX (dynamic batch, height, width; the model's description as metadata), checking parity with PyTorch."""
     if format != "onnx":

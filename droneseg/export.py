@@ -37,6 +37,19 @@ from droneseg.extras import require, require_onnx
 from droneseg.files import atomic_save
 
 PARITY_TOL = 1e-3
+MIN_OPSET = 11  # dynamic-size Resize and Pad as the network's padding needs them
+
+
+def max_opset() -> int:
+    """The newest opset torch's TorchScript-based exporter writes (20 in torch 2.14; a private constant, read with a
+    fallback so that another torch still exports)."""
+    try:
+        from torch.onnx import _constants
+
+        return int(_constants.ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+    except (ImportError, AttributeError):
+        return 17
+
 PARITY_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 64, 64), (2, 3, 45, 67), (1, 3, 97, 130), (1, 3, 1, 1))
 METADATA_KEYS = (
     "droneseg_version", "class_names", "class_colors", "scheme", "normalization", "long_side", "inference", "model",
@@ -121,6 +134,9 @@ def export(model: str | Path, out: Path | None = None, opset: int = 17) -> Expor
     ``onnx`` extra is missing, DataError when ONNX Runtime does not reproduce PyTorch."""
     require("onnx", "onnx", "onnxruntime", what="ONNX export and the onnx backend")
     import onnx
+
+    if not MIN_OPSET <= opset <= max_opset():
+        raise DataError(f"--opset {opset}: this exporter writes opsets {MIN_OPSET} to {max_opset()}")
 
     t0 = time.perf_counter()
     model_dir = resolve_model_path(model)

@@ -83,7 +83,8 @@ def _fsync_folder(folder: Path) -> None:
 def folder_lock(folder: Path, what: str) -> Iterator[None]:
     """Hold an exclusive lock on ``folder`` (a ``.droneseg.lock`` file, ``flock``: released by the kernel when the
     process ends, however it ends) while two commands writing the same files there could interleave; a second
-    holder is refused at once with a DataError naming the folder and the process holding it."""
+    holder is refused at once with a DataError naming the folder and the process holding it. The lock file is
+    removed when the holder is done (a killed holder's stays, empty of meaning: the next one takes it over)."""
     try:
         import fcntl
     except ImportError:  # Windows: no advisory locks; writes stay atomic file by file
@@ -92,17 +93,31 @@ def folder_lock(folder: Path, what: str) -> Iterator[None]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / ".droneseg.lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
-    try:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+            os.close(fd)
             raise DataError(f"{folder}: {holder} is writing here; wait for it to finish or choose another folder") from None
+        # the lock is on the file we opened: if its holder removed it meanwhile, the path is another file (or none)
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{what} (pid {os.getpid()})".encode(), 0)
         yield
     finally:
+        try:
+            path.unlink()  # while still locked: a process that opened it now retries on a fresh file
+        except FileNotFoundError:
+            pass
         os.close(fd)  # closing releases the lock
 
 

@@ -95,10 +95,7 @@ def list_photos(inputs: list[Path]) -> list[Path]:
     for p in map(Path, inputs):
         if p.is_dir():
             found = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES + GDAL_SUFFIXES)
-            # what predict wrote for the others (a run that wrote into its input folder) is not an input; a mask
-            # <stem>.png beside <stem>.jpg stays one, and is refused by check_outputs as a clash
-            ours = {o.name for f in found for o in output_paths(f, p).values() if o.stem != f.stem}
-            found = [f for f in found if f.name not in ours]
+            found = [f for f in found if f.name not in _earlier_outputs(found, p)]
         elif p.is_file():
             found = [p]
         else:
@@ -108,6 +105,22 @@ def list_photos(inputs: list[Path]) -> list[Path]:
     if not photos:
         raise DataError(f"no photos ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
     return list(photos.values())
+
+
+def _earlier_outputs(found: list[Path], folder: Path) -> set[str]:
+    """Names in ``folder`` that an earlier predict wrote there for the photos ``found`` (a run into its input
+    folder): colour masks and overlays, and a photo's mask ``<stem>.png`` when its colour mask and overlay lie beside
+    it too (predict writes the three together). A ``<stem>.png`` without them is the user's file, not ours: it stays
+    an input, and check_outputs refuses the clash with ``<stem>.jpg``."""
+    names = {f.name for f in found}
+    ours = set()
+    for f in found:
+        files = output_paths(f, folder)
+        ours |= {o.name for o in files.values() if o.stem != f.stem}
+        mask = files.get("mask")
+        if mask is not None and mask.name != f.name and {files["color"].name, files["overlay"].name} <= names:
+            ours.add(mask.name)
+    return ours
 
 
 def output_paths(photo: Path, out: Path) -> dict[str, Path]:
@@ -264,6 +277,7 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
                 tqdm.write(f"skipped {exc}", file=sys.stderr)
                 failed.append(str(path))
                 continue
+            _say_stale_outputs(path, out, result.files)
             orthos[str(path)] = {"files": {k: str(v) for k, v in result.files.items()},
                                  "seconds": {k: round(v, 2) for k, v in result.seconds.items()},
                                  "working_scale": list(result.scale), "tiles": result.tiles,
@@ -318,6 +332,16 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
         atomic_write_text(out / "predict_ranks.json", json.dumps({"ranks": world, "photos": ranks,
                                                                   "failed": failed}, indent=1) + "\n")
     return summary
+
+
+def _say_stale_outputs(path: Path, out: Path, written: dict[str, Path]) -> None:
+    """Name the outputs of an earlier run on ``path`` that this run did not replace (a ``_confidence.tif`` or
+    ``_polygons.gpkg`` of other options), so that nobody takes them for this run's."""
+    fresh = {p.resolve() for p in written.values()}
+    stale = [p for p in output_paths(path, out).values() if p.is_file() and p.resolve() not in fresh]
+    for p in stale:
+        tqdm.write(f"warning: {p} is left from an earlier run with other options (not written now); remove it if "
+                   "it no longer applies", file=sys.stderr)
 
 
 def _segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, session: ModelSession,

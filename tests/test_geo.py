@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -251,22 +253,37 @@ def _variant(src: Path, dst: Path, kind: str) -> None:
     if kind == "nodata":
         rgb = np.where(alpha > 0, np.maximum(rgb, 1), 0)  # 0 only in the collar
         profile.update(nodata=0)
-    if kind == "12bit":  # declared as NBITS=12, as 12-bit camera orthos are
+    if kind in ("12bit", "12bit-untagged"):  # declared as NBITS=12 as 12-bit camera orthos are, or not at all
         rgb = ((rgb.astype(np.uint32) * 4095 + 127) // 255).astype(np.uint16)
-        profile.update(dtype="uint16", nbits=12)
+        profile.update(dtype="uint16", **({"nbits": 12} if kind == "12bit" else {}))
+    if kind == "8in16":  # 8-bit values stored as UInt16
+        rgb = rgb.astype(np.uint16)
+        profile.update(dtype="uint16")
     with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True), rasterio.open(dst, "w", **profile) as out:
         out.write(rgb)
         if kind != "nodata":
             out.write_mask(alpha)
 
 
-@pytest.mark.parametrize("kind", ["nodata", "mask", "12bit"])
+@pytest.mark.parametrize("kind", ["nodata", "mask", "12bit", "12bit-untagged", "8in16"])
 def test_nodata_values_internal_masks_and_12_bit_orthos_give_the_rgba_result(flat, tmp_path, kind):
+    """Also 16-bit files that do not use 16 bits and do not say so: the scale comes from their values, with a
+    warning naming the file and its largest value, never a black picture."""
     src, _ = flat["5cm"]
     ref = segment_ortho(src, tmp_path / "ref", oracle_tiler(), WRITTEN, 0.05, OrthoOptions(vector=None), progress=False)
     other = tmp_path / f"{kind}.tif"
     _variant(src, other, kind)
-    res = segment_ortho(other, tmp_path / kind, oracle_tiler(), WRITTEN, 0.05, OrthoOptions(vector=None), progress=False)
+    expected_bits = {"12bit": 12, "12bit-untagged": 12, "8in16": 8}.get(kind, 8)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with open_ortho(other) as o:
+            assert o.bits == expected_bits, o.bits_from
+        res = segment_ortho(other, tmp_path / kind, oracle_tiler(), WRITTEN, 0.05, OrthoOptions(vector=None),
+                            progress=False)
+    said = [str(w.message) for w in caught if "NBITS" in str(w.message)]
+    assert bool(said) == (kind in ("12bit-untagged", "8in16"))
+    assert all(str(other) in m and f"read as {expected_bits}-bit" in m for m in said)
+    assert json.loads(res.files["areas_json"].read_text())["bits"] == expected_bits
     a, b = read(ref.files["classes"]), read(res.files["classes"])
     assert ((a == NODATA) == (b == NODATA)).all()
     assert (a == b).mean() > 0.999
@@ -452,3 +469,78 @@ def test_gdal_causes_and_control_points_are_named(flat, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gone.tif" in err and "See previous exception" not in err
     assert f"{gcp}: georeferenced by 3 ground control points only" in err
+
+
+def test_web_mercator_is_measured_on_the_ground_not_in_its_map_metres(tmp_path):
+    """EPSG:3857 metres are 1/cos(latitude) ground metres: at 60° N a 10 cm map pixel is 5 cm of ground, and an area
+    is a quarter of its map area. GSD and areas come from the ground (the geodesic area of the polygons)."""
+    pyproj = pytest.importorskip("pyproj")
+    from shapely.ops import transform as reproject
+
+    lat, lon = 60.0, 10.0
+    x0 = math.radians(lon) * 6378137.0
+    y0 = math.log(math.tan(math.pi / 4 + math.radians(lat) / 2)) * 6378137.0
+    src = tmp_path / "merc.tif"
+    write_synthetic_ortho(src, (320, 240), gsd=0.10, crs="EPSG:3857", origin=(x0, y0), seed=2, flat=True)
+    with open_ortho(src) as o:
+        assert o.gsd[0] == pytest.approx(0.05, rel=0.01) and o.gsd[1] == pytest.approx(0.05, rel=0.01)
+        assert "not ground units" in o.area.method and "0.50" in o.area.method
+    res = segment_ortho(src, tmp_path / "out", oracle_tiler(), WRITTEN, 0.05, OrthoOptions(strip=128), progress=False)
+    assert res.scale == pytest.approx((1.0, 1.0), rel=0.01)  # read at its own resolution: 5 cm of ground
+    table = json.loads(res.files["areas_json"].read_text())
+    geod = pyproj.Geod(ellps="WGS84")
+    to_lonlat = pyproj.Transformer.from_crs(3857, 4326, always_xy=True).transform
+    geoms = shapely.from_wkb(pyogrio.raw.read(res.files["polygons"])[2])
+    true_area = sum(abs(geod.geometry_area_perimeter(reproject(to_lonlat, g))[0]) for g in geoms)
+    assert table["valid_area_m2"] == pytest.approx(true_area, rel=2e-3)
+    assert table["valid_area_m2"] == pytest.approx(0.25 * sum(shapely.area(geoms)), rel=0.01)
+
+
+def test_a_local_survey_crs_is_segmented_with_areas_in_its_units(flat, tmp_path):
+    """Metashape's "Local Coordinates (m)" (a LOCAL_CS): no map projection, a real survey in metres."""
+    src, known = flat["5cm"]
+    local = tmp_path / "local.tif"
+    shutil.copy(src, local)
+    wkt = ('LOCAL_CS["Local Coordinates (m)",LOCAL_DATUM["Local Datum",0],UNIT["metre",1,AUTHORITY["EPSG","9001"]],'
+           'AXIS["X",EAST],AXIS["Y",NORTH]]')
+    with rasterio.open(local, "r+") as ds:
+        ds.crs = rasterio.crs.CRS.from_wkt(wkt)
+    with open_ortho(local) as o:
+        assert o.gsd == pytest.approx((0.05, 0.05)) and "local CRS" in o.area.method
+    res = segment_ortho(local, tmp_path / "out", oracle_tiler(), WRITTEN, 0.05, OrthoOptions(vector=None),
+                        progress=False)
+    assert json.loads(res.files["areas_json"].read_text())["valid_area_m2"] == pytest.approx(sum(known.values()))
+
+
+def test_a_tiff_with_a_world_file_is_an_orthomosaic(flat, tmp_path):
+    """ortho.tif + ortho.tfw (+ its CRS in ortho.tif.aux.xml): GDAL reads it as georeferenced, so droneseg does."""
+    from PIL import Image
+
+    src, _ = flat["5cm"]
+    with rasterio.open(src) as ds:
+        rgb, transform, crs = ds.read([1, 2, 3]).transpose(1, 2, 0), ds.transform, ds.crs
+    plain = tmp_path / "in" / "ortho.tif"
+    plain.parent.mkdir()
+    Image.fromarray(rgb).save(plain)
+    assert not is_ortho(plain)  # a photo until something georeferences it
+    t = transform
+    (tmp_path / "in" / "ortho.tfw").write_text(
+        "\n".join(f"{v!r}" for v in (t.a, t.d, t.b, t.e, t.c + t.a / 2, t.f + t.e / 2)) + "\n")
+    (tmp_path / "in" / "ortho.tif.aux.xml").write_text(f"<PAMDataset><SRS>{crs.to_wkt()}</SRS></PAMDataset>\n")
+    assert is_ortho(plain)
+    model = save_tiny_model(tmp_path / "model", scheme="six", long_side=None)
+    assert run_cli("predict", model, plain, "--out", tmp_path / "p", "--model-gsd", "0.05", "--vector", "none") == 0
+    with rasterio.open(tmp_path / "p" / "ortho_classes.tif") as out:
+        assert out.crs == crs and out.transform.almost_equals(transform)
+
+
+def test_outputs_of_an_earlier_run_with_other_options_are_named(flat, tmp_path, capsys):
+    src, _ = flat["5cm"]
+    model = save_tiny_model(tmp_path / "model", scheme="six", long_side=None)
+    out = tmp_path / "p"
+    assert run_cli("predict", model, src, "--out", out, "--model-gsd", "0.05", "--confidence", "--vector", "none") == 0
+    capsys.readouterr()
+    assert run_cli("predict", model, src, "--out", out, "--model-gsd", "0.05", "--vector", "none") == 0
+    err = capsys.readouterr().err
+    assert f"{out / 'o5_confidence.tif'} is left from an earlier run" in err
+    assert "_classes.tif is left" not in err

@@ -252,6 +252,23 @@ def _resume_nothing(tmp, data):
     return ["train", "--resume", tmp / "not-a-run"], [str(tmp / "not-a-run")]
 
 
+def _resume_with_a_preset(tmp, data):
+    """`train -c paved --resume RUN` used to continue the run as configured, the preset silently ignored."""
+    return ["train", "--resume", tmp / "run", "-c", "paved", "--out", tmp / "runs"], ["--resume", "-c/--config",
+                                                                                     "--out"]
+
+
+def _opset_out_of_range(tmp, data):
+    model = save_tiny_model(tmp / "model")
+    return ["export", model, "--opset", "24"], ["--opset 24", "opsets 11 to"]
+
+
+def _data_is_a_file(tmp, data):
+    ortho = tmp / "ortho.tif"
+    ortho.write_bytes(b"II*\x00")
+    return ["train", "-c", "demo", "--data", ortho], [str(ortho), "a file, not a dataset folder"]
+
+
 def _augment_into_data(tmp, data):
     return ["augment", data, "--out", data], [str(data), "exists and is not empty"]
 
@@ -325,6 +342,9 @@ BAD_INPUTS = [
     Bad("checkpoint that is a malicious pickle", _evil_checkpoint),
     Bad("resume of a folder that is no run", _resume_nothing),
     Bad("augment over its own input", _augment_into_data),
+    Bad("resume given a preset it cannot honour", _resume_with_a_preset),
+    Bad("export to an opset the exporter cannot write", _opset_out_of_range),
+    Bad("a dataset given as a file", _data_is_a_file),
 ]
 
 
@@ -782,8 +802,89 @@ def test_fault(fault, tmp_path, capsys, uninterrupted, monkeypatch):
     fault(tmp_path, capsys, uninterrupted, monkeypatch)
 
 
-def test_the_readme_quotes_these_tables():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+@pytest.mark.parametrize("page", ["README.md", "docs/reliability.md"])
+def test_the_docs_quote_these_tables(page):
+    text = " ".join((Path(__file__).resolve().parents[1] / page).read_text().split())
     bad = len(BAD_INPUTS) + len(ACCEPTED)
-    assert f"{bad} bad inputs tried, {bad} handled" in readme
-    assert f"{len(FAULTS)} faults injected, nothing lost" in readme
+    assert f"{bad} bad inputs tried, {bad} handled" in text
+    assert f"{len(FAULTS)} faults injected, nothing lost" in text
+    if page != "README.md":
+        assert f"Bad input ({len(BAD_INPUTS)} rows)" in text and f"not refused ({len(ACCEPTED)} rows)" in text
+
+
+# -- step 11: names people give files, derived files that outlive their source, folders predicted into twice --------
+ODD_STEMS = ["plot #3", "-dash first", "Zürich été", "IMG_7", "two  spaces.v2"]
+
+
+def test_names_people_give_files_survive_every_file_droneseg_writes_and_reads(synth_root, tmp_path, capsys):
+    """`#`, a leading dash, spaces, accents, a dot in the stem and an upper-case suffix: the split files droneseg
+    writes read back to the same ids, and evaluate and predict find every photo by them."""
+    from droneseg.data.layout import find_layout
+    from droneseg.data.splits import make_splits, read_split_file, save_splits
+
+    data = Path(shutil.copytree(synth_root, tmp_path / "data"))
+    ids = sorted(p.stem for p in (data / "original_images").iterdir())[: len(ODD_STEMS)]
+    for old, new in zip(ids, ODD_STEMS):
+        suffix = ".JPG" if new == "IMG_7" else ".jpg"
+        (data / "original_images" / f"{old}.jpg").rename(data / "original_images" / f"{new}{suffix}")
+        for folder in ("label_images_semantic", "RGB_color_image_masks"):
+            (data / folder / f"{old}.png").rename(data / folder / f"{new}.png")
+    shutil.rmtree(data / "splits")
+    layout = find_layout(data)
+    assert not layout.problems and set(ODD_STEMS) <= {s.id for s in layout.samples}
+    splits = {"train": [], "val": sorted(s.id for s in layout.samples), "test": []}
+    save_splits(splits, data / "splits")
+    assert read_split_file(data / "splits" / "val.txt") == splits["val"]  # every name round-trips
+    assert make_splits([s.id for s in layout.samples], data / "splits", 0.2, 0.0, 0)["val"] == splits["val"]
+    model = save_tiny_model(tmp_path / "model", "six", long_side=None, inference={"tile": 32})
+    assert run_cli(capsys, "evaluate", model, "--data", data, "--split", data / "splits" / "val.txt",
+                   "--figures", "0", "--out", tmp_path / "eval").code == 0
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["context"]["images"] == len(splits["val"])
+    assert run_cli(capsys, "predict", model, data / "original_images", "--out", tmp_path / "pred").code == 0
+    assert {f"{stem}_color.png" for stem in ODD_STEMS} <= {p.name for p in (tmp_path / "pred").iterdir()}
+
+
+def test_a_damaged_cache_entry_is_rebuilt_with_a_line_saying_so(synth_root, tmp_path, capsys):
+    """A killed run leaves a cut entry, an empty entry and a stray temporary: the cache is derived data, so the
+    next command rebuilds what it cannot trust (said on stderr) and removes the leftover."""
+    from droneseg.data.cache import STALE_TEMP_S, build_cache, entry_problem
+    from droneseg.data.layout import find_layout
+
+    layout = find_layout(synth_root)
+    samples = layout.samples[:3]
+    entries = build_cache(samples, layout.table, 48, tmp_path / "cache", workers=1, progress=False)
+    good = [np.asarray(e.load()[0]).copy() for e in entries]
+    cut, empty = entries[0].image, entries[1].mask
+    cut.write_bytes(cut.read_bytes()[:-100])
+    empty.write_bytes(b"")
+    stray = tmp_path / "cache" / f".{entries[2].image.name}.x1y2.tmp"
+    stray.write_bytes(b"half")
+    os.utime(stray, (time.time() - STALE_TEMP_S - 10,) * 2)
+    fresh = tmp_path / "cache" / ".another.npy.a1b2.tmp"  # a live writer's: left alone
+    fresh.write_bytes(b"busy")
+    capsys.readouterr()
+    again = build_cache(samples, layout.table, 48, tmp_path / "cache", workers=1, progress=False)
+    err = capsys.readouterr().err
+    assert f"cache entry of {samples[0].id} is damaged ({cut.name} is " in err
+    assert f"cache entry of {samples[1].id} is damaged ({empty.name} unreadable" in err
+    assert samples[2].id not in err
+    assert all(entry_problem(e) is None for e in again)
+    assert all((np.asarray(e.load()[0]) == g).all() for e, g in zip(again, good))
+    assert not stray.exists() and fresh.exists()
+
+
+def test_predict_twice_into_its_input_folder_replaces_its_outputs(synth_root, tmp_path, capsys):
+    """The second run reads its own earlier masks as outputs, not photos; a mask the user put beside a photo is
+    still refused as a clash. No lock file is left behind."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(2):
+        shutil.copy(photo(synth_root, i), folder)
+    model = save_tiny_model(tmp_path / "model", "six", long_side=None, inference={"tile": 32})
+    for _ in range(2):
+        result = run_cli(capsys, "predict", model, folder, "--out", folder)
+        assert result.code == 0 and result.out.startswith("2 photos segmented"), result.err
+        assert not (folder / ".droneseg.lock").exists()
+    (folder / "000_color.png").unlink()  # now 000.png is not known to be ours: a file of the user's
+    result = run_cli(capsys, "predict", model, folder, "--out", tmp_path / "elsewhere")
+    assert result.code == 2 and "rename one" in result.err

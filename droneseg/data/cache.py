@@ -9,6 +9,9 @@ Contract
 * ``key`` hashes the source files' identity (absolute path, byte size, mtime) and every setting that
   changes the arrays, so a changed photo, mask or working size rebuilds, and nothing else does.
 * Files are written atomically; several processes (DDP ranks) building the same entry is harmless.
+* A cache is derived data, never trusted over its source: an entry whose files are cut, empty, of another dtype
+  or shape (a killed run, a full disk, a copy gone wrong) is rebuilt with a line on stderr saying so, and
+  temporaries a killed writer left behind (older than :data:`STALE_TEMP_S`) are removed.
 
 >>> s = Sample("a", Path("/x.jpg"), None, "index")
 >>> cache_key(s, ClassTable.builtin(), 512, "area") != cache_key(s, ClassTable.builtin(), 768, "area")
@@ -20,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +38,8 @@ from droneseg.files import atomic_save
 from droneseg.images import ImageFilter, mask_size_problem, photo_view, read_mask, read_working_image
 
 CACHE_VERSION = 2  # 2: photos as displayed (EXIF orientation applied), palette masks by colour
+STALE_TEMP_S = 3600
+"""A temporary file older than this is a killed writer's leftover (a live write takes seconds), and is removed."""
 
 
 def default_cache_dir() -> Path:
@@ -71,6 +78,63 @@ def cache_key(sample: Sample, table: ClassTable, long_side: int | None, image_fi
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:16]
 
 
+def npy_problem(path: Path, ndim: int) -> str | None:
+    """Why the ``.npy`` file at ``path`` is not a whole uint8 array of ``ndim`` dimensions (3: last axis 3), or
+    None when it is. Reads the header only: the file's size must be the header's plus every pixel's byte."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, _, dtype = read(fh)
+            expected = fh.tell() + int(np.prod(shape)) * dtype.itemsize
+            size = os.fstat(fh.fileno()).st_size
+    except (OSError, ValueError) as exc:  # a missing, empty or cut header
+        return f"unreadable ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    if dtype != np.uint8 or len(shape) != ndim or (ndim == 3 and shape[2] != 3):
+        return f"holds a {dtype} array of shape {shape}"
+    if size != expected:
+        return f"is {size} bytes, its header says {expected}"
+    return None
+
+
+def entry_problem(entry: CacheEntry) -> str | None:
+    """Why a built-looking entry cannot be used (see the module contract), or None."""
+    problem = npy_problem(entry.image, 3)
+    if problem:
+        return f"{entry.image.name} {problem}"
+    if entry.mask is not None:
+        problem = npy_problem(entry.mask, 2)
+        if problem:
+            return f"{entry.mask.name} {problem}"
+        image_shape = np.load(entry.image, mmap_mode="r").shape[:2]
+        mask_shape = np.load(entry.mask, mmap_mode="r").shape
+        if image_shape != mask_shape:
+            return f"{entry.mask.name} is {mask_shape}, its image {image_shape}"
+    return None
+
+
+def _remove_stale_temporaries(cache_dir: Path) -> None:
+    """Temporaries of :func:`droneseg.files.atomic_path` (``.<name>.<random>.tmp``) a killed writer left."""
+    now = time.time()
+    for tmp in cache_dir.glob(".*.tmp"):
+        try:
+            if now - tmp.stat().st_mtime > STALE_TEMP_S:
+                tmp.unlink()
+        except FileNotFoundError:  # another process removed or renamed it
+            pass
+
+
+def _needs_build(entry: CacheEntry) -> bool:
+    """Whether an entry must be (re)built: missing, or damaged (said on stderr)."""
+    if not entry.image.exists() or (entry.mask is not None and not entry.mask.exists()):
+        return True
+    problem = entry_problem(entry)
+    if problem:
+        tqdm.write(f"warning: cache entry of {entry.id} is damaged ({problem}); rebuilding it", file=sys.stderr)
+        return True
+    return False
+
+
 def _entry_paths(sample: Sample, key: str, cache_dir: Path) -> CacheEntry:
     stem = f"{sample.id}-{key}"
     mask = cache_dir / f"{stem}.mask.npy" if sample.mask else None
@@ -102,15 +166,12 @@ def build_cache(
     workers: int = 2,
     progress: bool = True,
 ) -> list[CacheEntry]:
-    """Entries for ``samples`` (in order), decoding only those not cached yet, in parallel."""
+    """Entries for ``samples`` (in order), decoding only those not cached yet or damaged, in parallel."""
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(cache_dir)
     entries = [_entry_paths(s, cache_key(s, table, long_side, image_filter), cache_dir) for s in samples]
-    todo = [
-        (s, table, long_side, image_filter, e)
-        for s, e in zip(samples, entries)
-        if not (e.image.exists() and (e.mask is None or e.mask.exists()))
-    ]
+    todo = [(s, table, long_side, image_filter, e) for s, e in zip(samples, entries) if _needs_build(e)]
     if todo:
         bar = tqdm(total=len(todo), desc=f"cache {long_side or 'native'}px", unit="img", disable=not progress)
         if workers > 1 and len(todo) > 1:

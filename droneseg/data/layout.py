@@ -188,6 +188,9 @@ def find_layout(
     if root is None:
         raise DataError("give a dataset folder, or --images and --masks")
     root = Path(root)
+    if root.is_file():
+        raise DataError(f"{root}: a file, not a dataset folder (give the folder that holds {KAGGLE_IMAGES}/ and its "
+                        "masks, or --images DIR --masks DIR)")
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
     kaggle_images = _find_dir(root, KAGGLE_IMAGES)

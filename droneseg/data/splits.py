@@ -25,6 +25,7 @@ import numpy as np
 from droneseg.classes import DataError
 from droneseg.data.layout import Sample
 from droneseg.files import atomic_write_text
+from droneseg.images import IMAGE_SUFFIXES
 
 SPLITS = ("train", "val", "test")
 
@@ -135,21 +136,28 @@ def named_split(split: str, run_splits: Path | None, data_root: Path | None) -> 
 
 
 def read_split_file(path: Path) -> list[str]:
-    """Ids one per line (blank lines and ``#`` comments skipped; ``000.jpg`` counts as ``000``).
+    r"""Ids one per line: blank lines and lines starting with ``#`` are skipped, a ``#`` inside a line is part of the
+    id (``plot #3``: photos are named so), and a photo's suffix is dropped (``000.jpg`` and ``IMG_7.JPG`` count as
+    ``000`` and ``IMG_7``; ``plot.v2`` stays ``plot.v2``).
 
     An id names a photo of the dataset, never a place: an entry with a folder in it (``../../etc/passwd``,
-    ``a/b``) is refused with a DataError naming the file and line."""
+    ``a/b``) is refused with a DataError naming the file and line.
+
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "val.txt"
+    >>> _ = f.write_text("# val\nplot #3\nIMG_7.JPG\nplot.v2\n")
+    >>> read_split_file(f)
+    ['plot #3', 'IMG_7', 'plot.v2']
+    """
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read split file ({getattr(exc, 'strerror', None) or exc})") from None
     ids = []
     for line_no, line in enumerate(lines, start=1):
-        entry = line.split("#")[0].strip()
-        if not entry:
+        entry = line.strip()
+        if not entry or entry.startswith("#"):
             continue
         if "/" in entry or "\\" in entry or entry in (".", ".."):
             raise DataError(f"{path}:{line_no}: {entry!r} is not an image id (a file name without folders)")
-        ids.append(Path(entry).stem)
+        ids.append(entry[: -len(Path(entry).suffix)] if Path(entry).suffix.lower() in IMAGE_SUFFIXES else entry)
     return ids
-

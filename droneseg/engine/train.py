@@ -293,5 +293,6 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
         summary["best_checkpoint"] = best.name if best else None
         summary["command_s"] = round(time.monotonic() - started, 1)  # this session, from the command's start
         atomic_write_json(run / "train_summary.json", summary)  # last: its presence marks the run finished
-        print(f"trained {trainer.current_epoch} epochs in {time.monotonic() - start:.0f} s", file=sys.stderr)
+        n = trainer.current_epoch
+        print(f"trained {n} epoch{'' if n == 1 else 's'} in {time.monotonic() - start:.0f} s", file=sys.stderr)
     return run

@@ -25,12 +25,37 @@ GEOTIFF_TAGS = (33550, 33922, 34264, 34735)  # ModelPixelScale, ModelTiepoint, M
 EXTRA_HINT = "pip install 'droneseg[geo]'"
 
 
+WORLD_FILES = {".tif": (".tfw", ".tifw"), ".tiff": (".tfw", ".tiffw"), ".jpg": (".jgw", ".jpgw"),
+               ".jpeg": (".jgw", ".jpegw"), ".png": (".pgw", ".pngw")}
+"""World files GDAL reads beside an image (``.wld`` too), by the image's suffix."""
+
+
+def georeferenced_by_sidecar(path: Path) -> bool:
+    """Whether a file beside ``path`` georeferences it for GDAL: a world file (``ortho.tfw``, ``.wld``…) or an
+    ``ortho.tif.aux.xml`` holding a geotransform or a CRS."""
+    path = Path(path)
+    for suffix in (*WORLD_FILES.get(path.suffix.lower(), ()), ".wld"):  # a few stat calls, no folder listing
+        if any(path.with_name(f"{path.stem}{s}").is_file() for s in (suffix, suffix.upper())):
+            return True
+    aux = path.with_name(path.name + ".aux.xml")
+    if aux.is_file():
+        try:
+            text = aux.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+        return "<GeoTransform>" in text or "<SRS" in text
+    return False
+
+
 def is_ortho(path: Path) -> bool:
-    """Whether ``path`` is an orthomosaic input: a GeoTIFF (tags read from the first directory, no decoding), a
-    BigTIFF, or a GDAL-only format. A file that cannot be read as a TIFF is not one (the photo reader says why)."""
+    """Whether ``path`` is an orthomosaic input: whatever GDAL reads as georeferenced. A GeoTIFF (tags read from the
+    first directory, no decoding), a BigTIFF, a GDAL-only format, or an image with a world file or an ``.aux.xml``
+    georeference beside it. A file that cannot be read as a TIFF is not one (the photo reader says why)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in GDAL_SUFFIXES:
+        return True
+    if suffix in WORLD_FILES and georeferenced_by_sidecar(path):
         return True
     if suffix not in (".tif", ".tiff"):
         return False

@@ -130,7 +130,7 @@ def write_polygons(ds: rasterio.io.DatasetReaderBase, out: Path, names: dict[int
     inv_linear = np.array([[inverse.a, inverse.d], [inverse.b, inverse.e]])
 
     def areas(geoms: np.ndarray) -> np.ndarray:
-        if not area.geographic:
+        if not area.warped:
             return shapely.area(geoms) * area.unit**2
         from rasterio.warp import transform as warp
 

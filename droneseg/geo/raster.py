@@ -10,10 +10,14 @@ Contract
   ``.msk``) mask, else the declared nodata value (a pixel is valid when any band differs from it). Invalid pixels
   are never classified; the caller writes them as nodata.
 * 16-bit samples are scaled to 8 bits linearly from 0..2**bits - 1, ``bits`` being the file's declared ``NBITS``
-  (12 for most 16-bit drone orthos that declare it) or 16, never from the image's own minimum and maximum (a
-  window's statistics would differ from its neighbour's): ``v8 = round(v * 255 / (2**bits - 1))``, clipped.
-* GSD: metres per pixel along x and y from the geotransform (rotation included) and the CRS's linear unit; for a
-  geographic CRS, measured on a Lambert azimuthal equal-area projection centred on the scene
+  (12 for most 16-bit drone orthos that declare it), else the fewest of 8, 10, 12, 14, 16 bits that hold the whole
+  scene's largest value (GDAL's approximate statistics, with a warning naming the file and its range: 12-bit data
+  without the tag, 8-bit values stored as UInt16); never from a window's own minimum and maximum (a window's
+  statistics would differ from its neighbour's): ``v8 = round(v * 255 / (2**bits - 1))``, clipped.
+* GSD: metres per pixel along x and y from the geotransform (rotation included) and the CRS's linear unit, where
+  those are ground units at the scene (a projected CRS within :data:`GROUND_SCALE_TOLERANCE` of true scale; a local
+  survey CRS, in its own unit); else (a geographic CRS; Web Mercator and any projected CRS whose map metres are not
+  ground metres there) measured on a Lambert azimuthal equal-area projection centred on the scene
   (:func:`equal_area_proj`), which is also how areas are measured there (:class:`PixelArea`).
 * :class:`WorkingWindow` is a window of the scene's working grid that the tiler slices like an array, read band
   by band as asked (the memory of one band).
@@ -26,6 +30,7 @@ Contract
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,25 +60,28 @@ def _shoelace(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 
 @dataclass
 class PixelArea:
-    """Ground area of pixels in square metres: one constant in a projected CRS, a slowly varying field in a
-    geographic one (computed on :func:`equal_area_proj` on a grid of ``step`` pixels and spread over each cell)."""
+    """Ground area of pixels in square metres: one constant where the CRS's units are ground units at the scene
+    (a projected CRS near its true scale, a local survey CRS), else a slowly varying field measured on
+    :func:`equal_area_proj` (a geographic CRS; a projected one whose map metres are not ground metres here, such
+    as Web Mercator, scale 1/cos(latitude)), computed on a grid of ``step`` pixels and spread over each cell."""
 
     ds: rasterio.io.DatasetReader
-    unit: float  # metres per CRS unit (projected), 1 for geographic
-    geographic: bool
-    metric: CRS | None  # the equal-area CRS of a geographic raster
+    unit: float  # metres per CRS unit (constant areas), 1 when warped
+    warped: bool  # measured on the equal-area projection
+    metric: CRS | None  # the equal-area CRS of a warped raster
     metric_proj: str = ""  # its PROJ string
     step: int = 32
+    why: str = ""  # how the CRS was judged, for the area table
 
     @property
     def method(self) -> str:
-        if self.geographic:
-            return f"geographic CRS: areas on the equal-area projection {self.metric_proj}"
-        return f"projected CRS: pixel area from the geotransform, {self.unit:g} m per CRS unit"
+        if self.warped:
+            return f"{self.why}: areas on the equal-area projection {self.metric_proj}"
+        return f"{self.why or 'projected CRS'}: pixel area from the geotransform, {self.unit:g} m per CRS unit"
 
     def constant(self) -> float | None:
-        """m² per pixel when every pixel has the same area (projected CRS), else None."""
-        if self.geographic:
+        """m² per pixel when every pixel has the same area (see the class), else None."""
+        if self.warped:
             return None
         t = self.ds.transform
         return abs(t.a * t.e - t.b * t.d) * self.unit**2
@@ -108,6 +116,7 @@ class Ortho:
     bits: int  # 8, or the declared bit depth of 16-bit samples
     gsd: tuple[float, float]  # metres per pixel along x (columns) and y (rows)
     area: PixelArea
+    bits_from: str = ""  # how ``bits`` was decided (the NBITS tag, or the values the file holds)
 
     @property
     def width(self) -> int:
@@ -194,16 +203,37 @@ def open_ortho(path: Path) -> Ortho:
         if not kinds <= {"uint8", "uint16"}:
             raise DataError(f"{path}: {'/'.join(sorted(kinds))} samples; orthomosaics must be 8- or 16-bit unsigned")
         bands, _ = _colour_bands(ds, path)
-        bits = 8
+        bits, bits_from = 8, "8-bit samples"
         if "uint16" in kinds:
-            declared = ds.tags(ns="IMAGE_STRUCTURE").get("NBITS") or ds.tags(1, ns="IMAGE_STRUCTURE").get("NBITS")
-            bits = int(declared) if declared and 8 < int(declared) <= 16 else 16
+            bits, bits_from = _bit_depth(ds, path, bands)
         area = _pixel_area(ds)
         gsd = _gsd(ds, area)
     except BaseException:
         ds.close()
         raise
-    return Ortho(path, ds, bands, bits, gsd, area)
+    return Ortho(path, ds, bands, bits, gsd, area, bits_from)
+
+
+def _bit_depth(ds: rasterio.io.DatasetReader, path: Path, bands: tuple[int, int, int]) -> tuple[int, str]:
+    """(bits, how they were decided) of 16-bit samples: the declared ``NBITS`` (9..16) where the file has one;
+    else the fewest of 8, 10, 12, 14, 16 bits that hold the largest value of the colour bands by GDAL's approximate
+    statistics (12-bit cameras without the tag, 8-bit values stored as UInt16), with a warning naming the file and
+    its range, so that such a file is never read as a black picture."""
+    declared = ds.tags(ns="IMAGE_STRUCTURE").get("NBITS") or ds.tags(1, ns="IMAGE_STRUCTURE").get("NBITS")
+    if declared and 8 < int(declared) <= 16:
+        return int(declared), f"its NBITS tag ({declared})"
+    try:
+        top = max(ds.statistics(b, approx=True).max for b in sorted(set(bands)))
+    except Exception as exc:  # noqa: BLE001 - GDAL's own error types; the full range is the safe reading
+        warnings.warn(f"{path}: 16-bit samples without an NBITS tag, and no statistics ({exc}); read as 16-bit",
+                      stacklevel=3)
+        return 16, "no NBITS tag, no statistics: 16 bits"
+    bits = next(b for b in (8, 10, 12, 14, 16) if top <= 2**b - 1)
+    how = f"its values (largest {top:.0f} by GDAL's approximate statistics; no NBITS tag)"
+    if bits < 16:
+        warnings.warn(f"{path}: 16-bit samples without an NBITS tag whose largest value is {top:.0f}: read as "
+                      f"{bits}-bit (0..{2**bits - 1}), not 0..65535 (which would make it nearly black)", stacklevel=3)
+    return bits, how
 
 
 def _has_colormap(ds: rasterio.io.DatasetReader) -> bool:
@@ -225,22 +255,52 @@ def gdal_message(exc: BaseException) -> str:
     return messages[-1] if messages else "unknown GDAL error"
 
 
-def _pixel_area(ds: rasterio.io.DatasetReader) -> PixelArea:
-    if ds.crs.is_geographic:
-        lon, lat = ds.transform @ (ds.width / 2, ds.height / 2)
-        from rasterio.warp import transform as warp
+GROUND_SCALE_TOLERANCE = 0.01
+"""A projected CRS whose map metres differ from ground metres at the scene by more than this share (Web Mercator
+at any latitude over 8°) is measured on the equal-area projection instead of by its own units."""
 
-        (lon,), (lat,) = warp(ds.crs, CRS.from_epsg(4326), [lon], [lat])
-        proj = equal_area_proj(lon, lat)
-        return PixelArea(ds, 1.0, True, CRS.from_proj4(proj), proj)
-    _, unit = ds.crs.linear_units_factor
-    return PixelArea(ds, float(unit), False, None)
+
+def _warped(ds: rasterio.io.DatasetReader, why: str) -> PixelArea:
+    """Areas measured on the equal-area projection centred on the scene."""
+    from rasterio.warp import transform as warp
+
+    x, y = ds.transform @ (ds.width / 2, ds.height / 2)
+    (lon,), (lat,) = warp(ds.crs, CRS.from_epsg(4326), [x], [y])
+    proj = equal_area_proj(lon, lat)
+    return PixelArea(ds, 1.0, True, CRS.from_proj4(proj), proj, why=why)
+
+
+def _pixel_area(ds: rasterio.io.DatasetReader) -> PixelArea:
+    """How the raster's pixels are measured on the ground; raises DataError for a CRS without a unit of length."""
+    crs = ds.crs
+    if crs.is_geographic:
+        return _warped(ds, "geographic CRS")
+    if not crs.is_projected:  # a local engineering CRS (Metashape's "Local Coordinates (m)"): a survey in its units
+        try:
+            unit_name, unit = crs.units_factor
+        except rasterio.errors.CRSError:
+            raise DataError(f"{ds.name}: its CRS ({crs.to_string()[:80]}) names no unit of length, so no GSD or "
+                            "area can be measured; assign one with gdal_edit.py -a_srs") from None
+        return PixelArea(ds, float(unit), False, None, why=f"local CRS {crs.to_string()[:60]!r} ({unit_name}): no "
+                         "map projection, areas in its own units")
+    _, unit = crs.linear_units_factor
+    flat = PixelArea(ds, float(unit), False, None, why="projected CRS")
+    try:
+        ground = _warped(ds, "")
+    except Exception:  # noqa: BLE001 - PROJ/GDAL's own error types: no way to longitude/latitude is known
+        return flat
+    scale = math.sqrt(float(np.mean(ground.window(Window(ds.width // 2, ds.height // 2, 1, 1)))) / flat.constant())
+    if abs(scale - 1) <= GROUND_SCALE_TOLERANCE:
+        return flat
+    ground.why = (f"projected CRS whose units are not ground units here ({crs.to_string()[:40]}: one map metre is "
+                  f"{scale:.3f} m on the ground)")
+    return ground
 
 
 def _gsd(ds: rasterio.io.DatasetReader, area: PixelArea) -> tuple[float, float]:
     """Metres per pixel along x and y (see the module contract)."""
     t = ds.transform
-    if not area.geographic:
+    if not area.warped:
         return math.hypot(t.a, t.d) * area.unit, math.hypot(t.b, t.e) * area.unit
     from rasterio.warp import transform as warp
 
