@@ -48,6 +48,7 @@ def test_the_legacy_fixture_is_what_0_1_0_wrote():
     assert raw["format"] == 3 and raw["model"]["arch"] == "unet" and raw["version"] == "0.1.0"
 
 
+@pytest.mark.slow
 def test_a_0_1_0_run_evaluates_predicts_and_exports(legacy, tmp_path, capsys):
     run, data = legacy
     info = read_info(run)

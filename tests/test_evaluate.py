@@ -95,6 +95,7 @@ def test_predict_masks_rescore_evaluate_miou_when_the_photo_spans_several_tiles(
     assert summary["val_miou_native"] == metrics["miou"]
 
 
+@pytest.mark.slow
 def test_a_native_size_model_is_evaluated_in_tiles_never_in_one_pass(synth_root, tmp_path, monkeypatch):
     """long_side null: the network never sees more than a tile, and the numbers still match predict's masks."""
     seen: list[tuple[int, int]] = []
@@ -120,6 +121,7 @@ def test_curves_sample_large_images_on_a_regular_grid():
     assert curve_stride(1, 10**7) == 3
 
 
+@pytest.mark.slow
 def test_luma_scheme_thresholds_each_map_and_scores_two_classes(synth_root, tmp_path):
     model = save_tiny_model(tmp_path / "run", "luma", long_side=None, inference={"tile": 48})
     folder = evaluate(model, synth_root, split="val", figures=0, progress=False, inference=InferenceOverrides(luma_threshold="median"))

@@ -816,6 +816,7 @@ def test_the_docs_quote_these_tables(page):
 ODD_STEMS = ["plot #3", "-dash first", "Zürich été", "IMG_7", "two  spaces.v2"]
 
 
+@pytest.mark.slow
 def test_names_people_give_files_survive_every_file_droneseg_writes_and_reads(synth_root, tmp_path, capsys):
     """`#`, a leading dash, spaces, accents, a dot in the stem and an upper-case suffix: the split files droneseg
     writes read back to the same ids, and evaluate and predict find every photo by them."""

@@ -55,6 +55,7 @@ def test_an_exported_file_alone_predicts_the_labels_of_its_run(model, tmp_path):
     assert session.scheme.names == open_session(model).scheme.names and session.inference.tile == 48
 
 
+@pytest.mark.slow
 def test_an_exported_file_outside_its_run_needs_an_output_folder_to_evaluate(model, synth_root, tmp_path):
     alone = tmp_path / "m.onnx"
     shutil.copy(model / "model.onnx", alone)

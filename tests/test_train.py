@@ -116,6 +116,7 @@ def test_two_cpu_processes_train_with_ddp_into_one_run_folder(synth_root, tmp_pa
     assert (run / "eval" / "val" / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_a_finished_run_is_not_resumed(synth_root, tmp_path):
     run = _train(synth_root, tmp_path / "runs", "--max-epochs", "1", "--set", "train.final_eval=false")
     result = RUN.invoke(app, ["train", "--resume", str(run)])
@@ -186,6 +187,7 @@ def test_luma_and_class_weighted_runs_validate_through_the_tiler(synth_root, tmp
     assert predicted[1] / sum(predicted) == pytest.approx(0.5, abs=0.02)
 
 
+@pytest.mark.slow
 def test_ema_validates_and_saves_the_averaged_weights(synth_root, tmp_path):
     """With ``train.ema`` the checkpoints hold the average as their weights (the raw ones beside), and the saved
     model is the best checkpoint's average; on a CPU the net trains in channels-last layout."""
