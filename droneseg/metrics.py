@@ -38,6 +38,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 from torchmetrics.utilities import dim_zero_cat
 
+from droneseg.chance import chance_miou
 from droneseg.classes import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -102,6 +103,7 @@ def confusion_to_metrics(cm: np.ndarray | torch.Tensor, names: Sequence[str]) ->
         "mean_f1": _mean([f1[i] for i in range(k) if present[i]]),
         "mean_class_accuracy": _mean([recall[i] for i in range(k) if present[i]]),
         "pixel_accuracy": float(tp.sum() / total) if total > 0 else None,
+        "chance_miou": chance_miou(support),
         "fw_iou": None if fw is None else float(fw),
         "absent_classes": [names[i] for i in range(k) if not present[i]],
         "pixels": int(total),

@@ -56,6 +56,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from droneseg.areas import AreaTable, write_csv
+from droneseg.chance import near_chance
 from droneseg.classes import IGNORE_INDEX, DataError
 from droneseg.cluster import broadcast_object, detect, gather_objects, process_group
 from droneseg.files import atomic_save, atomic_write_text, folder_lock
@@ -229,6 +230,8 @@ def predict(
             raise DataError(f"{next(p for p in photos if is_ortho(p))}: the luma scheme splits each photo at its own "
                             "mean brightness; it has no meaning on an orthomosaic")
         written = scheme.written(numbering)
+        if rank == 0:
+            _say_if_near_chance(session)
         with _job_lock(out, rank, world):  # settings checked and model loaded: now the folder is ours
             return _segment(photos, out, rank, world, written, session, settings, gsd, scale,
                             progress and rank == 0, t_start, ortho)
@@ -332,6 +335,20 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
         atomic_write_text(out / "predict_ranks.json", json.dumps({"ranks": world, "photos": ranks,
                                                                   "failed": failed}, indent=1) + "\n")
     return summary
+
+
+def _say_if_near_chance(session: ModelSession) -> None:
+    """A warning when the run's own final evaluation scored the model near chance (``train_summary.json``)."""
+    summary = session.folder / "train_summary.json" if session.folder is not None else None
+    if summary is None or not summary.is_file():
+        return
+    try:
+        s = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return  # the summary is a note, not the model: predicting does not depend on it
+    flag = near_chance({"miou": s.get("val_miou_native"), "chance_miou": s.get("chance_miou")})
+    if flag:
+        tqdm.write(f"warning: {session.folder}: {flag}", file=sys.stderr)
 
 
 def _say_stale_outputs(path: Path, out: Path, written: dict[str, Path]) -> None:

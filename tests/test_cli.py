@@ -88,6 +88,8 @@ def test_train_and_evaluate_read_two_loose_folders(synth_root, tmp_path, capsys)
     out, err = capsys.readouterr()
     assert stop.value.code == 0, err
     run = Path(out.strip().splitlines()[-1])
+    # what happened, said at the end: epochs, optimiser steps, why it stopped, the score
+    assert "trained 1 epoch (2 optimiser steps) in " in err and "stopped by max_epochs; val mIoU " in err
     saved = (run / "config.yaml").read_text()
     assert str(images.resolve()) in saved and str(masks.resolve()) in saved
     summary = json.loads((run / "train_summary.json").read_text())

@@ -238,3 +238,29 @@ def test_ddp_sync_pools_both_ranks(tmp_path) -> None:
     whole.update(logits, target)
     synced, images = json.loads(out.read_text())
     assert synced == json.loads(json.dumps(whole.compute())) and images == 2
+
+
+@pytest.mark.parametrize(("support", "expected"), [
+    ([50, 50], 1 / 3),        # two equal classes: a coin flip, IoU (0.5·0.5)/(0.5 + 0.5 - 0.25) each
+    ([90, 10, 0], 0.45),      # all pixels the big class: IoU 0.9 and 0 over the two present classes
+    ([100], 1.0),             # one class: nothing to learn
+    ([0, 0], None),           # no pixels: no chance level
+])
+def test_chance_miou_is_the_best_labelling_that_ignores_the_photo(support, expected):
+    from droneseg.chance import chance_miou
+
+    got = chance_miou(np.array(support))
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+def test_a_model_that_paints_one_class_is_flagged_near_chance_and_a_good_one_is_not():
+    from droneseg.chance import near_chance
+
+    names = ["a", "b", "c", "d"]
+    majority = np.zeros((4, 4), np.int64)
+    majority[:, 0] = [400, 300, 200, 100]  # every pixel called "a"
+    m = confusion_to_metrics(majority, names)
+    # labels drawn with the class shares score best here: mean of p / (2 - p) = 0.1476 (the painter: 0.4 / 4)
+    assert m["miou"] == pytest.approx(0.1) and m["chance_miou"] == pytest.approx(0.14755, abs=1e-5)
+    assert near_chance(m).startswith("Near chance: pooled mIoU 0.100")
+    assert near_chance(confusion_to_metrics(np.diag([400, 300, 200, 100]), names)) is None

@@ -203,3 +203,15 @@ def test_bad_inputs_fail_before_any_work_naming_the_problem(model_dir, tmp_path)
     with pytest.raises(DataError, match="numbering"):
         predict(model_dir, [tmp_path / "x.png"], tmp_path / "out", numbering="both", progress=False)  # type: ignore
     assert not (tmp_path / "out").exists()
+
+
+def test_predict_warns_when_the_runs_own_evaluation_was_near_chance(tmp_path, capsys):
+    model = save_tiny_model(tmp_path / "run", long_side=100, inference={"tile": 32})
+    (model / "train_summary.json").write_text('{"val_miou_native": 0.01, "chance_miou": 0.05}')
+    Image.fromarray(scene(60, 40)).save(tmp_path / "p.png")
+    predict(model, [tmp_path / "p.png"], tmp_path / "out", progress=False)
+    err = capsys.readouterr().err
+    assert f"warning: {model}: Near chance: pooled mIoU 0.010" in err
+    (model / "train_summary.json").write_text('{"val_miou_native": 0.5, "chance_miou": 0.05}')
+    predict(model, [tmp_path / "p.png"], tmp_path / "out2", progress=False)
+    assert "Near chance" not in capsys.readouterr().err

@@ -26,6 +26,7 @@ from torch.optim.swa_utils import get_ema_avg_fn
 
 from droneseg import __version__
 from droneseg.artifact import DatasetIdentity, ModelInfo, save_model
+from droneseg.chance import near_chance
 from droneseg.classes import DataError
 from droneseg.cluster import ClusterEnv, cpu_threads, detect, prepare
 from droneseg.config import RunConfig, dump_config, parse_duration, resolve_paths
@@ -165,7 +166,8 @@ def _final_eval(cfg: RunConfig, run: Path, trainer: pl.Trainer) -> dict:
     if not trainer.is_global_zero:
         return {}
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
-    return {"val_miou_native": metrics["miou"], "eval_report": str((folder / "report.html").relative_to(run)),
+    return {"val_miou_native": metrics["miou"], "chance_miou": metrics.get("chance_miou"),
+            "eval_report": str((folder / "report.html").relative_to(run)),
             "final_eval_s": round(time.monotonic() - t_eval, 1)}
 
 
@@ -204,6 +206,22 @@ def _summary(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationT
 def _environment() -> dict:
     return {"droneseg": __version__, "torch": str(torch.__version__), "lightning": str(pl.__version__),
             "python": sys.version.split()[0], "argv": sys.argv}
+
+
+def _say_how_it_ended(summary: dict, seconds: float) -> None:
+    """One line on stderr of what training did (epochs, optimiser steps, why it stopped, the score) and a warning
+    when the model is near chance: a run that stopped early must not look like a finished one."""
+    n, steps = summary["epochs"], summary["schedule"]["done_steps"]
+    line = (f"trained {n} epoch{'' if n == 1 else 's'} ({steps} optimiser step{'' if steps == 1 else 's'}) in "
+            f"{seconds:.0f} s, stopped by {summary['stopped_by']}")
+    if summary.get("val_miou_native") is not None:
+        line += f"; val mIoU {summary['val_miou_native']:.3f} at native resolution ({summary['val_images']} images)"
+    elif summary.get("best_val_miou_working_size") is not None:
+        line += f"; best val mIoU {summary['best_val_miou_working_size']:.3f} at working size"
+    print(line, file=sys.stderr)
+    flag = near_chance({"miou": summary.get("val_miou_native"), "chance_miou": summary.get("chance_miou")})
+    if flag:
+        print(f"warning: {flag}", file=sys.stderr)
 
 
 class Requeued(Exception):
@@ -293,6 +311,5 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
         summary["best_checkpoint"] = best.name if best else None
         summary["command_s"] = round(time.monotonic() - started, 1)  # this session, from the command's start
         atomic_write_json(run / "train_summary.json", summary)  # last: its presence marks the run finished
-        n = trainer.current_epoch
-        print(f"trained {n} epoch{'' if n == 1 else 's'} in {time.monotonic() - start:.0f} s", file=sys.stderr)
+        _say_how_it_ended(summary, time.monotonic() - start)
     return run

@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.patheffects import withStroke  # noqa: E402
 
+from droneseg.chance import near_chance
 from droneseg.files import (
     atomic_write_json,
     atomic_write_text,  # noqa: E402
@@ -119,6 +120,8 @@ def metrics_text(scheme: LabelScheme, metrics: dict, per_image: dict, context: d
     facts = [f"{k} {v}" for k, v in context.items() if k not in ("model", "split")]
     lines = [title, "=" * len(title), ", ".join([f"scheme {scheme.name} ({scheme.num_classes} classes)", *facts]), ""]
     lines += [f"{k:<23} {v:>7}   {h}".rstrip() for k, v, h in summary]
+    flag = near_chance(metrics)
+    lines += ["", f"WARNING: {flag}"] if flag else []
     lines += ["", POOLED_DEFINITION, PER_IMAGE_DEFINITION]
     width = max(len(n) for n in scheme.names)
     cols = ("IoU", "F1", "Prec.", "Recall", "AP", "AUC")

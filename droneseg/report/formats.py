@@ -50,3 +50,4 @@ class ImageResult:
     miou: float | None
     pixel_accuracy: float | None
     panel: Path | None
+

@@ -17,7 +17,16 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from droneseg.report.formats import DASH, PER_IMAGE_DEFINITION, POOLED_DEFINITION, ImageResult, class_order, fmt, pct
+from droneseg.chance import near_chance
+from droneseg.report.formats import (
+    DASH,
+    PER_IMAGE_DEFINITION,
+    POOLED_DEFINITION,
+    ImageResult,
+    class_order,
+    fmt,
+    pct,
+)
 
 if TYPE_CHECKING:
     from droneseg.schemes import LabelScheme
@@ -38,6 +47,7 @@ header h1{font-size:26px;margin:0 0 4px;word-break:break-word}
 header p{margin:0;color:var(--muted)}
 h2{font-size:19px;margin:0 0 10px}
 section{background:#fff;border:1px solid var(--line);border-radius:10px;padding:18px 22px;margin:18px 0}
+.warning{background:#fff4e5;border-left:4px solid #e67700;padding:10px 14px;margin:16px 0;font-weight:600}
 .cards{display:grid;grid-template-columns:repeat(4,1fr);gap:12px;margin:20px 0}
 @media (max-width:760px){.cards{grid-template-columns:repeat(2,1fr)}}
 .card{background:#fff;border:1px solid var(--line);border-radius:10px;padding:12px 14px}
@@ -89,7 +99,9 @@ def _cards(metrics: dict, per_image: dict) -> str:
         _card("Mean AUC", fmt(metrics.get("mean_auc")), "area under the binned ROC curves"),
         _card("Per-image mIoU", fmt(per_image["per_image_miou"]), f"mean of {n} images' mIoU; not the pooled mIoU"),
     ]
-    return f'<div class="cards">{"".join(cards)}</div>'
+    flag = near_chance(metrics)
+    warning = f'<p class="warning">{escape(flag)}</p>' if flag else ""
+    return f'{warning}<div class="cards">{"".join(cards)}</div>'
 
 
 def _class_table(metrics: dict, scheme: LabelScheme) -> str:
