@@ -121,3 +121,19 @@ def test_dev_set_is_clean(dev_data):
     report = check_dataset(layout, workers=2, progress=False)
     assert report.ok and report.checked == 300
     assert report.class_images[23] == 0  # 'conflicting' never occurs in the public photos
+
+
+def test_loose_folders_without_a_class_table_say_the_24_classes_are_assumed(synth_root, tmp_path):
+    """Two folders and no class_dict: the dataset's table is assumed, and check-data says so with what the masks
+    use, so that a user's own 0/1/2 masks are not silently read as paved-area/dirt/grass."""
+    images, masks = tmp_path / "img", tmp_path / "msk"
+    images.mkdir()
+    masks.mkdir()
+    for i in range(2):
+        shutil.copy(synth_root / "original_images" / f"{i:03d}.jpg", images)
+        Image.fromarray(np.full((64, 96), i, np.uint8)).save(masks / f"{i:03d}.png")
+    result = CliRunner().invoke(app, ["check-data", "--images", str(images), "--masks", str(masks)])
+    assert result.exit_code == 0, result.output
+    assert "warning: no class table found" in result.output
+    assert "the Semantic Drone Dataset's 24 classes are assumed, and the masks use 2 of them (unlabeled, paved-area)" \
+        in result.output and "--class-table" in result.output

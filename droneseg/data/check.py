@@ -119,4 +119,10 @@ def check_dataset(layout: Layout, workers: int = 2, progress: bool = True) -> Ch
                 class_pixels += counts
             bar.update()
     bar.close()
+    if layout.table_path is None and layout.samples:
+        used = [name for name, px in zip(layout.table.names, class_pixels) if px > 0]
+        notes.append(f"no class table found (class_dict_seg.csv or class_dict.csv at {layout.root}): the Semantic Drone "
+                     f"Dataset's {n} classes are assumed, and the masks use {len(used)} of them "
+                     f"({', '.join(used[:6])}{'…' if len(used) > 6 else ''}); if these are classes of your own, give "
+                     "--class-table CSV (name, r, g, b per class)")
     return CheckReport(problems, len(jobs), class_images, class_pixels, notes)
