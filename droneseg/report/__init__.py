@@ -37,19 +37,9 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import LogNorm, Normalize  # noqa: E402
 from matplotlib.patheffects import withStroke  # noqa: E402
 
-from droneseg.chance import near_chance
-from droneseg.files import (
-    atomic_write_json,
-    atomic_write_text,  # noqa: E402
-)
-from droneseg.report.formats import (  # noqa: E402
-    PER_IMAGE_DEFINITION,
-    POOLED_DEFINITION,
-    ImageResult,
-    class_order,
-    fmt,
-    pct,
-)
+from droneseg.chance import near_chance  # noqa: E402
+from droneseg.files import atomic_write_json, atomic_write_text  # noqa: E402
+from droneseg.report.formats import PER_IMAGE_DEFINITION, POOLED_DEFINITION, ImageResult, class_order, fmt, pct  # noqa: E402
 from droneseg.report.html import render_html  # noqa: E402
 from droneseg.report.plots import save_figure  # noqa: E402
 from droneseg.schemes import LabelScheme  # noqa: E402
