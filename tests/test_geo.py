@@ -544,3 +544,24 @@ def test_outputs_of_an_earlier_run_with_other_options_are_named(flat, tmp_path, 
     err = capsys.readouterr().err
     assert f"{out / 'o5_confidence.tif'} is left from an earlier run" in err
     assert "_classes.tif is left" not in err
+
+
+def test_a_declared_nodata_value_that_masks_real_pixels_is_said(tmp_path):
+    """8-bit RGB declaring nodata=255: a white roof becomes a hole. The share it masks is counted and said, naming
+    the file, and recorded in the area table; an alpha band decides validity without a word."""
+    rgb = np.full((3, 100, 200), 100, np.uint8)
+    rgb[:, 40:60, 50:100] = 255  # a white roof: 1,000 of 20,000 pixels
+    profile = dict(driver="GTiff", width=200, height=100, count=3, dtype="uint8", crs="EPSG:32633", nodata=255,
+                   transform=rasterio.transform.from_origin(500_000, 5_200_000, 0.05, 0.05), photometric="RGB")
+    src = tmp_path / "white.tif"
+    with rasterio.open(src, "w", **profile) as ds:
+        ds.write(rgb)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = segment_ortho(src, tmp_path / "out", oracle_tiler(64), WRITTEN, 0.05, OrthoOptions(vector=None),
+                            progress=False)
+    said = [str(w.message) for w in caught if "nodata" in str(w.message)]
+    assert said and str(src) in said[0] and "about 5.0 % of the pixels" in said[0] and "-unsetnodata" in said[0]
+    meta = json.loads(res.files["areas_json"].read_text())
+    assert meta["nodata_value"] == 255 and meta["nodata_share"] == pytest.approx(0.05)
+    assert meta["valid_pixels"] == 19_000

@@ -201,7 +201,8 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
             t_vector = time.perf_counter()
         t_cog = time.perf_counter()
         info = {"input": str(path), "crs": ortho.ds.crs.to_wkt(), "gsd_m": list(ortho.gsd), "model_gsd_m": model_gsd,
-                "bits": ortho.bits, "bits_from": ortho.bits_from,
+                "bits": ortho.bits, "bits_from": ortho.bits_from, "nodata_value": ortho.ds.nodata,
+                "nodata_share": ortho.nodata_share,
                 "working_scale": list(grid.scale), "working_size": list(grid.size), "min_area_m2": min_area,
                 **(meta or {})}
         write_csv(files["areas_csv"], table.rows())

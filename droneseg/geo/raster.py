@@ -8,7 +8,8 @@ Contract
   taken, red/green/blue by their colour interpretation where the file declares it).
 * Validity: GDAL's dataset mask, which is the alpha band where there is one, else the per-dataset (internal or
   ``.msk``) mask, else the declared nodata value (a pixel is valid when any band differs from it). Invalid pixels
-  are never classified; the caller writes them as nodata.
+  are never classified; the caller writes them as nodata. Where the declared value decides, the share of pixels it
+  masks is counted (on a sample) and said in a warning: a real white area must not become a hole unannounced.
 * 16-bit samples are scaled to 8 bits linearly from 0..2**bits - 1, ``bits`` being the file's declared ``NBITS``
   (12 for most 16-bit drone orthos that declare it), else the fewest of 8, 10, 12, 14, 16 bits that hold the whole
   scene's largest value (GDAL's approximate statistics, with a warning naming the file and its range: 12-bit data
@@ -38,7 +39,7 @@ from pathlib import Path
 import numpy as np
 import rasterio
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Resampling
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
 from rasterio.windows import Window
 
 from droneseg.errors import DataError
@@ -117,6 +118,7 @@ class Ortho:
     gsd: tuple[float, float]  # metres per pixel along x (columns) and y (rows)
     area: PixelArea
     bits_from: str = ""  # how ``bits`` was decided (the NBITS tag, or the values the file holds)
+    nodata_share: float | None = None  # share of pixels the declared nodata value masks (None: validity not by value)
 
     @property
     def width(self) -> int:
@@ -206,12 +208,34 @@ def open_ortho(path: Path) -> Ortho:
         bits, bits_from = 8, "8-bit samples"
         if "uint16" in kinds:
             bits, bits_from = _bit_depth(ds, path, bands)
+        nodata_share = _nodata_share(ds, path, bands)
         area = _pixel_area(ds)
         gsd = _gsd(ds, area)
     except BaseException:
         ds.close()
         raise
-    return Ortho(path, ds, bands, bits, gsd, area, bits_from)
+    return Ortho(path, ds, bands, bits, gsd, area, bits_from, nodata_share)
+
+
+NODATA_SAMPLE_SIDE = 1024
+"""Long side of the nearest-neighbour sample on which the pixels a declared nodata value masks are counted."""
+
+
+def _nodata_share(ds: rasterio.io.DatasetReader, path: Path, bands: tuple[int, int, int]) -> float | None:
+    """The share of pixels a declared nodata value marks as no data, where validity comes from that value (no alpha
+    band, no internal or ``.msk`` mask), counted on a nearest-neighbour sample of at most ``NODATA_SAMPLE_SIDE`` px;
+    said in a warning naming the file, since a real white or black area would silently become a hole."""
+    if ds.nodata is None or any(MaskFlags.alpha in f or MaskFlags.per_dataset in f for f in ds.mask_flag_enums):
+        return None
+    f = min(1.0, NODATA_SAMPLE_SIDE / max(ds.width, ds.height))
+    shape = (max(1, round(ds.height * f)), max(1, round(ds.width * f)))
+    sample = ds.read(sorted(set(bands)), out_shape=(len(set(bands)), *shape), resampling=Resampling.nearest)
+    share = float((sample == ds.nodata).all(axis=0).mean())
+    if share > 0:
+        warnings.warn(f"{path}: its declared nodata value {ds.nodata:g} marks about {100 * share:.1f} % of the pixels as "
+                      "no data (left unclassified, in no area); if they are real pixels, drop the declaration "
+                      f"(gdal_edit.py -unsetnodata {path})", stacklevel=3)
+    return share
 
 
 def _bit_depth(ds: rasterio.io.DatasetReader, path: Path, bands: tuple[int, int, int]) -> tuple[int, str]:
