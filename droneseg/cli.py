@@ -365,6 +365,7 @@ def predict_cmd(
     vector: Annotated[str, typer.Option("--vector", help="Polygons as gpkg, geojson, or none.", rich_help_panel=ORTHO)] = "gpkg",
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Merge regions under this many m² into their neighbours.", rich_help_panel=ORTHO)] = None,
     simplify: Annotated[Optional[float], typer.Option("--simplify", help="Simplify polygons as a coverage (tolerance in CRS units: metres, or degrees in a geographic CRS; shared edges stay shared).", rich_help_panel=ORTHO)] = None,
+    nodata: Annotated[Optional[str], typer.Option("--nodata", help="The value that marks no data instead of the file's declared one, or none: every pixel holds data (a white roof in an 8-bit ortho declaring nodata 255).", rich_help_panel=ORTHO, show_default=False)] = None,
     strip: Annotated[int, typer.Option("--strip", help="Strip width in working pixels (memory grows with it; each strip reads about a tile of context more on each side).", rich_help_panel=ORTHO)] = 4096,
 ) -> None:
     """Segment photos of any size and georeferenced orthomosaics (the geo extra), with the settings in model.json.
@@ -376,7 +377,7 @@ def predict_cmd(
     from droneseg.predict import predict
 
     ortho = OrthoOptions.from_cli(model_gsd=model_gsd, confidence=confidence, vector=vector, min_area=min_area,
-                                  simplify=simplify, strip=strip)
+                                  simplify=simplify, strip=strip, nodata=nodata)
     summary = predict(model, inputs, out, inference=_inference(tile, overlap, batch, blend, tta, luma),
                       backend=backend, gsd=gsd, scale=scale, numbering=numbering, device=device,
                       progress=sys.stderr.isatty(), ortho=ortho)

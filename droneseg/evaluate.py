@@ -42,6 +42,7 @@ from droneseg.images import read_mask
 from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics, image_confusion
 from droneseg.report import ImageResult, spread, write_evaluation
 from droneseg.report.plots import prediction_panels
+from droneseg.runs import read_training
 from droneseg.schemes import Numbering
 from droneseg.session import ModelSession, open_session
 from droneseg.tiler import InferenceOverrides
@@ -124,23 +125,27 @@ def evaluate(
     device: str | None = None,
     cache_dir: Path | None = None,
     progress: bool = True,
+    training: dict | None = None,
 ) -> Path:
     """Evaluate ``model`` (a run folder, its model.json, or an exported .onnx) on ``split`` of ``data`` with the
     ``backend`` (:data:`droneseg.session.BACKENDS`); returns the folder written (``<run>/eval/<split>``).
 
     ``inference``: changes to the model's inference settings. Photos are resized to the model's working size with
-    the filter it was trained with. Raises DataError for a dataset, split or output folder that cannot be used.
+    the filter it was trained with. ``training``: what training did (``train_summary.json``'s fields; default: the
+    run's own file where it has one), shown in the report. Raises DataError for a dataset, split or output folder
+    that cannot be used.
     """
     env = detect()
     with process_group(env) as (rank, world):
         session = open_session(model, backend, device, env.local_rank)
+        training = training if training is not None else read_training(session.folder)
         return _evaluate(session, DataSource.of(data), split, inference, save_masks, numbering, figures, out,
-                         cache_dir, progress, rank, world)
+                         cache_dir, progress, rank, world, training)
 
 
 def _evaluate(session: ModelSession, data: DataSource, split: str, inference: InferenceOverrides | None,
               save_masks: bool, numbering: Numbering, figures: int, out: Path | None, cache_dir: Path | None,
-              progress: bool, rank: int, world: int) -> Path:
+              progress: bool, rank: int, world: int, training: dict | None = None) -> Path:
     """:func:`evaluate` as rank ``rank`` of ``world`` (each scores every world-th image; rank 0 writes)."""
     t_start = time.time()
     # 1. setup: model, scheme, the split's samples, cached working-size images, the tiler
@@ -248,5 +253,6 @@ def _evaluate(session: ModelSession, data: DataSource, split: str, inference: In
     }
     curves_png = model_dir / "training_curves.png" if model_dir is not None else None
     write_evaluation(folder, scheme, result, confmat, per_image_scores, results, context,
-                     training_curves=curves_png if curves_png is not None and curves_png.is_file() else None)
+                     training_curves=curves_png if curves_png is not None and curves_png.is_file() else None,
+                     training=training)
     return folder

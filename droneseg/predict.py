@@ -63,6 +63,7 @@ from droneseg.files import atomic_save, atomic_write_text, folder_lock
 from droneseg.geo import GDAL_SUFFIXES, is_ortho, require
 from droneseg.geo.options import OrthoOptions
 from droneseg.images import IMAGE_SUFFIXES, photo_size, read_alpha, read_image, read_working_image
+from droneseg.runs import read_training
 from droneseg.schemes import Numbering, WrittenClasses
 from droneseg.session import ModelSession, open_session
 from droneseg.tiler import InferenceConfig, InferenceOverrides, Tiler
@@ -339,12 +340,8 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
 
 def _say_if_near_chance(session: ModelSession) -> None:
     """A warning when the run's own final evaluation scored the model near chance (``train_summary.json``)."""
-    summary = session.folder / "train_summary.json" if session.folder is not None else None
-    if summary is None or not summary.is_file():
-        return
-    try:
-        s = json.loads(summary.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+    s = read_training(session.folder)
+    if s is None:
         return  # the summary is a note, not the model: predicting does not depend on it
     flag = near_chance({"miou": s.get("val_miou_native"), "chance_miou": s.get("chance_miou")})
     if flag:

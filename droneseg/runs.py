@@ -190,3 +190,45 @@ def make_run_dir(run_dir: Path | None, out: Path, name: str, env: ClusterEnv) ->
     if run_dir is None:
         return new_run_dir(out, name, env)
     return shared_run_dir(run_dir, env)
+
+
+_STOPPED = {
+    "max_time": "the time budget",
+    "max_epochs": "max_epochs",
+    "early_stopping": "early stopping (val mIoU stopped improving)",
+    "interrupted": "an interruption",
+}
+
+
+def describe_training(summary: dict) -> str:
+    """One line of what training did, from ``train_summary.json``'s fields (the final evaluation's may be absent):
+    epochs, optimiser steps, seconds of training, why it stopped and the budget it had.
+
+    >>> describe_training({"epochs": 1, "schedule": {"done_steps": 2}, "wall_time_s": 61.4, "stopped_by": "max_time",
+    ...                    "budget": {"budget_s": 240.0}})
+    'trained 1 epoch (2 optimiser steps) in 61 s, stopped by the time budget (240 s)'
+    """
+    n, steps = summary.get("epochs"), (summary.get("schedule") or {}).get("done_steps")
+    line = f"trained {n} epoch{'' if n == 1 else 's'}"
+    if steps is not None:
+        line += f" ({steps} optimiser step{'' if steps == 1 else 's'})"
+    if summary.get("wall_time_s") is not None:
+        line += f" in {summary['wall_time_s']:.0f} s"
+    stopped = summary.get("stopped_by")
+    if stopped:
+        line += f", stopped by {_STOPPED.get(stopped, stopped)}"
+        budget = (summary.get("budget") or {}).get("budget_s")
+        if stopped == "max_time" and budget:
+            line += f" ({budget:.0f} s)"
+    return line
+
+
+def read_training(run: Path | None) -> dict | None:
+    """A finished run's ``train_summary.json``, or None (no run folder, an unfinished or unreadable one)."""
+    path = run / "train_summary.json" if run is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None

@@ -564,4 +564,67 @@ def test_a_declared_nodata_value_that_masks_real_pixels_is_said(tmp_path):
     assert said and str(src) in said[0] and "about 5.0 % of the pixels" in said[0] and "-unsetnodata" in said[0]
     meta = json.loads(res.files["areas_json"].read_text())
     assert meta["nodata_value"] == 255 and meta["nodata_share"] == pytest.approx(0.05)
-    assert meta["valid_pixels"] == 19_000
+    assert meta["valid_pixels"] == 19_000 and meta["nodata_from"] == "the file"
+
+
+def _white_roof(tmp_path: Path, name: str = "white roof #2.tif", alpha: bool = False) -> Path:
+    """8-bit RGB declaring nodata=255, 1,000 of its 20,000 pixels white (a roof), 2,000 at 7 (a dark car park)."""
+    rgb = np.full((3, 100, 200), 100, np.uint8)
+    rgb[:, 40:60, 50:100] = 255
+    rgb[:, 0:10, 0:200] = 7
+    bands = [*rgb, np.full((100, 200), 255, np.uint8)] if alpha else list(rgb)
+    profile = dict(driver="GTiff", width=200, height=100, count=len(bands), dtype="uint8", crs="EPSG:32633",
+                   transform=rasterio.transform.from_origin(500_000, 5_200_000, 0.05, 0.05), photometric="RGB",
+                   **({"alpha": "YES"} if alpha else {"nodata": 255}))
+    src = tmp_path / name
+    with rasterio.open(src, "w", **profile) as ds:
+        ds.write(np.stack(bands))
+    return src
+
+
+@pytest.mark.parametrize("nodata, valid, share, warned", [("none", 20_000, None, False), ("7", 18_000, 0.1, True)])
+def test_nodata_option_overrides_the_declared_value(tmp_path, nodata, valid, share, warned):
+    """--nodata none: the white roof is classified (every pixel holds data, no warning); --nodata 7: the dark
+    pixels are the holes instead, said as --nodata's. The file is not touched; its name holds a space and '#'."""
+    src = _white_roof(tmp_path)
+    before = src.read_bytes()
+    options = OrthoOptions.from_cli(vector="none", nodata=nodata)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = segment_ortho(src, tmp_path / "out", oracle_tiler(64), WRITTEN, 0.05, options, progress=False)
+    said = [str(w.message) for w in caught if "no data" in str(w.message)]
+    assert bool(said) == warned and (not said or "--nodata 7 marks about 10.0 %" in said[0])
+    meta = json.loads(res.files["areas_json"].read_text())
+    assert meta["valid_pixels"] == valid and meta["nodata_from"] == "--nodata"
+    assert meta["nodata_share"] == (None if share is None else pytest.approx(share))
+    assert meta["nodata_value"] == (None if nodata == "none" else 7)
+    with rasterio.open(res.files["classes"]) as ds:
+        classes = ds.read(1)
+    assert (classes[40:60, 50:100] != NODATA).all(), "the roof is classified"
+    assert ((classes[0:10] == NODATA).all()) == (nodata == "7")
+    assert src.read_bytes() == before
+
+
+@pytest.mark.parametrize("nodata, alpha, says", [
+    ("300", False, "--nodata 300 is not a value its uint8 samples can hold (a whole number 0..255)"),
+    ("2.5", False, "--nodata 2.5 is not a value"),
+    ("none", True, "its alpha band or mask decides which pixels hold data"),
+])
+def test_nodata_option_that_cannot_apply_is_refused(tmp_path, nodata, alpha, says):
+    src = _white_roof(tmp_path, "o.tif", alpha=alpha)
+    with pytest.raises(DataError, match=r"o\.tif: ") as err:
+        open_ortho(src, OrthoOptions.from_cli(nodata=nodata).nodata)
+    assert says in str(err.value)
+
+
+def test_nodata_option_on_the_command_line(tmp_path, capsys):
+    model = save_tiny_model(tmp_path / "model", long_side=None)
+    src = _white_roof(tmp_path)
+    assert run_cli("predict", model, src, "--out", tmp_path / "p", "--nodata", "white") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--nodata must be none or a number (a pixel value), got 'white'" in err
+    assert run_cli("predict", model, src, "--out", tmp_path / "p", "--model-gsd", "0.05", "--vector", "none",
+                   "--nodata", "none") == 0
+    assert "marks about" not in capsys.readouterr().err
+    meta = json.loads((tmp_path / "p" / "white roof #2_class_areas.json").read_text())
+    assert meta["valid_pixels"] == 20_000 and meta["nodata_from"] == "--nodata"

@@ -200,6 +200,24 @@ def test_html_escapes_class_names_and_context(tmp_path: Path) -> None:
     assert "&lt;b&gt;cars &amp; co&lt;/b&gt;" in page and "<b>cars" not in page
 
 
+def test_a_model_near_chance_gets_a_banner_and_the_training_is_said(full_case: Case, tmp_path: Path) -> None:
+    """A run that stopped on its budget after two steps with a model near chance: the page opens with a warning,
+    metrics.txt says it, and both say what training did (epochs, steps, why it stopped, the budget)."""
+    c = full_case
+    metrics = {**c.metrics, "chance_miou": c.metrics["miou"]}  # as good as painting the frequent class
+    training = {"epochs": 1, "schedule": {"done_steps": 2}, "wall_time_s": 61.0, "stopped_by": "max_time",
+                "budget": {"budget_s": 240.0}}
+    page = write_evaluation(tmp_path, c.scheme, metrics, c.confusion, c.per_image, c.images, {"model": "m"},
+                            training=training).read_text()
+    said = "trained 1 epoch (2 optimiser steps) in 61 s, stopped by the time budget (240 s)"
+    assert '<p class="warning">Near chance: pooled mIoU' in page and f"<p>T{said[1:]}.</p>" in page
+    text = (tmp_path / "metrics.txt").read_text()
+    assert "WARNING: Near chance" in text and f"Training: {said}." in text
+    assert json.loads((tmp_path / "metrics.json").read_text())["context"]["training"] == said
+    plain = write_evaluation(tmp_path / "b", c.scheme, c.metrics, c.confusion, c.per_image, c.images, {})
+    assert "Near chance" not in plain.read_text() and "<h2>Training</h2>" not in plain.read_text()
+
+
 @pytest.mark.parametrize(
     ("mious", "n", "chosen"),
     [

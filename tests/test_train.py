@@ -45,6 +45,11 @@ def test_train_writes_the_whole_run_folder_and_one_truth(synth_root, tmp_path):
     assert [int(r["epoch"]) for r in _rows(run)] == [0, 1]
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["epochs"] == 2 and summary["stopped_by"] == "max_epochs" and summary["images_per_s"] > 0
+    # the report and metrics.txt say what training did
+    said = f"rained 2 epochs ({summary['schedule']['done_steps']} optimiser steps) in "
+    report = (run / "eval" / "val" / "report.html").read_text()
+    assert said in report and "stopped by max_epochs" in report
+    assert f"Training: t{said}" in (run / "eval" / "val" / "metrics.txt").read_text()
     # the split is by image id and disjoint
     train_ids = set((run / "splits" / "train.txt").read_text().split())
     val_ids = set((run / "splits" / "val.txt").read_text().split())
@@ -57,6 +62,7 @@ def test_train_writes_the_whole_run_folder_and_one_truth(synth_root, tmp_path):
     assert result.exit_code == 0, result.output
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["miou"] == summary["val_miou_native"]
+    assert again["context"]["training"].startswith("trained 2 epochs") and "stopped by max_epochs" in again["context"]["training"]
     # a second run never reuses the folder
     assert _train(synth_root, tmp_path / "runs", "--max-epochs", "1") != run
 
@@ -145,14 +151,32 @@ def test_the_budget_covers_the_command_and_the_schedule_ends_when_it_does(synth_
 @pytest.mark.slow
 def test_when_max_epochs_ends_first_the_schedule_spans_its_steps_and_runs_repeat(synth_root, tmp_path):
     """A generous budget must not stretch the schedule over steps that never run (it would never anneal), nor
-    make it depend on the wall clock: two runs give the same losses bit for bit."""
-    args = ("--max-epochs", "3", "--max-time", "10m", "--set", "train.final_eval=false", "--set", "train.sample_every=0",
+    make it depend on the wall clock, nor change training by measuring its costs up front: a run with the budget
+    and one without give the same losses bit for bit."""
+    args = ("--max-epochs", "3", "--set", "train.final_eval=false", "--set", "train.sample_every=0",
             "--set", "train.schedule=cosine")
-    runs = [_train(synth_root, tmp_path / f"runs{i}", *args) for i in range(2)]
-    plan = json.loads((runs[0] / "train_summary.json").read_text())["schedule"]
+    runs = [_train(synth_root, tmp_path / "runs0", *args, "--max-time", "10m"), _train(synth_root, tmp_path / "runs1", *args)]
+    summary = json.loads((runs[0] / "train_summary.json").read_text())
+    plan = summary["schedule"]
     assert plan["planned_steps"] == plan["done_steps"] == 3 * 2  # 4 samples per epoch, batches of 2
     assert plan["final_lr"] == pytest.approx(0.003 * 0.01, rel=0.05)  # demo's peak lr, cosine down to 1%
-    assert [r["train_loss"] for r in _rows(runs[0])] == [r["train_loss"] for r in _rows(runs[1])]
+    assert summary["budget"]["measured_before"]["step_s"] > 0  # the costs were measured…
+    assert [r["train_loss"] for r in _rows(runs[0])] == [r["train_loss"] for r in _rows(runs[1])]  # …changing nothing
+
+
+def test_a_budget_too_short_for_one_validation_and_the_evaluation_is_refused_up_front(synth_root, tmp_path, capsys):
+    """`--max-time 2s`: refused before any file is made, in one line saying what was measured and what it would
+    take (before: the budget overran by half and the run trained two steps)."""
+    out = tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "-c", "demo", "--data", str(synth_root), "--out", str(out), *TINY, "--max-time", "2s"])
+    code = exit_.value.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0, err
+    assert "--max-time 2s (train.max_time): too short to train, validate once and evaluate" in err
+    assert "10 optimiser steps" in err and "one validation of 2 images" in err and "the final evaluation" in err
+    assert "give at least --max-time 1m" in err
+    assert not out.exists() or not any(out.iterdir()), "no run folder"
 
 
 @pytest.mark.parametrize(

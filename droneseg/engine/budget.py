@@ -12,9 +12,14 @@ Contract
      the steps ``max_epochs``/``max_steps`` allow (that limit, when it binds first, fixes the schedule);
   2. stops training (``trainer.should_stop``, so Lightning validates the last weights) when what remains is no
      longer than that reserve. Under DDP rank 0's numbers are broadcast, so every rank plans the same schedule.
-* The final evaluation's reserve: before any validation is timed, a guess from the step time (a forward pass is
-  about a third of a training step per pixel); after, ``EVAL_FACTOR`` x the last validation + ``EVAL_FIXED_S``
-  (evaluation reads native masks, upsamples, and writes figures and the report).
+* The final evaluation's reserve: before any validation is timed, the validation measured up front
+  (:func:`measure_costs`), else a guess from the step time (a forward pass is about a third of a training step per
+  pixel); after, ``EVAL_FACTOR`` x the last validation + ``EVAL_FIXED_S`` (evaluation reads native masks,
+  upsamples, and writes figures and the report).
+* :func:`measure_costs` times a training step and a forward pass of the model on this machine, now, before
+  training starts; :meth:`Costs.needed` is what a budget must cover: the time already spent (the cache), MIN_STEPS
+  optimiser steps, one validation and the final evaluation. ``train`` refuses a shorter budget up front, saying
+  what it would take, instead of overrunning it or training two steps.
 
 >>> round(lr_factor(0.0, "cosine", warmup=0.1), 3), round(lr_factor(0.1, "cosine", warmup=0.1), 3), lr_factor(1.0, "cosine", warmup=0.1)
 (0.1, 1.0, 0.01)
@@ -22,19 +27,26 @@ Contract
 
 from __future__ import annotations
 
+import copy
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 
 FINAL_LR = 0.01
 """Cosine schedules end at this fraction of the peak learning rate."""
 WARMUP_START = 0.1
 """Warm-up starts at this fraction of the peak learning rate."""
-EVAL_FACTOR = 2.0
+EVAL_FACTOR = 2.5
+"""The final evaluation is reserved this many validations (+ EVAL_FIXED_S): over the 13 recipe runs on the dev set
+it took 2.05x a validation at the median, 2.79x at most (``final_eval_s`` / ``budget_detail.val_s`` in
+benchmarks/results/recipes/*.json); 2.0 let the slowest overrun."""
 EVAL_FIXED_S = 5.0
+MIN_STEPS = 10
+"""Optimiser steps a time budget must buy besides one validation and the final evaluation."""
 MARGIN_S = 3.0
 """Seconds kept for writing the model, curves and summary."""
 REPLAN_EVERY = 10
@@ -74,6 +86,61 @@ class StepPlan:
         return step / max(1, self.total)
 
 
+@dataclass(frozen=True)
+class Costs:
+    """What training costs on this machine, measured before training starts, in seconds."""
+
+    spent_s: float  # the command so far: config, dataset, cache
+    step_s: float  # one optimiser step (``accumulate`` batches, forward and backward)
+    val_s: float  # one validation pass (a forward pass per working pixel of the val split)
+    eval_s: float  # the final evaluation (0 without one)
+
+    def needed(self) -> float:
+        """Seconds a budget must hold: what is spent, MIN_STEPS steps, one validation, the evaluation, a margin."""
+        return self.spent_s + MIN_STEPS * self.step_s + self.val_s + self.eval_s + MARGIN_S
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 2) for k, v in asdict(self).items()} | {"needed_s": round(self.needed(), 1)}
+
+
+def val_pixels(entries: list, world_size: int = 1) -> float:
+    """Working-size pixels one rank validates: its shard of the val split's cache ``entries``, x1.3 for the tiles'
+    overlap."""
+    return 1.3 * sum(float(np.prod(e.load()[0].shape[:2])) for e in entries) / world_size
+
+
+def measure_costs(net: torch.nn.Module, batch_size: int, crop: int, pixels: float, accumulate: int,
+                  final_eval: bool, device: torch.device, channels_last: bool, spent_s: float) -> Costs:
+    """Time one training batch (forward + backward, (batch_size, 3, crop, crop)) and one forward pass of a crop on
+    ``device``; the validation is the forward time per pixel x ``pixels`` (:func:`val_pixels`). Measured on a copy of
+    ``net`` with the random state restored after, so that the run trains exactly as it would unmeasured. Each pass
+    runs twice and the second is timed: the first pays one-off set-up (kernel selection, allocations)."""
+    probe = copy.deepcopy(net).to(device)
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    probe.to(memory_format=layout)
+    x = torch.zeros(batch_size, 3, crop, crop, device=device).contiguous(memory_format=layout)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def timed(fn) -> float:
+        fn()
+        sync()
+        t = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        probe.train()
+        step = timed(lambda: probe(x).float().mean().backward())
+        probe.eval()
+        with torch.no_grad():
+            forward = timed(lambda: probe(x[:1]))
+    del probe
+    val = forward / crop**2 * pixels
+    return Costs(spent_s=spent_s, step_s=step * accumulate, val_s=val,
+                 eval_s=EVAL_FACTOR * val + EVAL_FIXED_S if final_eval else 0.0)
+
+
 class Budget(pl.Callback):
     """Stops training in time for the final evaluation and keeps the schedule's plan fitted to the deadline."""
 
@@ -88,6 +155,7 @@ class Budget(pl.Callback):
         self.batch_size = 1
         self.step_s: float | None = None  # seconds per training batch, loading included
         self.val_s: float | None = None  # seconds of the last validation pass
+        self.costs: Costs | None = None  # measured before training (single-process runs), for the first estimates
         self.stopped = False
         self._last: float | None = None
         self._batches: list[float] = []
@@ -98,6 +166,8 @@ class Budget(pl.Callback):
     def _val_estimate(self) -> float:
         if self.val_s is not None:
             return self.val_s
+        if self.costs is not None:
+            return self.costs.val_s
         if self.step_s is None:
             return 0.0
         return self.step_s / self.batch_size * self.val_pixels / self.crop_pixels / 3  # forward only
@@ -127,9 +197,7 @@ class Budget(pl.Callback):
 
     # -- hooks ------------------------------------------------------------------------------------------------
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        entries = getattr(trainer.datamodule, "entries", {}).get("val", [])
-        # 1.3: tile overlap; each rank validates its shard of the split
-        self.val_pixels = 1.3 * sum(float(np.prod(e.load()[0].shape[:2])) for e in entries) / trainer.world_size
+        self.val_pixels = val_pixels(getattr(trainer.datamodule, "entries", {}).get("val", []), trainer.world_size)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._last = None  # the first batch of an epoch waits for the loader: its time is not a step's
@@ -180,4 +248,5 @@ class Budget(pl.Callback):
                 "planned_steps": self.plan.total, "done_steps": trainer.global_step,
                 "step_s": None if self.step_s is None else round(self.step_s, 4),
                 "val_s": None if self.val_s is None else round(self.val_s, 2),
-                "replans": self.history[-20:]}
+                "replans": self.history[-20:],
+                **({"measured_before": self.costs.as_dict()} if self.costs is not None else {})}

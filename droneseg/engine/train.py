@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import resource
 import sys
@@ -32,7 +33,7 @@ from droneseg.cluster import ClusterEnv, cpu_threads, detect, prepare
 from droneseg.config import RunConfig, dump_config, parse_duration, resolve_paths
 from droneseg.data.datamodule import DroneDataModule
 from droneseg.data.splits import save_splits
-from droneseg.engine.budget import Budget
+from droneseg.engine.budget import MIN_STEPS, Budget, Costs, measure_costs, val_pixels
 from droneseg.engine.callbacks import EpochLog, SampleFigures
 from droneseg.engine.checkpoints import AtomicCheckpointIO, load_checkpoint_file
 from droneseg.engine.requeue import Requeue, StopTraining, interrupt_at_step, listen, resume_checkpoint, slurm_plugin
@@ -41,7 +42,7 @@ from droneseg.errors import Diverged, Interrupted
 from droneseg.files import atomic_write_json, atomic_write_text
 from droneseg.images import photo_size, working_size
 from droneseg.report.plots import read_metrics_csv, training_curves
-from droneseg.runs import RUN_DIR_ENV, archive_finished, is_creator, make_run_dir, resolve_run
+from droneseg.runs import RUN_DIR_ENV, archive_finished, describe_training, is_creator, make_run_dir, resolve_run
 
 MONITOR = "val/miou"
 
@@ -60,6 +61,34 @@ def _budget(cfg: RunConfig, task: SegmentationTask, started: float, carry_spent:
         return None
     return Budget(started, parse_duration(cfg.train.max_time).total_seconds(), task.plan, cfg.train.accumulate,
                   cfg.train.final_eval, cfg.data.crop**2, carry_spent=carry_spent)
+
+
+def _check_budget(cfg: RunConfig, task: SegmentationTask, dm: DroneDataModule, env: ClusterEnv, started: float,
+                  on_gpu: bool) -> Costs | None:
+    """A new single-process run with ``max_time``: build the cache, measure what training costs here
+    (:func:`~droneseg.engine.budget.measure_costs`) and refuse a budget that cannot buy MIN_STEPS optimiser steps,
+    one validation and the final evaluation, saying what it would take. Under several processes (DDP) each rank
+    would measure its own machine: the Budget callback alone keeps the deadline there."""
+    if not cfg.train.max_time or env.world_size > 1 or cfg.train.num_nodes > 1 or (
+            on_gpu and torch.cuda.device_count() > 1 and cfg.train.devices not in (1, "1")):
+        return None
+    seconds = parse_duration(cfg.train.max_time).total_seconds()
+    dm.prepare_data()  # the cache: part of the budget, kept for the next command whatever happens here
+    dm.setup("fit")
+    device = torch.device("cuda", env.local_rank) if on_gpu else torch.device("cpu")
+    layout = cfg.train.channels_last if cfg.train.channels_last != "auto" else not on_gpu
+    costs = measure_costs(task.net, cfg.data.batch_size, cfg.data.crop, val_pixels(dm.entries["val"]),
+                          cfg.train.accumulate, cfg.train.final_eval, device, bool(layout),
+                          spent_s=time.monotonic() - started)
+    if costs.needed() > seconds:
+        parts = [f"the dataset and cache {costs.spent_s:.0f} s", f"{MIN_STEPS} optimiser steps "
+                 f"{MIN_STEPS * costs.step_s:.0f} s", f"one validation of {len(dm.entries['val'])} images "
+                 f"{costs.val_s:.0f} s"] + ([f"the final evaluation {costs.eval_s:.0f} s"] if costs.eval_s else [])
+        raise DataError(f"--max-time {cfg.train.max_time} (train.max_time): too short to train, validate once and evaluate on this "
+                        f"machine now ({', '.join(parts)}, measured): give at least --max-time "
+                        f"{math.ceil(costs.needed() / 60)}m, or a lighter preset (the cache is kept: the next run "
+                        "starts faster)")
+    return costs
 
 
 def _trainer(cfg: RunConfig, run: Path, budget: Budget | None, requeue: Requeue, env: ClusterEnv) -> pl.Trainer:
@@ -155,14 +184,14 @@ def _save_model(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: Segmentati
     return best
 
 
-def _final_eval(cfg: RunConfig, run: Path, trainer: pl.Trainer) -> dict:
+def _final_eval(cfg: RunConfig, run: Path, trainer: pl.Trainer, training: dict) -> dict:
     """``droneseg evaluate`` of the saved model on val, each rank its shard (every rank calls it)."""
     from droneseg.evaluate import evaluate  # the same code path as `droneseg evaluate`: one truth
 
     t_eval = time.monotonic()
     folder = evaluate(run, cfg.data.source(), split="val", figures=2 * cfg.train.samples,
                       device=str(trainer.strategy.root_device), cache_dir=cfg.data.cache_dir,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), training=training)
     if not trainer.is_global_zero:
         return {}
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
@@ -208,12 +237,10 @@ def _environment() -> dict:
             "python": sys.version.split()[0], "argv": sys.argv}
 
 
-def _say_how_it_ended(summary: dict, seconds: float) -> None:
+def _say_how_it_ended(summary: dict) -> None:
     """One line on stderr of what training did (epochs, optimiser steps, why it stopped, the score) and a warning
     when the model is near chance: a run that stopped early must not look like a finished one."""
-    n, steps = summary["epochs"], summary["schedule"]["done_steps"]
-    line = (f"trained {n} epoch{'' if n == 1 else 's'} ({steps} optimiser step{'' if steps == 1 else 's'}) in "
-            f"{seconds:.0f} s, stopped by {summary['stopped_by']}")
+    line = describe_training(summary)
     if summary.get("val_miou_native") is not None:
         line += f"; val mIoU {summary['val_miou_native']:.3f} at native resolution ({summary['val_images']} images)"
     elif summary.get("best_val_miou_working_size") is not None:
@@ -272,6 +299,10 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     if not dm.splits["val"]:
         raise DataError(f"{dm.root}: the val split is empty; training needs one for early stopping and the best model")
     working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side)  # refused now, not at the end
+    task = SegmentationTask(cfg.model.model_dump(mode="json"), cfg.loss.model_dump(mode="json"),
+                            cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),
+                            inference=cfg.inference.model_dump(mode="json"))
+    costs = _check_budget(cfg, task, dm, env, started, on_gpu) if ckpt is None else None  # before any file is made
     if ckpt is None:
         run = make_run_dir(run, out, cfg.name, env)
         os.environ[RUN_DIR_ENV] = str(run)  # processes Lightning starts for more devices reuse this folder
@@ -283,13 +314,11 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
         if extending and is_creator(env):
             archive_finished(run)
             atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
-    task = SegmentationTask(cfg.model.model_dump(mode="json"), cfg.loss.model_dump(mode="json"),
-                            cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),
-                            inference=cfg.inference.model_dump(mode="json"))
     budget = _budget(cfg, task, started, carry_spent=not extending)
+    if budget is not None:
+        budget.costs = costs
     requeue = Requeue(env, run / "checkpoints" / "last.ckpt")  # the job's walltime signal and Ctrl-C
     trainer = _trainer(cfg, run, budget, requeue, env)
-    start = time.monotonic()
     with interrupt_at_step():
         try:
             trainer.fit(task, datamodule=dm, ckpt_path=str(ckpt) if ckpt else None, weights_only=True)
@@ -306,10 +335,10 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     trainer.strategy.barrier("model saved")
     summary = _summary(cfg, run, trainer, task, dm, budget) if trainer.is_global_zero else {}
     if cfg.train.final_eval:
-        summary.update(_final_eval(cfg, run, trainer))
+        summary.update(_final_eval(cfg, run, trainer, summary))
     if trainer.is_global_zero:
         summary["best_checkpoint"] = best.name if best else None
         summary["command_s"] = round(time.monotonic() - started, 1)  # this session, from the command's start
         atomic_write_json(run / "train_summary.json", summary)  # last: its presence marks the run finished
-        _say_how_it_ended(summary, time.monotonic() - start)
+        _say_how_it_ended(summary)
     return run

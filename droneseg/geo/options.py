@@ -4,11 +4,14 @@ Needs no extra (``predict`` checks the options before it knows whether an input 
 
 >>> OrthoOptions.from_cli(vector="none", min_area=2).vector, OrthoOptions().strip
 (None, 4096)
+>>> OrthoOptions.from_cli(nodata="None").nodata, OrthoOptions.from_cli(nodata="0").nodata
+('none', 0.0)
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+from typing import Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,6 +33,24 @@ class OrthoOptions(BaseModel):
     simplify: float | None = Field(default=None, gt=0, allow_inf_nan=False,
                                    description="coverage simplification tolerance, in CRS units")
     strip: int = Field(default=4096, ge=32, description="working pixels of core width per strip")
+    nodata: Union[Literal["none"], float, None] = Field(
+        default=None, description="the value that marks no data instead of the file's own; 'none': every pixel "
+                                  "holds data; None: as the file declares")
+
+    @field_validator("nodata", mode="before")
+    @classmethod
+    def _nodata_word(cls, v: object) -> object:
+        if isinstance(v, str):
+            word = v.strip().lower()
+            if word == "none":
+                return "none"
+            try:
+                v = float(word)
+            except ValueError:
+                raise ValueError("must be none or a number") from None
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ValueError("must be none or a finite number")
+        return v
 
     @field_validator("vector", mode="before")
     @classmethod
@@ -45,6 +66,8 @@ class OrthoOptions(BaseModel):
             err = exc.errors()[0]
             field = str(err["loc"][0]) if err["loc"] else ""
             option = "--" + field.replace("_", "-") if field else "orthomosaic options"
+            if field == "nodata":
+                raise DataError(f"--nodata must be none or a number (a pixel value), got {err.get('input')!r}") from None
             if field in _UNITS and err["type"] in ("greater_than", "finite_number"):
                 raise DataError(f"{option} must be a positive number of {_UNITS[field]}, got {err.get('input')}"
                                 ) from None

@@ -168,7 +168,7 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
     files = ortho_paths(path, out, confidence, vector)
     tiles_before, skipped_before = tiler.tiles_run, tiler.tiles_skipped
     # GDAL's block cache defaults to 5% of the machine's memory; reads and writes stream, so a little suffices
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_ortho(path) as ortho:
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_ortho(path, options.nodata) as ortho:
         grid = working_grid(ortho.width, ortho.height, working_scale(ortho, model_gsd))
         strips = plan_strips(grid, options.strip, tiler.tile, tiler.stride())
         palette = np.zeros((256, 3), np.uint8)
@@ -202,7 +202,7 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
         t_cog = time.perf_counter()
         info = {"input": str(path), "crs": ortho.ds.crs.to_wkt(), "gsd_m": list(ortho.gsd), "model_gsd_m": model_gsd,
                 "bits": ortho.bits, "bits_from": ortho.bits_from, "nodata_value": ortho.ds.nodata,
-                "nodata_share": ortho.nodata_share,
+                "nodata_from": "the file" if options.nodata is None else "--nodata", "nodata_share": ortho.nodata_share,
                 "working_scale": list(grid.scale), "working_size": list(grid.size), "min_area_m2": min_area,
                 **(meta or {})}
         write_csv(files["areas_csv"], table.rows())

@@ -7,9 +7,10 @@ Contract
   band layouts other than grey, grey + alpha, RGB, RGB + alpha (more bands: the first three colour bands are
   taken, red/green/blue by their colour interpretation where the file declares it).
 * Validity: GDAL's dataset mask, which is the alpha band where there is one, else the per-dataset (internal or
-  ``.msk``) mask, else the declared nodata value (a pixel is valid when any band differs from it). Invalid pixels
-  are never classified; the caller writes them as nodata. Where the declared value decides, the share of pixels it
-  masks is counted (on a sample) and said in a warning: a real white area must not become a hole unannounced.
+  ``.msk``) mask, else the declared nodata value (a pixel is valid when any band differs from it), which
+  ``--nodata none|VALUE`` replaces. Invalid pixels are never classified; the caller writes them as nodata. Where a
+  value decides, the share of pixels it masks is counted (on a sample) and said in a warning: a real white area
+  must not become a hole unannounced.
 * 16-bit samples are scaled to 8 bits linearly from 0..2**bits - 1, ``bits`` being the file's declared ``NBITS``
   (12 for most 16-bit drone orthos that declare it), else the fewest of 8, 10, 12, 14, 16 bits that hold the whole
   scene's largest value (GDAL's approximate statistics, with a warning naming the file and its range: 12-bit data
@@ -181,8 +182,12 @@ def _colour_bands(ds: rasterio.io.DatasetReader, path: Path) -> tuple[tuple[int,
                     "RGB, with or without alpha")
 
 
-def open_ortho(path: Path) -> Ortho:
-    """Open and check an orthomosaic (see the module contract); raises DataError naming the file."""
+def open_ortho(path: Path, nodata: float | str | None = None) -> Ortho:
+    """Open and check an orthomosaic (see the module contract); raises DataError naming the file.
+
+    ``nodata``: the value that marks no data in place of the one the file declares (``--nodata``), or ``"none"``:
+    every pixel holds data; None: as the file says. Refused for a file whose validity comes from an alpha band
+    or a mask (the value would change nothing) and for a value its samples cannot hold."""
     path = Path(path)
     try:
         ds = rasterio.open(path)
@@ -208,7 +213,9 @@ def open_ortho(path: Path) -> Ortho:
         bits, bits_from = 8, "8-bit samples"
         if "uint16" in kinds:
             bits, bits_from = _bit_depth(ds, path, bands)
-        nodata_share = _nodata_share(ds, path, bands)
+        if nodata is not None:
+            ds = _with_nodata(ds, path, nodata)
+        nodata_share = _nodata_share(ds, path, bands, given=nodata is not None)
         area = _pixel_area(ds)
         gsd = _gsd(ds, area)
     except BaseException:
@@ -217,11 +224,35 @@ def open_ortho(path: Path) -> Ortho:
     return Ortho(path, ds, bands, bits, gsd, area, bits_from, nodata_share)
 
 
+def _with_nodata(ds: rasterio.io.DatasetReader, path: Path, nodata: float | str) -> rasterio.io.DatasetReader:
+    """``ds`` seen through GDAL's ``vrt://`` with ``a_nodata`` (as ``gdal_translate -a_nodata``): the same pixels,
+    georeference and colour bands, validity by ``nodata`` (``"none"``: all valid). Closes ``ds`` when it returns
+    another dataset."""
+    if any(MaskFlags.alpha in f or MaskFlags.per_dataset in f for f in ds.mask_flag_enums):
+        raise DataError(f"{path}: its alpha band or mask decides which pixels hold data, not a nodata value; "
+                        "--nodata does not apply to it")
+    if nodata != "none":
+        top = 255 if set(ds.dtypes) == {"uint8"} else 65535
+        if not (float(nodata).is_integer() and 0 <= nodata <= top):
+            raise DataError(f"{path}: --nodata {nodata:g} is not a value its {'/'.join(sorted(set(ds.dtypes)))} "
+                            f"samples can hold (a whole number 0..{top})")
+    if "?" in str(path):  # vrt://PATH?OPTIONS: GDAL splits the name at its first '?'
+        raise DataError(f"{path}: --nodata cannot be applied to a file whose name holds '?'; rename it")
+    value = "none" if nodata == "none" else f"{nodata:g}"
+    try:
+        view = rasterio.open(f"vrt://{path}?a_nodata={value}")
+    except rasterio.errors.RasterioIOError as exc:
+        raise DataError(f"{path}: cannot apply --nodata {value} ({gdal_message(exc)})") from None
+    ds.close()
+    return view
+
+
 NODATA_SAMPLE_SIDE = 1024
 """Long side of the nearest-neighbour sample on which the pixels a declared nodata value masks are counted."""
 
 
-def _nodata_share(ds: rasterio.io.DatasetReader, path: Path, bands: tuple[int, int, int]) -> float | None:
+def _nodata_share(ds: rasterio.io.DatasetReader, path: Path, bands: tuple[int, int, int], given: bool = False
+                  ) -> float | None:
     """The share of pixels a declared nodata value marks as no data, where validity comes from that value (no alpha
     band, no internal or ``.msk`` mask), counted on a nearest-neighbour sample of at most ``NODATA_SAMPLE_SIDE`` px;
     said in a warning naming the file, since a real white or black area would silently become a hole."""
@@ -232,9 +263,10 @@ def _nodata_share(ds: rasterio.io.DatasetReader, path: Path, bands: tuple[int, i
     sample = ds.read(sorted(set(bands)), out_shape=(len(set(bands)), *shape), resampling=Resampling.nearest)
     share = float((sample == ds.nodata).all(axis=0).mean())
     if share > 0:
-        warnings.warn(f"{path}: its declared nodata value {ds.nodata:g} marks about {100 * share:.1f} % of the pixels as "
-                      "no data (left unclassified, in no area); if they are real pixels, drop the declaration "
-                      f"(gdal_edit.py -unsetnodata {path})", stacklevel=3)
+        whose = "--nodata" if given else "its declared nodata value"
+        fix = "" if given else f" (--nodata none, or for good: gdal_edit.py -unsetnodata {path})"
+        warnings.warn(f"{path}: {whose} {ds.nodata:g} marks about {100 * share:.1f} % of the pixels as no data (left "
+                      f"unclassified, in no area); if they are real pixels, drop the declaration{fix}", stacklevel=3)
     return share
 
 

@@ -42,6 +42,7 @@ from droneseg.files import atomic_write_json, atomic_write_text  # noqa: E402
 from droneseg.report.formats import PER_IMAGE_DEFINITION, POOLED_DEFINITION, ImageResult, class_order, fmt, pct  # noqa: E402
 from droneseg.report.html import render_html  # noqa: E402
 from droneseg.report.plots import save_figure  # noqa: E402
+from droneseg.runs import describe_training  # noqa: E402
 from droneseg.schemes import LabelScheme  # noqa: E402
 
 _LIGHT = 0.7  # luminance above which a line on white gets a dark outline
@@ -107,8 +108,9 @@ def metrics_text(scheme: LabelScheme, metrics: dict, per_image: dict, context: d
         ("Mean AUC", fmt(metrics.get("mean_auc")), "binned ROC curves"),
         ("Per-image mIoU", fmt(per_image["per_image_miou"]), f"over {per_image['images']} images; NOT the pooled mIoU"),
     ]
-    facts = [f"{k} {v}" for k, v in context.items() if k not in ("model", "split")]
+    facts = [f"{k} {v}" for k, v in context.items() if k not in ("model", "split", "training")]
     lines = [title, "=" * len(title), ", ".join([f"scheme {scheme.name} ({scheme.num_classes} classes)", *facts]), ""]
+    lines += [f"Training: {context['training']}.", ""] if context.get("training") else []
     lines += [f"{k:<23} {v:>7}   {h}".rstrip() for k, v, h in summary]
     flag = near_chance(metrics)
     lines += ["", f"WARNING: {flag}"] if flag else []
@@ -254,12 +256,16 @@ def write_evaluation(
     images: list[ImageResult],
     context: dict,
     training_curves: Path | None = None,
+    training: dict | None = None,
 ) -> Path:
-    """Write the evaluation folder (created if needed); returns the path of ``report.html``."""
+    """Write the evaluation folder (created if needed); returns the path of ``report.html``. ``training``: the
+    model's ``train_summary.json`` fields, said in one line (:func:`droneseg.runs.describe_training`)."""
     folder, confusion = Path(folder), np.asarray(confusion)
     _check(scheme, metrics, confusion)
     folder.mkdir(parents=True, exist_ok=True)
     context = json.loads(json.dumps(context, default=str))  # paths and times as strings
+    if training is not None:
+        context["training"] = describe_training(training)
     # 1. numbers
     numbers = {k: v for k, v in metrics.items() if k != "curves"}
     block = {"definition": PER_IMAGE_DEFINITION, **{k: v for k, v in per_image.items() if k != "values"}}

@@ -237,9 +237,11 @@ def render_html(
         + _figure(folder / "roc_curves.png", folder, "ROC curves")
         + "</div></section>"
     )
-    if training_curves is not None and Path(training_curves).is_file():
-        curves = _figure(training_curves, folder, "Training curves of this run")
-        parts.append(f"<section><h2>Training</h2>{curves}</section>")
+    trained = f'<p>{escape(context["training"].capitalize())}.</p>' if context.get("training") else ""
+    curves = (_figure(training_curves, folder, "Training curves of this run")
+              if training_curves is not None and Path(training_curves).is_file() else "")
+    if trained or curves:
+        parts.append(f"<section><h2>Training</h2>{trained}{curves}</section>")
     parts.append(_examples(folder, examples, scored))
     parts.append(_details(context, files))
     title = f"{model} · {split} · droneseg evaluation"
