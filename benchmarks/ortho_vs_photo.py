@@ -31,8 +31,8 @@ def main() -> None:
 
     from droneseg.artifact import load_model
     from droneseg.data.layout import find_layout
-    from droneseg.images import photo_size, read_image, read_mask, working_size
     from droneseg.geo.options import OrthoOptions
+    from droneseg.images import photo_size, read_image, read_mask, working_size
     from droneseg.predict import predict
 
     _, info = load_model(args.model)

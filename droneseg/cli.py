@@ -155,16 +155,20 @@ def synth_ortho(
     crs: Annotated[str, typer.Option("--crs", help="Any CRS GDAL knows: EPSG:32633, a WKT or PROJ string.")] = "EPSG:32633",
     seed: Annotated[int, typer.Option("--seed", help="Same seed, same ground.")] = 0,
 ) -> None:
-    """Write a synthetic georeferenced orthomosaic (RGBA GeoTIFF, transparent collar) to try `predict` on."""
+    """Write a synthetic georeferenced orthomosaic (RGBA GeoTIFF, transparent collar) to try `predict` on, and its
+    true classes as a survey to train on (polygons, extent, <stem>_survey.yaml)."""
     from droneseg.geo import require
 
     require()
-    from droneseg.geo.scene import labels_path, write_synthetic_ortho
+    from droneseg.geo.scene import labels_path, survey_paths, write_synthetic_ortho, write_synthetic_survey
 
-    if out.exists():
-        raise DataError(f"{out} exists; synthetic data never overwrites files")
+    for path in (out, labels_path(out), *survey_paths(out).values()):
+        if path.exists():
+            raise DataError(f"{path} exists; synthetic data never overwrites files")
     areas = write_synthetic_ortho(out, _parse_size(size), gsd=gsd, crs=crs, seed=seed)
-    typer.echo(f"wrote {out} and {labels_path(out)}: {sum(areas.values()):.1f} m² of valid ground")
+    files = write_synthetic_survey(out)
+    typer.echo(f"wrote {out} and {labels_path(out)}: {sum(areas.values()):.1f} m² of valid ground; its labels as "
+               f"polygons in {files['labels'].name}, to train on: droneseg train -c demo --data {files['survey']}")
 
 
 @command("check-data")
@@ -183,16 +187,27 @@ def check_data(
         raise DataError("give the dataset folder once (DATA or --data)")
     layout = _source(data_dir or data, images, masks, class_table).find()
     typer.echo(layout.describe())
-    report = check_dataset(layout, workers=workers, progress=sys.stderr.isatty())
+    summary: list[str] = []
+    if layout.plan is not None:  # a survey
+        from droneseg.data.check import CheckReport
+        from droneseg.geo.survey import check_survey
+
+        problems, notes, blocks, pixels, summary = check_survey(layout.plan, progress=sys.stderr.isatty())
+        report = CheckReport(problems, len(layout.samples), blocks, pixels, notes)
+    else:
+        report = check_dataset(layout, workers=workers, progress=sys.stderr.isatty())
     for line in report.problems:
         typer.echo(f"problem: {line}")
     for line in report.notes:
         typer.echo(f"warning: {line}")
     typer.echo(report.class_table_text(layout.table))
+    for line in summary:
+        typer.echo(line)
+    what = "blocks" if layout.plan is not None else "pairs"
     if report.ok:
-        typer.echo(f"{report.checked} pairs checked: all clean")
+        typer.echo(f"{report.checked} {what} checked: all clean")
     else:
-        typer.echo(f"{report.checked} pairs checked: {len(report.problems)} problems", err=True)
+        typer.echo(f"{report.checked} {what} checked: {len(report.problems)} problems", err=True)
         raise typer.Exit(1)
 
 

@@ -106,7 +106,7 @@ class DataConfig(BaseModel):
     """Where samples come from and how they are cut; defaults suit 2 CPU cores."""
 
     model_config = ConfigDict(extra="forbid")
-    root: str | None = Field(default=None, description="dataset folder (the --data option)")
+    root: str | None = Field(default=None, description="dataset folder, or a survey YAML of orthomosaics and vector labels (the --data option)")
     images: str | None = Field(default=None, description="folder of photos, with masks (--images), instead of root")
     masks: str | None = Field(default=None, description="folder of masks paired with images by file stem (--masks)")
     class_table: str | None = Field(default=None, description="class_dict CSV overriding the one found (--class-table)")

@@ -35,8 +35,8 @@ from droneseg.artifact import ModelInfo
 from droneseg.classes import DataError
 from droneseg.cluster import broadcast_object, detect, gather_objects, process_group
 from droneseg.data.cache import build_cache
-from droneseg.data.layout import DataSource, Layout
-from droneseg.data.splits import named_split, read_split_file, select
+from droneseg.data.layout import DataSource, Layout, SurveyOptions
+from droneseg.data.splits import assigned_splits, named_split, read_split_file, select
 from droneseg.files import atomic_write_text, save_png
 from droneseg.images import read_mask
 from droneseg.metrics import PerImageIoU, SegmentationMetrics, confusion_to_metrics, image_confusion
@@ -84,6 +84,32 @@ def trained_on(info: ModelInfo, layout: Layout, model_dir: Path | None) -> bool:
     warnings.warn(f"{model_dir / 'model.json'} records no training dataset; "
                   f"{'using' if same else 'not using'} the run's split files", stacklevel=2)
     return same
+
+
+def _find(data: DataSource, info: ModelInfo, model_dir: Path | None, split: str
+          ) -> tuple[Layout, bool, list[str], str, Path]:
+    """The layout to score, whether the model was trained on it, and the split's (ids, name, file).
+
+    A survey is cut into blocks as the run cut it (its GSD, block and buffer in ``model.json``) and, when it is the
+    survey the model was trained on, split as the run split it (its ``splits/``); another survey's blocks are
+    drawn with the default shares."""
+    survey = data.is_survey()
+    options = SurveyOptions(image_filter=info.image_filter, grid=info.extra.get("survey_grid")) if survey else None
+    layout = data.find(options)
+    if layout.table != info.scheme.table:
+        raise DataError(f"{data}: its class table differs from the one the model was trained with")
+    same = trained_on(info, layout, model_dir)
+    if survey:
+        run_splits = model_dir / "splits" if same and model_dir is not None else None
+        if run_splits is not None and (run_splits / "train.txt").is_file():
+            layout = data.find(replace(options, assigned=assigned_splits(run_splits)))
+        if split in layout.splits:
+            if not layout.splits[split]:
+                raise DataError(f"{data}: no block of the survey is in the {split} split")
+            where = run_splits / f"{split}.txt" if run_splits is not None else Path(str(data.root))
+            return layout, same, sorted(layout.splits[split]), split, where
+    ids, split_name, split_file = named_split(split, model_dir / "splits" if same else None, data.splits_root())
+    return layout, same, ids, split_name, split_file
 
 
 def _output_folder(out: Path | None, model_dir: Path | None, split_name: str) -> Path:
@@ -153,11 +179,7 @@ def _evaluate(session: ModelSession, data: DataSource, split: str, inference: In
     scheme = session.scheme
     written = scheme.written(numbering)  # checked also when no mask is saved: a wrong option is an error
     settings = session.settings(inference)
-    layout = data.find()
-    if layout.table != scheme.table:
-        raise DataError(f"{data}: its class table differs from the one the model was trained with")
-    same = trained_on(info, layout, model_dir)
-    ids, split_name, split_file = named_split(split, model_dir / "splits" if same else None, data.splits_root())
+    layout, same, ids, split_name, split_file = _find(data, info, model_dir, split)
     all_samples = select(layout.samples, ids, split_file)
     # under DDP (the end of training, torchrun, srun) each rank scores its shard
     folder = _output_folder(out, model_dir, split_name) if rank == 0 else None
@@ -177,8 +199,11 @@ def _evaluate(session: ModelSession, data: DataSource, split: str, inference: In
     # 2. loop: one image at a time; labels at the mask's native size, band by band inside the tiler
     for n, (sample, entry) in enumerate(tqdm(list(zip(samples, entries)), desc=f"evaluate {split_name}",
                                              unit="img", disable=not progress or rank > 0)):
-        image, _ = entry.load()  # (h, w, 3) uint8, memory-mapped
-        target = scheme.encode(read_mask(sample.mask, sample.mask_kind, layout.table))  # (H, W) uint8 native
+        image, cached_mask = entry.load()  # (h, w, 3) uint8, memory-mapped
+        # (H, W) uint8 at the mask's native size; a survey block's labels are rasterised at its working GSD
+        native = np.asarray(cached_mask) if sample.block is not None else \
+            read_mask(sample.mask, sample.mask_kind, layout.table)
+        target = scheme.encode(native)
         H, W = target.shape
         stride = curve_stride(H, W)
         strides.add(stride)

@@ -3,7 +3,8 @@
 Contract
 --------
 * One entry per sample: ``<id>-<key>.img.npy`` (H, W, 3) uint8 and ``<id>-<key>.mask.npy`` (H, W)
-  uint8 source indices, at the working size (long side ``long_side``, aspect kept, never up-scaled).
+  uint8 source indices, at the working size (long side ``long_side``, aspect kept, never up-scaled); a survey's
+  block at its working GSD (:func:`droneseg.geo.survey.render_block`; ``long_side`` does not apply).
 * Images are resized with area (BOX) or bilinear filtering, masks with nearest only: bilinear would
   invent colours and indices that belong to no class.
 * ``key`` hashes the source files' identity (absolute path, byte size, mtime) and every setting that
@@ -68,6 +69,9 @@ def _identity(path: Path | None) -> list:
 
 
 def cache_key(sample: Sample, table: ClassTable, long_side: int | None, image_filter: ImageFilter) -> str:
+    if sample.block is not None:  # a survey's block: its key covers its files, grid, labels and split buffer
+        return hashlib.sha1(json.dumps([CACHE_VERSION, sample.block.key, table.colors.tolist()]).encode()
+                            ).hexdigest()[:16]
     try:
         ident = _identity(sample.image) + _identity(sample.mask)
     except FileNotFoundError:
@@ -143,6 +147,13 @@ def _entry_paths(sample: Sample, key: str, cache_dir: Path) -> CacheEntry:
 
 def _build_one(args: tuple[Sample, ClassTable, int | None, ImageFilter, CacheEntry]) -> None:
     sample, table, long_side, image_filter, entry = args
+    if sample.block is not None:  # a survey's block, at its working GSD already
+        from droneseg.geo.survey import render_block
+
+        image, mask = render_block(sample.block)
+        atomic_save(entry.mask, lambda fh: np.save(fh, mask))
+        atomic_save(entry.image, lambda fh: np.save(fh, image))
+        return
     image = read_working_image(sample.image, long_side, image_filter)
     size = (image.shape[1], image.shape[0])
     mask = None

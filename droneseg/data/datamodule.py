@@ -28,8 +28,8 @@ from droneseg.data.dataset import (
     ignore_sigint,
     images_per_class,
 )
-from droneseg.data.layout import open_dataset
-from droneseg.data.splits import make_splits, split_folder
+from droneseg.data.layout import SurveyOptions, open_dataset
+from droneseg.data.splits import assigned_splits, make_splits, split_folder
 
 
 def loader_workers(setting: int | str, on_gpu: bool, cores: int | None = None) -> int:
@@ -47,16 +47,24 @@ def loader_workers(setting: int | str, on_gpu: bool, cores: int | None = None) -
 
 
 class DroneDataModule(pl.LightningDataModule):
-    def __init__(self, cfg: DataConfig, seed: int, on_gpu: bool = False, split_dir: Path | None = None) -> None:
-        """``split_dir``: split files that override ``cfg.splits`` (a resumed run's own ``splits/``)."""
+    def __init__(self, cfg: DataConfig, seed: int, on_gpu: bool = False, split_dir: Path | None = None,
+                 min_buffer_px: int = 0) -> None:
+        """``split_dir``: split files that override ``cfg.splits`` (a resumed run's own ``splits/``).
+        ``min_buffer_px``: a survey's shortest buffer between blocks of different splits (the crop or the tile)."""
         super().__init__()
         self.cfg, self.seed, self.on_gpu = cfg, seed, on_gpu
         self.workers = loader_workers(cfg.workers, on_gpu)
-        self.layout, self.scheme = open_dataset(cfg.root, cfg.scheme, cfg.images, cfg.masks, cfg.class_table)
+        survey = SurveyOptions(cfg.val_fraction, cfg.test_fraction, cfg.split_seed, cfg.image_filter,
+                               assigned=assigned_splits(split_dir) if split_dir is not None else None,
+                               gsd=cfg.gsd, min_buffer_px=min_buffer_px)
+        self.layout, self.scheme = open_dataset(cfg.root, cfg.scheme, cfg.images, cfg.masks, cfg.class_table, survey)
         self.root = self.layout.root
         ids = [s.id for s in self.layout.samples]
-        self.splits = make_splits(ids, split_dir or split_folder(cfg.splits, cfg.root), cfg.val_fraction,
-                                  cfg.test_fraction, cfg.split_seed)
+        if self.layout.splits is not None:  # a survey: its spatial blocks' split
+            self.splits = {k: sorted(v) for k, v in self.layout.splits.items()}
+        else:
+            self.splits = make_splits(ids, split_dir or split_folder(cfg.splits, cfg.root), cfg.val_fraction,
+                                      cfg.test_fraction, cfg.split_seed)
         if not self.splits["train"]:
             raise DataError(f"{self.root}: the train split is empty")
         self.entries: dict[str, list[CacheEntry]] = {}

@@ -11,6 +11,9 @@ Layouts understood:
   (colour), ``class_dict_seg.csv``; also nested one or two folders deep, as the Kaggle archive unpacks.
 * TU Graz: ``training_set/images/``, ``training_set/gt/semantic/label_images/`` (colour), ``class_dict.csv``.
 * Two folders given explicitly (``images=``, ``masks=``); the mask kind is read from the first mask.
+* A survey: a YAML file naming orthomosaics and vector labels (:mod:`droneseg.geo.survey`, the ``geo`` extra).
+  Its samples are spatial blocks (``mask_kind`` ``"survey"``, ``block`` set) and its layout carries their split
+  and its working GSD.
 
 >>> Path("000.jpg").stem == Path("000.png").stem
 True
@@ -21,8 +24,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from droneseg.classes import ClassTable, DataError
+from droneseg.geo.survey import SurveyOptions  # a plain dataclass: the survey code itself loads on demand
 from droneseg.images import IMAGE_SUFFIXES, MaskKind, open_image
 from droneseg.schemes import LabelScheme, get_scheme
 
@@ -42,7 +47,8 @@ class Sample:
     id: str
     image: Path
     mask: Path | None
-    mask_kind: MaskKind
+    mask_kind: MaskKind | str
+    block: Any = None  # a survey's block (droneseg.geo.survey.Block): what its cache entry is built from
 
 
 @dataclass(frozen=True)
@@ -60,13 +66,30 @@ class DataSource:
         """``data`` as a DataSource (a path is a dataset folder)."""
         return data if isinstance(data, DataSource) else cls(root=None if data is None else Path(data))
 
-    def find(self) -> Layout:
-        """The pairs (:func:`find_layout`); raises DataError when neither a folder nor both folders are given."""
+    def find(self, survey: SurveyOptions | None = None) -> Layout:
+        """The pairs (:func:`find_layout`), or a survey's blocks cut as ``survey`` says; raises DataError when
+        neither a folder, a survey nor both folders are given."""
+        if self.is_survey():
+            from droneseg.geo import require
+
+            require()
+            from droneseg.geo.survey import load_survey, plan_survey
+
+            plan = plan_survey(load_survey(self.root), survey or SurveyOptions())
+            labels = plan.survey.labels.path
+            samples = [Sample(i, Path(b.raster), labels, "survey", block=b) for i, b in plan.blocks.items()]
+            return Layout("survey", plan.survey.root, plan.survey.table, plan.survey.table_path, samples,
+                          splits=plan.splits(), gsd=plan.gsd, plan=plan)
         return find_layout(self.root, images=self.images, masks=self.masks, table=self.table)
 
+    def is_survey(self) -> bool:
+        """Whether this is a survey YAML (``--data survey.yaml``)."""
+        return self.root is not None and self.root.suffix.lower() in (".yaml", ".yml") and self.root.is_file()
+
     def splits_root(self) -> Path | None:
-        """The folder whose ``splits/`` belongs to this dataset (None for two loose folders)."""
-        return self.root
+        """The folder whose ``splits/`` belongs to this dataset (None for two loose folders and surveys, whose
+        split is drawn from blocks)."""
+        return None if self.is_survey() else self.root
 
     def __str__(self) -> str:
         return str(self.root) if self.root is not None else f"{self.images} + {self.masks}"
@@ -80,8 +103,16 @@ class Layout:
     table_path: Path | None
     samples: list[Sample]
     problems: list[str] = field(default_factory=list)
+    splits: dict[str, list[str]] | None = None  # a survey's blocks by split
+    gsd: float | None = None  # a survey's working GSD, metres per pixel
+    plan: Any = None  # a survey's SurveyPlan
 
     def describe(self) -> str:
+        if self.splits is not None:  # a survey
+            counts = ", ".join(f"{len(v)} {k}" for k, v in self.splits.items() if v)
+            table = self.table_path.name if self.table_path else "the class names found in the labels"
+            return (f"survey {self.plan.survey.path}: {len(self.samples)} blocks ({counts}) at {self.gsd:g} m/px, classes "
+                    f"{table}")
         table = self.table_path.name if self.table_path else "built-in (no class table file found)"
         kinds = sorted({s.mask_kind for s in self.samples})
         return f"{self.kind} layout at {self.root}: {len(self.samples)} pairs, class table {table}, masks {'/'.join(kinds) or '-'}"
@@ -227,10 +258,14 @@ def image_size(path: Path) -> tuple[int, int]:
 
 
 def open_dataset(root: str | Path | None, scheme: str, images: str | Path | None = None,
-                 masks: str | Path | None = None, table: str | Path | None = None) -> tuple[Layout, LabelScheme]:
-    """The layout of a dataset (``root``, or ``images`` + ``masks``; ``table`` overrides its class table), refusing
-    pairing problems, and the scheme named ``scheme`` resolved against its class table. Raises DataError."""
-    layout = find_layout(root, images=images, masks=masks, table=table)
+                 masks: str | Path | None = None, table: str | Path | None = None,
+                 survey: SurveyOptions | None = None) -> tuple[Layout, LabelScheme]:
+    """The layout of a dataset (``root``, or ``images`` + ``masks``; ``table`` overrides its class table; a survey
+    YAML, cut as ``survey`` says), refusing pairing problems, and the scheme named ``scheme`` resolved against its
+    class table. Raises DataError."""
+    source = DataSource(Path(root) if root is not None else None, Path(images) if images is not None else None,
+                        Path(masks) if masks is not None else None, Path(table) if table is not None else None)
+    layout = source.find(survey)
     if layout.problems:
         more = f" (and {len(layout.problems) - 1} more)" if len(layout.problems) > 1 else ""
         raise DataError(f"{layout.problems[0]}{more}; run droneseg check-data on it")

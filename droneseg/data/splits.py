@@ -82,6 +82,16 @@ def source_id(image_id: str, known: set[str]) -> str:
     return m["source"] if m and m["source"] in known else image_id
 
 
+def assigned_splits(folder: Path) -> dict[str, str]:
+    """id -> split name of the split files in ``folder`` (a run's ``splits/``; a missing file is an empty split)."""
+    out: dict[str, str] = {}
+    for name in SPLITS:
+        path = Path(folder) / f"{name}.txt"
+        if path.is_file():
+            out.update((i, name) for i in read_split_file(path))
+    return out
+
+
 def save_splits(splits: dict[str, list[str]], folder: Path) -> None:
     for name, ids in splits.items():
         atomic_write_text(Path(folder) / f"{name}.txt", "".join(f"{i}\n" for i in ids))

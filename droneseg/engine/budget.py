@@ -135,7 +135,6 @@ def measure_costs(net: torch.nn.Module, batch_size: int, crop: int, pixels: floa
         probe.eval()
         with torch.no_grad():
             forward = timed(lambda: probe(x[:1]))
-    del probe
     val = forward / crop**2 * pixels
     return Costs(spent_s=spent_s, step_s=step * accumulate, val_s=val,
                  eval_s=EVAL_FACTOR * val + EVAL_FIXED_S if final_eval else 0.0)

@@ -178,8 +178,10 @@ def _save_model(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: Segmentati
                               images=len(dm.layout.samples))
     info = ModelInfo(model=cfg.model, scheme=dm.scheme, long_side=cfg.data.long_side, crop=cfg.data.crop,
                      image_filter=cfg.data.image_filter, inference=cfg.inference, dataset=dataset,
-                     gsd=working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side),
-                     extra={"run": run.name, "best_checkpoint": best.name if best else None})
+                     gsd=dm.layout.gsd if dm.layout.plan is not None else
+                     working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side),
+                     extra={"run": run.name, "best_checkpoint": best.name if best else None,
+                            **({"survey_grid": dm.layout.plan.grid()} if dm.layout.plan is not None else {})})
     save_model(run, task.net, info)
     return best
 
@@ -295,10 +297,14 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
     # a resumed run keeps its own splits, whatever the dataset's folder says now
     own_splits = run / "splits" if ckpt is not None and (run / "splits" / "train.txt").is_file() else None
-    dm = DroneDataModule(cfg.data, seed=cfg.train.seed, on_gpu=on_gpu, split_dir=own_splits)
+    dm = DroneDataModule(cfg.data, seed=cfg.train.seed, on_gpu=on_gpu, split_dir=own_splits,
+                         min_buffer_px=max(cfg.data.crop, cfg.inference.tile))
     if not dm.splits["val"]:
         raise DataError(f"{dm.root}: the val split is empty; training needs one for early stopping and the best model")
-    working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side)  # refused now, not at the end
+    if dm.layout.kind == "survey":  # blocks are cut at the survey's working GSD: no resizing after
+        cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"long_side": None, "gsd": dm.layout.gsd})})
+    else:
+        working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side)  # refused now
     task = SegmentationTask(cfg.model.model_dump(mode="json"), cfg.loss.model_dump(mode="json"),
                             cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),
                             inference=cfg.inference.model_dump(mode="json"))
@@ -309,6 +315,10 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
         if is_creator(env):
             atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
             save_splits(dm.splits, run / "splits")
+            if dm.layout.plan is not None:
+                from droneseg.geo.survey import write_split_layer
+
+                write_split_layer(dm.layout.plan, run / "splits" / "blocks.gpkg")
     else:
         os.environ[RUN_DIR_ENV] = str(run)
         if extending and is_creator(env):

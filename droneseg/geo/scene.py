@@ -92,3 +92,51 @@ def _footprint(x: int, y: int, w: int, h: int, width: int, height: int) -> np.nd
     yy, xx = np.ogrid[y : y + h, x : x + w]  # broadcast: no (h, w) float grids
     yy, xx = yy + 0.5, xx + 0.5
     return ((xx - width / 2) / (0.47 * width)) ** 2 + ((yy - height / 2) / (0.45 * height)) ** 2 <= 1.0
+
+
+def survey_paths(path: Path) -> dict[str, Path]:
+    """The files :func:`write_synthetic_survey` writes beside the orthomosaic ``path``."""
+    stem = Path(path).stem
+    return {"labels": Path(path).with_name(f"{stem}_labels.gpkg"), "extent": Path(path).with_name(f"{stem}_extent.gpkg"),
+            "classes": Path(path).with_name(f"{stem}_classes.csv"), "survey": Path(path).with_name(f"{stem}_survey.yaml")}
+
+
+def write_synthetic_survey(path: Path, block_px: int | None = None) -> dict[str, Path]:
+    """The labels of the synthetic orthomosaic ``path`` (written before, with its ``_labels.tif``) as a survey: the
+    true classes as polygons with their names (``<stem>_labels.gpkg``, field ``class``), the valid area as the extent
+    (``<stem>_extent.gpkg``), the class table (``<stem>_classes.csv``) and ``<stem>_survey.yaml`` naming them, with blocks of ``block_px`` pixels (default:
+    a third of the scene's short side, at most 2048). -> the paths written."""
+    import pyogrio.raw
+    import shapely
+    import yaml
+
+    from droneseg.files import atomic_write_text
+    from droneseg.geo.outputs import _polygons
+
+    out = survey_paths(path)
+    with rasterio.open(labels_path(path)) as ds:
+        names = dict(enumerate(TABLE.names))
+        geoms, values = [], []
+        for geom, value in _polygons(ds, names, 255):
+            geoms.append(shapely.geometry.shape(geom))
+            values.append(TABLE.names[value])
+        valid = (ds.read(1) != 255).astype(np.uint8)  # a synthetic scene: small enough to hold
+        from rasterio.features import shapes
+
+        footprint = [shapely.geometry.shape(g) for g, v in shapes(valid, mask=valid == 1, transform=ds.transform) if v]
+        crs, gsd, short = ds.crs.to_wkt(), abs(ds.transform.a), min(ds.width, ds.height)
+    for target, gs, fields, data in ((out["labels"], geoms, ["class"], [np.array(values, dtype=object)]),
+                                     (out["extent"], [shapely.union_all(footprint)], ["name"],
+                                      [np.array(["flight"], dtype=object)])):
+        with atomic_path(target, ".gpkg") as tmp:
+            tmp.unlink()  # GDAL creates the file itself
+            pyogrio.raw.write(tmp, geometry=shapely.to_wkb(np.array(gs, dtype=object)), field_data=data,
+                              fields=fields, layer=target.stem, driver="GPKG", geometry_type="Unknown", crs=crs)
+    rows = "".join(f"{n},{r},{g},{b}\n" for n, (r, g, b) in zip(TABLE.names, TABLE.colors.tolist()))
+    atomic_write_text(out["classes"], "name,r,g,b\n" + rows)  # the dataset's 24 classes: its schemes apply
+    block = block_px or min(2048, short // 3)
+    description = {"rasters": [Path(path).name], "labels": out["labels"].name, "class_field": "class",
+                   "classes": out["classes"].name, "extent": out["extent"].name, "block": round(block * gsd, 6)}
+    atomic_write_text(out["survey"], "# a synthetic survey: droneseg train -c demo --data " + out["survey"].name
+                      + "\n" + yaml.safe_dump(description, sort_keys=False))
+    return out

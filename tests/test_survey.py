@@ -1,0 +1,201 @@
+"""Surveys: orthomosaics + vector labels as a dataset (droneseg.geo.survey), built from small synthetic scenes whose
+true classes are known pixel by pixel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+rasterio = pytest.importorskip("rasterio", reason="the geo extra is not installed (make test installs it)")
+pyogrio = pytest.importorskip("pyogrio")
+shapely = pytest.importorskip("shapely")
+
+import pyogrio.raw  # noqa: E402
+import yaml  # noqa: E402
+from helpers import TINY_TRAIN  # noqa: E402
+
+from droneseg import cli  # noqa: E402
+from droneseg.data.layout import DataSource, SurveyOptions  # noqa: E402
+from droneseg.geo.scene import TABLE, labels_path, write_synthetic_ortho, write_synthetic_survey  # noqa: E402
+from droneseg.geo.survey import load_survey, render_block  # noqa: E402
+
+GSD = 0.1
+SIZE = (960, 720)
+
+
+def run_cli(*argv: str | Path) -> int:
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(a) for a in argv])
+    return stop.value.code or 0
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory) -> Path:
+    """A 96 x 72 m synthetic orthomosaic at 10 cm with its true classes as polygons: the survey YAML."""
+    root = tmp_path_factory.mktemp("survey")
+    write_synthetic_ortho(root / "o.tif", SIZE, gsd=GSD, seed=5)
+    return write_synthetic_survey(root / "o.tif")["survey"]
+
+
+def copy_survey(synth: Path, tmp_path: Path, **changes) -> Path:
+    """A private copy of the synthetic survey with ``changes`` to its YAML."""
+    folder = Path(shutil.copytree(synth.parent, tmp_path / "s"))
+    path = folder / synth.name
+    raw = yaml.safe_load(path.read_text()) | changes
+    path.write_text(yaml.safe_dump({k: v for k, v in raw.items() if v is not None}))
+    return path
+
+
+def write_labels(path: Path, geoms: list, values: list, crs: str | None = "EPSG:32633", field: str = "class",
+                 geometry_type: str = "Unknown") -> Path:
+    pyogrio.raw.write(path, geometry=shapely.to_wkb(np.array(geoms, dtype=object)),
+                      field_data=[np.array(values, dtype=object)], fields=[field], driver="GPKG" if path.suffix ==
+                      ".gpkg" else "GeoJSON", geometry_type=geometry_type, crs=crs)
+    return path
+
+
+def truth(synth: Path) -> np.ndarray:
+    with rasterio.open(labels_path(synth.parent / "o.tif")) as ds:
+        return ds.read(1)
+
+
+def test_rasterised_polygons_give_back_the_true_classes_and_the_split_leaves_a_buffer(synth):
+    """The labels, polygonised and rasterised again on the working grid, are the true class raster pixel for pixel
+    wherever they are not in a buffer; every block of the split is the same under the same seed; no labelled
+    training pixel lies within the buffer of a scored validation pixel."""
+    layout = DataSource.of(synth).find(SurveyOptions(min_buffer_px=96, seed=3))
+    assert layout.kind == "survey" and layout.gsd == GSD and layout.plan.buffer_px == 96
+    again = DataSource.of(synth).find(SurveyOptions(min_buffer_px=96, seed=3))
+    assert layout.splits == again.splits and layout.splits["val"] and layout.splits["train"]
+    true = truth(synth)
+    labelled = {s: [] for s in ("train", "val")}
+    for sample in layout.samples:
+        block = sample.block
+        image, mask = render_block(block)
+        assert image.shape[:2] == mask.shape == block.shape
+        c0, r0 = round(block.window[0]), round(block.window[1])  # working grid == raster grid at its own GSD
+        here = true[r0:r0 + block.shape[0], c0:c0 + block.shape[1]]
+        seen = mask != 255
+        assert (mask[seen] == here[seen]).all(), sample.id
+        buffered = np.zeros_like(seen)
+        for a, b, c, d in block.ignore:
+            buffered[a:c, b:d] = True
+        assert (seen | buffered | (here == 255)).all(), "every true pixel outside a buffer is labelled"
+        rows, cols = np.nonzero(seen)
+        labelled[block.split].append(np.column_stack([rows + r0, cols + c0]))
+    train, val = (np.concatenate(labelled[s]) for s in ("train", "val"))
+    # Chebyshev distance from every val pixel to the nearest train pixel (a grid: check the val pixels' rows/columns)
+    gap = min(np.abs(train[:, None, :] - v[None, None, :]).max(-1).min() for v in val[:: max(1, len(val) // 400)])
+    assert gap >= 96
+
+
+def test_the_smaller_polygon_wins_and_unlabelled_pixels_are_ignored_unless_background_names_a_class(synth, tmp_path):
+    with rasterio.open(synth.parent / "o.tif") as ds:
+        x0, y0 = ds.transform.c, ds.transform.f
+    road = shapely.box(x0 + 20, y0 - 50, x0 + 70, y0 - 20)  # inside the flight's valid area
+    car = shapely.box(x0 + 30, y0 - 40, x0 + 34, y0 - 38)  # on the road: drawn last whatever the file order
+    survey = copy_survey(synth, tmp_path, labels="drawn.gpkg", extent=None, block=96.0)
+    write_labels(survey.parent / "drawn.gpkg", [car, road], ["car", "paved-area"])
+    layout = DataSource.of(survey).find(SurveyOptions(min_buffer_px=0, val_fraction=0.0))
+    mask = np.full((720, 960), 255, np.uint8)
+    for s in layout.samples:
+        c0, r0 = round(s.block.window[0]), round(s.block.window[1])
+        mask[r0:r0 + s.block.shape[0], c0:c0 + s.block.shape[1]] = render_block(s.block)[1]
+    car_px, road_px = (mask == TABLE.index("car")).sum(), (mask == TABLE.index("paved-area")).sum()
+    assert car_px == 40 * 20 and road_px == 500 * 300 - 40 * 20
+    assert (mask == 255).sum() == 960 * 720 - 500 * 300  # unlabelled: ignored
+    survey = copy_survey(synth, tmp_path / "b", labels="drawn.gpkg", background="grass", block=96.0)
+    write_labels(survey.parent / "drawn.gpkg", [car, road], ["car", "paved-area"])
+    layout = DataSource.of(survey).find(SurveyOptions(min_buffer_px=0, val_fraction=0.0))
+    grass = sum((render_block(s.block)[1] == TABLE.index("grass")).sum() for s in layout.samples)
+    inside = (truth(synth) != 255).sum()  # the extent is the valid area
+    assert grass == pytest.approx(inside - 500 * 300, rel=0.01)
+
+
+def test_labels_in_another_crs_are_reprojected_from_what_they_declare(synth, tmp_path):
+    """GeoJSON in WGS84 (what QGIS exports by default): reprojected to the raster's UTM zone, not read as metres."""
+    from rasterio.warp import transform_geom
+
+    with rasterio.open(synth.parent / "o.tif") as ds:
+        x0, y0 = ds.transform.c, ds.transform.f
+    roof = shapely.box(x0 + 30, y0 - 50, x0 + 50, y0 - 20)
+    wgs84 = shapely.geometry.shape(transform_geom("EPSG:32633", "EPSG:4326", shapely.geometry.mapping(roof)))
+    survey = copy_survey(synth, tmp_path, labels="roof.geojson", extent=None, block=96.0)
+    write_labels(survey.parent / "roof.geojson", [wgs84], ["roof"], crs="EPSG:4326")
+    layout = DataSource.of(survey).find(SurveyOptions(min_buffer_px=0, val_fraction=0.0))
+    roof_px = sum((render_block(s.block)[1] == TABLE.index("roof")).sum() for s in layout.samples)
+    assert roof_px == pytest.approx(200 * 300, rel=0.01)
+    assert any("reprojected" in n for n in layout.plan.notes)
+
+
+@pytest.mark.parametrize("labels, change, message", [
+    ("nocrs.gpkg", {}, "declares no CRS and"),
+    ("unknown.gpkg", {}, "feature 1: class 'spaceship' is not in the classes of"),
+    ("line.gpkg", {}, "feature 1 is a LineString; labels are polygons (or give line_width:"),
+    ("roof.gpkg", {"split_field": "split", "extent": None}, "split_field: needs an extent: layer holding it"),
+    ("roof.gpkg", {"class_field": "kind"}, "no field 'kind' (fields: class)"),
+    ("roof.gpkg", {"rasters": ["missing/*.tif"]}, "rasters: 'missing/*.tif' names no file"),
+])
+def test_labels_that_cannot_be_used_are_one_line_naming_file_layer_and_feature(synth, tmp_path, labels, change,
+                                                                                message, capsys):
+    with rasterio.open(synth.parent / "o.tif") as ds:
+        x0, y0 = ds.transform.c, ds.transform.f
+    survey = copy_survey(synth, tmp_path, labels=labels, **change)
+    box = shapely.box(x0 + 30, y0 - 50, x0 + 50, y0 - 20)
+    geom = {"line.gpkg": shapely.LineString([(x0 + 1, y0 - 1), (x0 + 20, y0 - 20)])}.get(labels, box)
+    value = {"unknown.gpkg": "spaceship"}.get(labels, "roof")
+    write_labels(survey.parent / labels, [geom], [value], crs=None if labels == "nocrs.gpkg" else "EPSG:32633")
+    assert run_cli("check-data", "--data", survey) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err, err
+
+
+def test_lines_are_drawn_as_wide_as_line_width_and_broken_geometries_are_repaired_and_counted(synth, tmp_path,
+                                                                                          capsys):
+    with rasterio.open(synth.parent / "o.tif") as ds:
+        x0, y0 = ds.transform.c, ds.transform.f
+    bowtie = shapely.Polygon([(x0 + 20, y0 - 20), (x0 + 40, y0 - 40), (x0 + 40, y0 - 20), (x0 + 20, y0 - 40)])
+    fence = shapely.LineString([(x0 + 50, y0 - 6), (x0 + 50, y0 - 66)])
+    survey = copy_survey(synth, tmp_path, labels="mixed.gpkg", line_width=0.4, extent=None, block=96.0)
+    write_labels(survey.parent / "mixed.gpkg", [bowtie, fence, shapely.Polygon()], ["grass", "fence", "roof"])
+    s = load_survey(survey)
+    assert s.labels.repaired == 1 and s.labels.skipped == ["feature 3: empty geometry"]
+    layout = DataSource.of(survey).find(SurveyOptions(min_buffer_px=0, val_fraction=0.0))
+    fence_px = sum((render_block(b.block)[1] == TABLE.index("fence")).sum() for b in layout.samples)
+    assert fence_px == pytest.approx(600 * 4, rel=0.1)  # 60 m long, 0.4 m wide at 10 cm
+    grass_px = sum((render_block(b.block)[1] == TABLE.index("grass")).sum() for b in layout.samples)
+    assert grass_px == pytest.approx(2 * 100 * 100, rel=0.05)  # the bow tie's two triangles: 2 x 100 m² / 2
+    run_cli("check-data", "--data", survey)
+    out = capsys.readouterr().out
+    assert "1 invalid geometries repaired" in out and "feature 3: empty geometry; skipped" in out
+
+
+def test_check_data_summarises_a_survey(synth, capsys):
+    assert run_cli("check-data", "--data", synth) in (0, 1)
+    out = capsys.readouterr().out
+    assert "survey " in out and "labelled area by split (m²): train" in out and "% of it labelled" in out
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_on_a_survey(synth, tmp_path, capsys):
+    """`train --data survey.yaml`: blocks cached at the survey's GSD, a GeoPackage of the split in the run, the GSD in
+    model.json (predict needs no --model-gsd); `evaluate RUN --data survey.yaml` cuts and splits the blocks as the
+    run did and gives the final evaluation's number."""
+    args = ["train", "-c", "demo", "--data", synth, "--out", tmp_path / "runs", *TINY_TRAIN, "--max-epochs", "2",
+            "--set", "inference.tile=96", "--set", "data.crop=96"]
+    assert run_cli(*args) == 0
+    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    info = json.loads((run / "model.json").read_text())
+    assert info["gsd"] == GSD and info["long_side"] is None and info["extra"]["survey_grid"]["buffer_px"] == 96
+    layers = [str(r[0]) for r in pyogrio.list_layers(run / "splits" / "blocks.gpkg")]
+    assert layers[:1] == ["blocks"]
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert run_cli("evaluate", run, "--data", synth, "--out", tmp_path / "again") == 0
+    again = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert again["miou"] == summary["val_miou_native"]
+    val = (run / "splits" / "val.txt").read_text().split()
+    assert again["context"]["images"] == len(val)
