@@ -112,6 +112,26 @@ def _find(data: DataSource, info: ModelInfo, model_dir: Path | None, split: str
     return layout, same, ids, split_name, split_file
 
 
+def _survey_map(layout: Layout, results: list[ImageResult], folder: Path) -> tuple[Path, str]:
+    """A survey's scored blocks: ``per_block.csv`` (id, split, raster, bounds in its CRS, mIoU, pixel accuracy) and
+    ``blocks_map.png`` (every block by split, the scored ones filled by their mIoU) -> (the map, its caption)."""
+    from droneseg.geo.survey import block_map
+
+    folder.mkdir(parents=True, exist_ok=True)
+    blocks = layout.plan.blocks
+    rows = ["block,split,raster,left,bottom,right,top,miou,pixel_accuracy\n"]
+    for r in results:
+        b = blocks[r.id]
+        cells = [r.id, b.split, Path(b.raster).name, *(f"{v:.3f}" for v in b.bounds),
+                 "" if r.miou is None else f"{r.miou:.6f}", "" if r.pixel_accuracy is None else f"{r.pixel_accuracy:.6f}"]
+        rows.append(",".join(f'"{c}"' if "," in c else c for c in cells) + "\n")
+    atomic_write_text(folder / "per_block.csv", "".join(rows))
+    path = block_map(layout.plan, folder / "blocks_map.png", {r.id: r.miou for r in results})
+    return path, (f"{len(results)} scored blocks filled by their mIoU (per_block.csv) over a preview of the "
+                  "orthomosaic; outlines: every block by split; hatched: the buffers between splits, out of every "
+                  "loss and score.")
+
+
 def _output_folder(out: Path | None, model_dir: Path | None, split_name: str) -> Path:
     """``out`` if new or empty; else ``<run>/eval/<split>``, then ``-2``, ``-3``…: an evaluation is never overwritten."""
     if out is not None:
@@ -277,7 +297,8 @@ def _evaluate(session: ModelSession, data: DataSource, split: str, inference: In
         "time": datetime.now().strftime("%Y-%m-%d %H:%M"),
     }
     curves_png = model_dir / "training_curves.png" if model_dir is not None else None
+    map_figure = _survey_map(layout, results, folder) if layout.plan is not None else None
     write_evaluation(folder, scheme, result, confmat, per_image_scores, results, context,
                      training_curves=curves_png if curves_png is not None and curves_png.is_file() else None,
-                     training=training)
+                     training=training, map_figure=map_figure)
     return folder

@@ -375,8 +375,26 @@ def test_working_gsd_of_a_model_is_the_photos_gsd_over_the_working_scale(tmp_pat
         Image.new("RGB", size).save(tmp_path / f"{i}.png")
     assert working_gsd(0.01, [tmp_path / "0.png", tmp_path / "1.png"], 150) == pytest.approx(0.04)
     assert working_gsd(None, [tmp_path / "2.png"], 150) is None
-    with pytest.raises(DataError, match="differ in size"):
+    with pytest.raises(DataError, match="meet the network at different scales"):
         working_gsd(0.01, [tmp_path / "0.png", tmp_path / "2.png"], 150)
+    # the ragged edge chips of a tiled orthomosaic, none resized: one working GSD
+    assert working_gsd(0.01, [tmp_path / "0.png", tmp_path / "2.png"], None) == pytest.approx(0.01)
+    assert working_gsd(0.01, [tmp_path / "0.png", tmp_path / "2.png"], 600) == pytest.approx(0.01)
+
+
+def test_georeferenced_chips_give_their_gsd_from_their_geotransforms(tmp_path):
+    from droneseg.engine.train import working_gsd
+
+    chips = []
+    for i, (w, h) in enumerate([(256, 256), (256, 100), (90, 256)]):
+        chips.append(tmp_path / f"chip{i}.tif")
+        write_synthetic_ortho(chips[-1], (max(w, 16), max(h, 16)), gsd=0.03, seed=i, collar=False)
+    assert working_gsd(None, chips, None) == pytest.approx(0.03)
+    assert working_gsd(None, chips, 512) == pytest.approx(0.03)  # never up-scaled
+    from PIL import Image
+
+    Image.new("RGB", (64, 64)).save(tmp_path / "photo.png")
+    assert working_gsd(None, [*chips, tmp_path / "photo.png"], None) is None  # not every photo is a chip: unknown
 
 
 def test_min_area_merges_small_regions_across_windows_and_never_eats_large_ones(tmp_path, monkeypatch):

@@ -192,10 +192,54 @@ def test_train_and_evaluate_on_a_survey(synth, tmp_path, capsys):
     info = json.loads((run / "model.json").read_text())
     assert info["gsd"] == GSD and info["long_side"] is None and info["extra"]["survey_grid"]["buffer_px"] == 96
     layers = [str(r[0]) for r in pyogrio.list_layers(run / "splits" / "blocks.gpkg")]
-    assert layers[:1] == ["blocks"]
+    assert layers[:1] == ["blocks"] and (run / "splits" / "blocks.png").is_file()
     summary = json.loads((run / "train_summary.json").read_text())
     assert run_cli("evaluate", run, "--data", synth, "--out", tmp_path / "again") == 0
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["miou"] == summary["val_miou_native"]
     val = (run / "splits" / "val.txt").read_text().split()
     assert again["context"]["images"] == len(val)
+    rows = (tmp_path / "again" / "per_block.csv").read_text().splitlines()
+    assert rows[0].startswith("block,split,raster,left") and sorted(r.split(",")[0] for r in rows[1:]) == sorted(val)
+    assert all(r.split(",")[1] == "val" for r in rows[1:])
+    page = (tmp_path / "again" / "report.html").read_text()
+    assert "<h2>On the map</h2>" in page and "blocks_map.png" in page
+    # predict reads a new orthomosaic at the GSD the model learnt, with no --model-gsd
+    assert run_cli("predict", run, synth.parent / "o.tif", "--out", tmp_path / "seg", "--vector", "none") == 0
+    areas = json.loads((tmp_path / "seg" / "o_class_areas.json").read_text())
+    assert areas["model_gsd_m"] == GSD and areas["model_gsd_source"] == "model.json"
+
+
+@pytest.mark.parametrize("kind", ["geographic", "non-square"])
+def test_geographic_and_non_square_rasters_give_the_true_areas(tmp_path, kind):
+    """A raster in degrees (EPSG:4326) and one with 10 x 5 cm pixels: the working grid is square in ground metres,
+    and the labelled pixels x GSD² add up to each class's true area (within 3 %)."""
+    if kind == "geographic":
+        deg = 1e-6  # ~7.7 cm east-west, ~11 cm north-south at 46° N
+        areas = write_synthetic_ortho(tmp_path / "o.tif", (900, 600), gsd=deg, crs="EPSG:4326", origin=(15.0, 46.0),
+                                      seed=6)
+        with rasterio.open(tmp_path / "o.tif") as ds:  # the true areas: each pixel's, measured by the equal-area path
+            from droneseg.geo.raster import open_ortho
+
+            with open_ortho(tmp_path / "o.tif") as o:
+                px_m2 = o.area.window(rasterio.windows.Window(0, 0, ds.width, ds.height)).mean()
+        areas = {k: v / deg / deg * px_m2 for k, v in areas.items()}
+    else:
+        areas = write_synthetic_ortho(tmp_path / "o.tif", (600, 900), gsd=0.1, seed=6)
+        for path in (tmp_path / "o.tif", labels_path(tmp_path / "o.tif")):
+            with rasterio.open(path, "r+") as ds:
+                ds.transform = rasterio.Affine(0.1, 0, ds.transform.c, 0, -0.05, ds.transform.f)
+        areas = {k: v / 2 for k, v in areas.items()}
+    survey = write_synthetic_survey(tmp_path / "o.tif", block_px=200)["survey"]
+    layout = DataSource.of(survey).find(SurveyOptions(min_buffer_px=0, val_fraction=0.0))
+    counts = np.zeros(256, np.int64)
+    for s in layout.samples:
+        counts += np.bincount(render_block(s.block)[1].ravel(), minlength=256)
+    measured = {TABLE.names[i]: counts[i] * layout.gsd**2 for i in range(len(TABLE)) if counts[i]}
+    big = {k: v for k, v in areas.items() if v > 0.02 * sum(areas.values())}
+    for name, area in big.items():
+        assert measured[name] == pytest.approx(area, rel=0.03), name
+    if kind == "geographic":
+        assert any("equal-area" in n for n in layout.plan.notes)
+    else:
+        assert any("non-square pixels" in n for n in layout.plan.notes) and layout.gsd == 0.1

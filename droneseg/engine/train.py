@@ -153,17 +153,45 @@ def _stopped_by(trainer: pl.Trainer) -> str:
 
 
 def working_gsd(gsd: float | None, photos: list[Path], long_side: int | None) -> float | None:
-    """Metres per working pixel: the photos' ``gsd`` times native long side over working long side; None when
-    ``gsd`` is None. Raises DataError when the photos differ in size (their working GSDs would differ)."""
-    if gsd is None:
+    """Metres per working pixel: each photo's GSD (``gsd``, else its geotransform's when every photo is a
+    georeferenced chip in a metric CRS) times its native long side over its working long side (photos smaller than
+    ``long_side`` are not resized). None when the GSD is unknown. Raises DataError when the photos' working GSDs
+    differ by more than 1 % (one GSD could not describe the scale the model sees), naming two of them; chips of
+    different sizes that are not resized (the ragged edge chips of a tiled orthomosaic) agree."""
+    natives = [gsd] * len(photos) if gsd is not None else _chip_gsds(photos)
+    if natives is None or not photos:
         return None
-    sizes = {photo_size(p) for p in photos}
-    if len(sizes) > 1:
-        a, b = sorted(sizes)[:2]
-        raise DataError(f"data.gsd: the photos differ in size ({a[0]}x{a[1]}, {b[0]}x{b[1]}…), so one GSD cannot "
-                        "describe the scale the model sees; train on photos of one size or leave data.gsd unset")
-    (size,) = sizes
-    return gsd * max(size) / max(working_size(size, long_side))
+    seen: dict[float, Path] = {}
+    for photo, native in zip(photos, natives):
+        size = photo_size(photo)
+        seen.setdefault(native * max(size) / max(working_size(size, long_side)), photo)
+    low, high = min(seen), max(seen)
+    if high > 1.01 * low:
+        raise DataError(f"data.gsd: the photos meet the network at different scales ({seen[low]}: {low:.4g} m/px, "
+                        f"{seen[high]}: {high:.4g} m/px at long side {long_side}); train on photos of one size, set "
+                        "data.long_side: null to keep every photo at its own size, or leave data.gsd unset")
+    return sum(seen) / len(seen) if high > low else low
+
+
+def _chip_gsds(photos: list[Path]) -> list[float] | None:
+    """Metres per pixel of each photo from its geotransform, when every photo is a georeferenced chip in a metric
+    projected CRS and the geo extra is installed; else None (the GSD is unknown)."""
+    from droneseg.geo import is_ortho
+
+    if not photos or not all(is_ortho(p) for p in photos):
+        return None
+    try:
+        import rasterio
+    except ImportError:
+        return None
+    out = []
+    for p in photos:
+        with rasterio.open(p) as ds:
+            crs, t = ds.crs, ds.transform
+            if crs is None or crs.is_geographic or (crs.linear_units or "").lower() not in ("metre", "meter", "m"):
+                return None
+            out.append(abs(t.a * t.e - t.b * t.d) ** 0.5 * crs.linear_units_factor[1])
+    return out
 
 
 def _save_model(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationTask,
@@ -316,9 +344,10 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
             atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
             save_splits(dm.splits, run / "splits")
             if dm.layout.plan is not None:
-                from droneseg.geo.survey import write_split_layer
+                from droneseg.geo.survey import block_map, write_split_layer
 
                 write_split_layer(dm.layout.plan, run / "splits" / "blocks.gpkg")
+                block_map(dm.layout.plan, run / "splits" / "blocks.png")
     else:
         os.environ[RUN_DIR_ENV] = str(run)
         if extending and is_creator(env):

@@ -693,3 +693,74 @@ def _metric(crs_wkt: str | None) -> bool:
 
     crs = CRS.from_wkt(crs_wkt)
     return not crs.is_geographic and (crs.linear_units or "").lower() in ("metre", "meter", "m")
+
+
+SPLIT_COLOURS = {"train": "#1f77b4", "val": "#ff7f0e", "test": "#9467bd"}
+MAP_SIDE = 900
+"""Long side, in pixels, of the orthomosaic preview under the block map."""
+
+
+def block_map(plan: SurveyPlan, path: Path, scores: dict[str, float] | None = None) -> Path:
+    """A PNG per survey of its blocks over a preview of each raster (at most 4, the ones holding the most blocks):
+    outlines coloured by split, the buffers between splits hatched grey; with ``scores`` (block id -> mIoU) the
+    scored blocks are filled by their mIoU on a colour scale, its value written in them. -> ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import rasterio
+    from matplotlib.patches import Patch, Rectangle
+    from rasterio.enums import Resampling
+
+    from droneseg.report.plots import save_figure
+
+    by_raster: dict[str, list[tuple[str, Block]]] = {}
+    for name, b in plan.blocks.items():
+        by_raster.setdefault(b.raster, []).append((name, b))
+    shown = sorted(by_raster, key=lambda r: -len(by_raster[r]))[:4]
+    with rasterio.open(shown[0]) as ds:
+        aspect = ds.height / ds.width
+    fig, axes = plt.subplots(1, len(shown), figsize=(6.5 * len(shown) + 1.2, 6.5 * min(aspect, 1.5) + 1.4),
+                             squeeze=False, layout="constrained")
+    cmap = plt.get_cmap("viridis")
+    for ax, raster in zip(axes[0], shown):
+        with rasterio.open(raster) as ds:
+            f = min(1.0, MAP_SIDE / max(ds.width, ds.height))
+            shape = (max(1, round(ds.height * f)), max(1, round(ds.width * f)))
+            bands = [1, 2, 3] if ds.count >= 3 else [1, 1, 1]
+            rgb = ds.read(bands, out_shape=(3, *shape), resampling=Resampling.average)
+            valid = ds.dataset_mask(out_shape=shape) > 0
+            left, bottom, right, top = ds.bounds
+        preview = np.where(valid[..., None], rgb.transpose(1, 2, 0), 255).astype(np.uint8)
+        ax.imshow(preview, extent=(left, right, bottom, top), alpha=0.55 if scores else 0.8)
+        for name, b in by_raster[raster]:
+            x0, y0, x1, y1 = b.bounds
+            if scores and name in scores and scores[name] is not None:
+                ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor=cmap(scores[name]), alpha=0.55,
+                                       edgecolor="none"))
+                ax.text((x0 + x1) / 2, (y0 + y1) / 2, f"{scores[name]:.2f}", ha="center", va="center", fontsize=8,
+                        color="white", fontweight="bold")
+            t = rasterio.Affine(*b.transform)
+            for r0, c0, r1, c1 in b.ignore:
+                bx0, by0, bx1, by1 = _bounds(t @ rasterio.Affine.translation(c0, r0), r1 - r0, c1 - c0)
+                ax.add_patch(Rectangle((bx0, by0), bx1 - bx0, by1 - by0, facecolor="none", edgecolor="0.4",
+                                       hatch="///", linewidth=0))
+            # val and test outlines above train's: neighbours share their edges
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor="none", edgecolor=SPLIT_COLOURS[b.split],
+                                   linewidth=1.6 if b.split == "train" else 2.2, zorder=2 if b.split == "train" else 3))
+        ax.set_title(f"{Path(raster).name}: {len(by_raster[raster])} blocks", fontsize=10)
+        ax.set_xlim(left, right)
+        ax.set_ylim(bottom, top)
+        ax.tick_params(labelsize=7)
+        ax.ticklabel_format(useOffset=False, style="plain")
+    handles = [Patch(facecolor="none", edgecolor=c, label=s) for s, c in SPLIT_COLOURS.items()
+               if any(b.split == s for b in plan.blocks.values())]
+    handles.append(Patch(facecolor="none", edgecolor="0.4", hatch="///", label="buffer (out of loss and scores)"))
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), frameon=False)
+    if scores:
+        sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+        fig.colorbar(sm, ax=axes[0].tolist(), shrink=0.8, label="block mIoU")
+    title = "Spatial blocks by split" + (" and the mIoU of each scored block" if scores else "")
+    fig.suptitle(f"{title} ({plan.block_px} px = {plan.block_px * plan.gsd:g} m blocks, {plan.buffer_px} px buffer)")
+    save_figure(fig, path)
+    return Path(path)

@@ -257,9 +257,11 @@ def write_evaluation(
     context: dict,
     training_curves: Path | None = None,
     training: dict | None = None,
+    map_figure: tuple[Path, str] | None = None,
 ) -> Path:
     """Write the evaluation folder (created if needed); returns the path of ``report.html``. ``training``: the
-    model's ``train_summary.json`` fields, said in one line (:func:`droneseg.runs.describe_training`)."""
+    model's ``train_summary.json`` fields, said in one line (:func:`droneseg.runs.describe_training`).
+    ``map_figure``: (a PNG already in ``folder``, its caption): a survey's blocks coloured by their mIoU."""
     folder, confusion = Path(folder), np.asarray(confusion)
     _check(scheme, metrics, confusion)
     folder.mkdir(parents=True, exist_ok=True)
@@ -295,6 +297,6 @@ def write_evaluation(
     order = ranked(images)
     examples = [(rank, im) for rank, im in enumerate(order, 1) if im.panel is not None]
     page = render_html(folder, scheme, metrics, per_image, examples, len(order), context, training_curves,
-                       _DATA_FILES)
+                       _DATA_FILES, map_figure)
     atomic_write_text(folder / "report.html", page)
     return folder / "report.html"

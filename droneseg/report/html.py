@@ -190,6 +190,7 @@ def render_html(
     context: dict,
     training_curves: Path | None,
     files: Sequence[str],
+    map_figure: tuple[Path, str] | None = None,
 ) -> str:
     """The page, from the metrics and the figures already written in ``folder``."""
     model, split = escape(str(context.get("model", DASH))), escape(str(context.get("split", DASH)))
@@ -216,6 +217,10 @@ def render_html(
     ]
     if "threshold_table" in metrics:
         parts.append(_threshold_table(metrics, scheme))
+    if map_figure is not None:
+        figure, caption = map_figure
+        parts.append(f'<section><h2>On the map</h2><p class="note">{escape(caption)}</p>'
+                     + _figure(figure, folder, "Blocks coloured by their mIoU") + "</section>")
     parts.append(
         "<section><h2>Confusion matrices</h2>"
         '<p class="note">Rows: ground truth; columns: prediction. '
