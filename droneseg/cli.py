@@ -200,7 +200,7 @@ def check_data(
         typer.echo(f"problem: {line}")
     for line in report.notes:
         typer.echo(f"warning: {line}")
-    typer.echo(report.class_table_text(layout.table))
+    typer.echo(report.class_table_text(layout.table, "blocks" if layout.plan is not None else "images"))
     for line in summary:
         typer.echo(line)
     what = "blocks" if layout.plan is not None else "pairs"

@@ -243,3 +243,80 @@ def test_geographic_and_non_square_rasters_give_the_true_areas(tmp_path, kind):
         assert any("equal-area" in n for n in layout.plan.notes)
     else:
         assert any("non-square pixels" in n for n in layout.plan.notes) and layout.gsd == 0.1
+
+
+def test_overlapping_rasters_are_said_to_split_independently(synth, tmp_path, capsys):
+    survey = copy_survey(synth, tmp_path, rasters=["o.tif", "again.tif"])
+    shutil.copy(survey.parent / "o.tif", survey.parent / "again.tif")
+    run_cli("check-data", "--data", survey)
+    out = capsys.readouterr().out
+    assert "again.tif overlap: their blocks are drawn to splits independently" in out and "gdalbuildvrt" in out
+
+
+def _block(row: int, col: int, n: int, split: str, raster: str = "r.tif"):
+    from droneseg.geo.survey import Block
+
+    return Block(raster, (col * n, row * n, n, n), (n, n), (1, 0, col * n, 0, -1, -row * n), split, (), (), None,
+                 None, "area", "")
+
+
+@pytest.mark.parametrize("layout", [
+    {(0, 0): "train", (1, 1): "val"},                     # corner only: two half-buffers would leave half a gap
+    {(0, 0): "train", (0, 1): "val"},                     # side by side
+    {(0, 0): "train", (0, 1): "test", (1, 1): "val"},     # corner and sides, three splits
+    {(0, 0): "val", (0, 1): "train", (1, 0): "train", (1, 1): "train", (0, 2): "test"},
+])
+def test_no_labelled_pixel_of_one_split_lies_within_the_buffer_of_another(layout):
+    from droneseg.geo.survey import _with_buffers
+
+    n, buffer = 24, 8
+    cells = [(f"b{r}{c}", _block(r, c, n, split)) for (r, c), split in layout.items()]
+    blocks = _with_buffers(cells, buffer)
+    kept: dict[str, list] = {}
+    for name, (r, c) in zip(blocks, layout):
+        used = np.ones((n, n), bool)
+        for a, b, cc, d in blocks[name].ignore:
+            used[a:cc, b:d] = False
+        rows, cols = np.nonzero(used)
+        kept.setdefault(blocks[name].split, []).append(np.column_stack([rows + r * n, cols + c * n]))
+    sets = {k: np.concatenate(v) for k, v in kept.items()}
+    for a in sets:
+        for b in sets:
+            if a < b and len(sets[a]) and len(sets[b]):
+                gap = np.abs(sets[a][:, None, :] - sets[b][None, :, :]).max(-1).min()
+                assert gap > buffer, (a, b, gap)
+    assert len(sets["val"]) == n * n, "validation keeps its whole block"
+
+
+def test_rasters_with_the_same_name_in_two_folders_keep_every_block(synth, tmp_path):
+    survey = copy_survey(synth, tmp_path, rasters=["flight*/o.tif"], block=24.0)
+    for f in ("flight1", "flight2"):
+        (survey.parent / f).mkdir()
+        shutil.copy(survey.parent / "o.tif", survey.parent / f / "o.tif")
+    layout = DataSource.of(survey).find(SurveyOptions(min_buffer_px=0))
+    ids = [s.id for s in layout.samples]
+    assert len(ids) == len(set(ids)) == 2 * 12 and ids[0].startswith("flight1_o-") and ids[-1].startswith("flight2_o-")
+
+
+def test_background_without_an_extent_is_every_valid_pixel_and_a_dissolved_layer_ranks_its_parts(synth, tmp_path):
+    with rasterio.open(synth.parent / "o.tif") as ds:
+        x0, y0 = ds.transform.c, ds.transform.f
+    road = shapely.box(x0 + 20, y0 - 50, x0 + 70, y0 - 20)
+    cars = shapely.MultiPolygon([shapely.box(x0 + 30, y0 - 40, x0 + 34, y0 - 38),
+                                 shapely.box(x0 + 75, y0 - 40, x0 + 79, y0 - 38)])  # one feature, parts apart
+    survey = copy_survey(synth, tmp_path, labels="dissolved.gpkg", extent=None, background="grass", block=96.0)
+    write_labels(survey.parent / "dissolved.gpkg", [road, cars], ["paved-area", "car"])
+    layout = DataSource.of(survey).find(SurveyOptions(min_buffer_px=0, val_fraction=0.0))
+    counts = sum(np.bincount(render_block(s.block)[1].ravel(), minlength=256) for s in layout.samples)
+    valid = (truth(synth) != 255).sum()
+    assert counts[TABLE.index("car")] == 2 * 40 * 20  # each part outranks what it lies on, not their sum
+    assert counts[TABLE.index("paved-area")] == 500 * 300 - 40 * 20  # the car on the road wins
+    assert counts[TABLE.index("grass")] + counts[TABLE.index("car")] + counts[TABLE.index("paved-area")] == valid
+
+
+def test_line_width_is_refused_for_a_layer_in_degrees(synth, tmp_path, capsys):
+    survey = copy_survey(synth, tmp_path, labels="fence.geojson", line_width=0.5)
+    write_labels(survey.parent / "fence.geojson", [shapely.LineString([(15.0, 46.0), (15.0001, 46.0)])], ["fence"],
+                 crs="EPSG:4326")
+    assert run_cli("check-data", "--data", survey) == 2
+    assert "line_width is in metres and this layer is not in a metric CRS" in capsys.readouterr().err

@@ -38,9 +38,10 @@ class CheckReport:
     def ok(self) -> bool:
         return not self.problems
 
-    def class_table_text(self, table: ClassTable) -> str:
+    def class_table_text(self, table: ClassTable, unit: str = "images") -> str:
+        """Per source class: the ``unit`` (images, a survey's blocks) holding it and its share of the pixels."""
         total = max(int(self.class_pixels.sum()), 1)
-        lines = [f"{'idx':>3}  {'class':<14}{'images':>8}{'pixel share':>13}"]
+        lines = [f"{'idx':>3}  {'class':<14}{unit:>8}{'pixel share':>13}"]
         for i, name in enumerate(table.names):
             share = 100.0 * self.class_pixels[i] / total
             lines.append(f"{i:>3}  {name:<14}{int(self.class_images[i]):>8}{share:>12.2f}%")

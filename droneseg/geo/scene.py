@@ -120,11 +120,19 @@ def write_synthetic_survey(path: Path, block_px: int | None = None) -> dict[str,
         for geom, value in _polygons(ds, names, 255):
             geoms.append(shapely.geometry.shape(geom))
             values.append(TABLE.names[value])
-        valid = (ds.read(1) != 255).astype(np.uint8)  # a synthetic scene: small enough to hold
+        # the footprint on a nearest sample of at most 2048 px: an extent need not follow every pixel
+        f = min(1.0, 2048 / max(ds.width, ds.height))
+        shape = (max(1, round(ds.height * f)), max(1, round(ds.width * f)))
+        valid = (ds.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.nearest) != 255).astype(np.uint8)
         from rasterio.features import shapes
 
-        footprint = [shapely.geometry.shape(g) for g, v in shapes(valid, mask=valid == 1, transform=ds.transform) if v]
-        crs, gsd, short = ds.crs.to_wkt(), abs(ds.transform.a), min(ds.width, ds.height)
+        scaled = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
+        footprint = [shapely.geometry.shape(g) for g, v in shapes(valid, mask=valid == 1, transform=scaled) if v]
+        crs, short = ds.crs.to_wkt(), min(ds.width, ds.height)
+    from droneseg.geo.raster import open_ortho
+
+    with open_ortho(path) as o:  # metres per pixel on the ground, whatever the CRS's unit
+        gsd = max(o.gsd)
     for target, gs, fields, data in ((out["labels"], geoms, ["class"], [np.array(values, dtype=object)]),
                                      (out["extent"], [shapely.union_all(footprint)], ["name"],
                                       [np.array(["flight"], dtype=object)])):

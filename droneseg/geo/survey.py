@@ -27,8 +27,9 @@ Contract
 * Spatial blocks: each raster's working grid (its pixels at the working GSD) is cut into square blocks of
   ``block`` metres; the blocks holding labels are drawn to train/val/test by a seeded shuffle with the shares asked
   for, or get the split of the extent polygon (``split_field``) their centre lies in. A block is one sample: its
-  cache entry holds its own pixels only, and its pixels within ``buffer / 2`` of a block of another split are
-  ignored, so that no labelled training pixel lies within ``buffer`` of a scored validation pixel.
+  cache entry holds its own pixels only. Of two neighbouring blocks of different splits, the training block (test
+  before val) ignores its pixels within ``buffer`` of the other, so that no labelled training pixel lies within
+  ``buffer`` of a scored validation or test pixel, at corners too.
 * Pixels come from :func:`droneseg.geo.raster.open_ortho` (validity by alpha, mask or nodata: invalid -> ignored)
   resampled to the working grid with the image filter; labels are rasterised with ``rasterio.features.rasterize``
   on that grid, window by window (a block at a time: memory is bounded by a block, never the scene).
@@ -128,18 +129,24 @@ def read_polygons(path: Path, layer: str | None, attribute: str | None, line_wid
         layer = layers[0]
     elif layer not in layers:
         raise DataError(f"{path}: no layer {layer!r} (it has {', '.join(layers[:5])})")
-    meta = pyogrio.read_info(path, layer=layer)
-    fields = list(meta["fields"])
-    if attribute is not None and attribute not in fields:
-        raise DataError(f"{path} (layer {layer}): no field {attribute!r} (fields: {', '.join(fields) or 'none'})")
-    _, fids, wkb, data = pyogrio.raw.read(path, layer=layer, columns=[attribute] if attribute else [],
-                                          return_fids=True)
+    try:
+        meta = pyogrio.read_info(path, layer=layer)
+        fields = list(meta["fields"])
+        if attribute is not None and attribute not in fields:
+            raise DataError(f"{path} (layer {layer}): no field {attribute!r} (fields: {', '.join(fields) or 'none'})")
+        _, fids, wkb, data = pyogrio.raw.read(path, layer=layer, columns=[attribute] if attribute else [],
+                                              return_fids=True)
+    except DataError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyogrio/GDAL errors of a damaged source
+        raise DataError(f"{path} (layer {layer}): cannot read its features ({str(exc).splitlines()[0]})") from None
     crs = meta.get("crs")
     crs_wkt = None
     if crs:
         from rasterio.crs import CRS
 
         crs_wkt = CRS.from_user_input(crs).to_wkt()
+    metric = _metric(crs_wkt)
     geoms = shapely.from_wkb(wkb)
     values = list(data[0]) if attribute else [None] * len(geoms)
     out = VectorLayer(path, layer, np.empty(0, object), [], np.empty(0, np.int64), crs_wkt)
@@ -158,6 +165,9 @@ def read_polygons(path: Path, layer: str | None, attribute: str | None, line_wid
             if kind == 7:  # a GeometryCollection: its polygonal parts
                 geom = _polygonal(geom)
             elif line_width is not None:
+                if not metric:
+                    raise DataError(f"{where}: line_width is in metres and this layer is not in a metric CRS; "
+                                    "save it in the orthomosaic's CRS, or digitise polygons")
                 geom = shapely.buffer(geom, line_width / 2)
             else:
                 name = shapely.geometry.base.GEOMETRY_TYPES[kind]
@@ -169,9 +179,10 @@ def read_polygons(path: Path, layer: str | None, attribute: str | None, line_wid
         if geom is None or shapely.is_empty(geom):
             out.skipped.append(f"feature {fid}: no area left after repair")
             continue
-        keep_g.append(geom)
-        keep_v.append(value.strip() if isinstance(value, str) else value)
-        keep_f.append(int(fid))
+        for part in shapely.get_parts(geom):  # parts ranked one by one: a dissolved layer's cars still win
+            keep_g.append(part)
+            keep_v.append(value.strip() if isinstance(value, str) else value)
+            keep_f.append(int(fid))
     out.geoms = np.array(keep_g, dtype=object)
     out.values, out.fids = keep_v, np.array(keep_f, np.int64)
     return out
@@ -257,8 +268,11 @@ def load_survey(path: Path) -> Survey:
     rasters: list[Path] = []
     for pattern in cfg.rasters:
         full = _resolve(base, pattern)
-        hits = sorted(Path(p) for p in glob.glob(glob.escape(str(full.parent)) + "/" + full.name)) \
-            if any(c in full.name for c in "*?[") else [full]
+        if any(c in pattern for c in "*?["):  # wildcards in folders too (flight*/odm_orthophoto.tif), ** recursive
+            where = pattern if Path(pattern).is_absolute() else glob.escape(str(base)) + "/" + pattern
+            hits = sorted(Path(p) for p in glob.glob(where, recursive=True))
+        else:
+            hits = [full]
         hits = [h for h in hits if h.is_file()]
         if not hits:
             raise DataError(f"{path}: rasters: {pattern!r} names no file (looked for {full})")
@@ -305,7 +319,7 @@ def _class_indices(labels: VectorLayer, table: ClassTable, attribute: str, table
     for i, (fid, v) in enumerate(zip(labels.fids, labels.values)):
         if isinstance(v, str) and v in table.names:
             out[i] = table.names.index(v)
-        elif not isinstance(v, str) and float(v).is_integer() and 0 <= int(v) < len(table):
+        elif isinstance(v, (int, float, np.integer, np.floating)) and float(v).is_integer() and 0 <= int(v) < len(table):
             out[i] = int(v)
         elif isinstance(v, str) and v.isdigit() and int(v) < len(table):
             out[i] = int(v)
@@ -353,9 +367,11 @@ class SurveyPlan:
     blocks: dict[str, Block]  # id -> block
     notes: list[str] = field(default_factory=list)  # said by check-data (reprojected labels, geographic CRS…)
 
+    draw: dict = field(default_factory=dict)  # val_fraction, test_fraction, seed of the split draw
+
     def grid(self) -> dict:
-        """What cuts the blocks again as now (recorded in model.json)."""
-        return {"gsd": self.gsd, "block_px": self.block_px, "buffer_px": self.buffer_px}
+        """What cuts and splits the blocks again as now (recorded in model.json)."""
+        return {"gsd": self.gsd, "block_px": self.block_px, "buffer_px": self.buffer_px, **self.draw}
 
     def splits(self) -> dict[str, list[str]]:
         return {s: [i for i, b in self.blocks.items() if b.split == s] for s in SPLITS}
@@ -366,16 +382,44 @@ def _identity(p: Path) -> list:
     return [str(p.resolve()), st.st_size, st.st_mtime_ns]
 
 
+def raster_names(rasters: list[Path], base: Path) -> dict[Path, str]:
+    """A block-id prefix per raster: its stem, or where stems repeat (``flight1/odm_orthophoto.tif``,
+    ``flight2/odm_orthophoto.tif``) its path from the survey's folder joined by ``_``.
+
+    >>> raster_names([Path("/s/a/o.tif"), Path("/s/b/o.tif"), Path("/s/c.tif")], Path("/s"))
+    {PosixPath('/s/a/o.tif'): 'a_o', PosixPath('/s/b/o.tif'): 'b_o', PosixPath('/s/c.tif'): 'c'}
+    """
+    stems = [p.stem for p in rasters]
+    out = {}
+    for p in rasters:
+        if stems.count(p.stem) == 1:
+            out[p] = p.stem
+        else:
+            try:
+                rel = p.resolve().relative_to(base.resolve())
+            except ValueError:
+                rel = Path(*p.resolve().parts[1:])
+            out[p] = "_".join([*rel.parent.parts, p.stem])
+    seen: dict[str, int] = {}
+    for p, name in out.items():  # still equal (a/b_o.tif and a_b/o.tif): numbered
+        seen[name] = seen.get(name, 0) + 1
+        if seen[name] > 1:
+            out[p] = f"{name}_{seen[name]}"
+    return out
+
+
 def plan_survey(survey: Survey, options=None) -> SurveyPlan:
     """Cut ``survey`` into blocks and draw their splits (see the module contract) as ``options`` (a
     :class:`~droneseg.data.layout.SurveyOptions`) say: ``assigned`` (id -> split, a run's) replaces the draw and
     blocks it does not name are left out; ``grid`` (a run's) fixes the GSD, block and buffer. Raises DataError."""
     options = options or SurveyOptions()
-    val_fraction, test_fraction, seed = options.val_fraction, options.test_fraction, options.seed
+    grid = options.grid or {}  # a run's: its grid and its draw
+    val_fraction = grid.get("val_fraction", options.val_fraction)
+    test_fraction = grid.get("test_fraction", options.test_fraction)
+    seed = grid.get("seed", options.seed)
     image_filter, assigned = options.image_filter, options.assigned
     import rasterio
     import shapely
-    from rasterio.warp import transform_geom
 
     from droneseg.geo.raster import open_ortho
 
@@ -387,12 +431,11 @@ def plan_survey(survey: Survey, options=None) -> SurveyPlan:
             t = o.ds.transform
             if abs(t.b) > 1e-12 * abs(t.a) or abs(t.d) > 1e-12 * abs(t.e):
                 raise DataError(f"{p}: a rotated geotransform; warp it north-up first (gdalwarp)")
-            orthos.append((p, o.ds.crs, t, o.width, o.height, o.gsd, o.area.warped))
+            orthos.append((p, o.ds.crs, t, o.width, o.height, o.gsd, o.area.warped, list(o.ds.files)))
             if o.area.warped:
                 notes.append(f"{p}: {o.area.why}; its ground resolution is measured on an equal-area projection")
             if abs(o.gsd[0] - o.gsd[1]) > 0.01 * max(o.gsd):
                 notes.append(f"{p}: non-square pixels ({o.gsd[0]:.4g} x {o.gsd[1]:.4g} m); the working grid is square")
-    grid = options.grid or {}
     gsd = grid.get("gsd") or options.gsd or cfg.gsd or _round_gsd(max(max(o[5]) for o in orthos))
     block_px = grid.get("block_px") or (max(32, round(cfg.block / gsd)) if cfg.block else DEFAULT_BLOCK_PX)
     if "buffer_px" in grid:
@@ -406,22 +449,27 @@ def plan_survey(survey: Survey, options=None) -> SurveyPlan:
                             f"less than one crop or tile ({options.min_buffer_px} px): validation would leak "
                             f"through it; give at least {options.min_buffer_px * gsd:.3g} m")
     cells: list[tuple[str, Block]] = []
-    ident = [_identity(f) for f in survey.files()]
-    for p, crs, t, width, height, (gx, gy), _ in orthos:
+    names = raster_names(survey.rasters, survey.root)
+    outside_split = 0  # labelled blocks whose centre lies in no extent polygon of split_field: left out
+    # every file GDAL reads for a raster (a VRT's sources, .msk, .aux.xml, world files) ties the cache to it
+    ident = [_identity(f) for f in survey.files()] + [_identity(Path(f)) for o in orthos for f in o[7]
+                                                       if Path(f).is_file()]
+    for p, crs, t, width, height, (gx, gy), _, _ in orthos:
         if survey.labels.crs_wkt is None and crs is not None:
             raise DataError(f"{survey.labels.where()}: declares no CRS and {p} is in {crs.to_string() or 'a CRS'}; "
                             "give the labels their CRS (in QGIS: Layer Properties > Source)")
         labels = survey.labels.geoms
         if survey.labels.crs_wkt is not None and rasterio.crs.CRS.from_wkt(survey.labels.crs_wkt) != crs:
-            geoms = transform_geom(survey.labels.crs_wkt, crs, [shapely.geometry.mapping(g) for g in labels])
-            labels = np.array([shapely.geometry.shape(g) for g in geoms], dtype=object)
+            labels = _reprojected(labels, survey.labels, crs)
             notes.append(f"{survey.labels.where()}: reprojected to the CRS of {p}")
         extent = None
         if survey.extent is not None:
             extent = survey.extent.geoms
+            if survey.extent.crs_wkt is None and crs is not None:
+                raise DataError(f"{survey.extent.where()}: declares no CRS and {p} is in {crs.to_string() or 'a CRS'}; "
+                                "give the extent its CRS (in QGIS: Layer Properties > Source)")
             if survey.extent.crs_wkt is not None and rasterio.crs.CRS.from_wkt(survey.extent.crs_wkt) != crs:
-                geoms = transform_geom(survey.extent.crs_wkt, crs, [shapely.geometry.mapping(g) for g in extent])
-                extent = np.array([shapely.geometry.shape(g) for g in geoms], dtype=object)
+                extent = _reprojected(extent, survey.extent, crs)
         # the working grid: whole working pixels of gsd metres (in CRS units: the raster's own pixel times the scale)
         sx, sy = gsd / gx, gsd / gy  # raster pixels per working pixel
         wcols, wrows = max(1, math.floor(width / sx)), max(1, math.floor(height / sy))
@@ -441,18 +489,25 @@ def plan_survey(survey: Survey, options=None) -> SurveyPlan:
                     centre = shapely.points(*(gt @ (w / 2, h / 2)))
                     inside = [i for i, g in enumerate(extent) if shapely.contains(g, centre)]
                     if not inside:
+                        outside_split += bool(len(hits))
                         continue
                     split_of = survey.extent.values[inside[0]]
-                if not len(hits) and not (survey.background is not None and extent is not None
-                                          and any(shapely.intersects(g, box) for g in extent)):
+                if not len(hits) and not (survey.background is not None and (
+                        extent is None or any(shapely.intersects(g, box) for g in extent))):
                     continue
                 hits = sorted(hits, key=lambda i: rank[i])
                 drawn = tuple((shapely.to_wkb(labels[i]), int(survey.classes[i])) for i in hits)
                 ext = tuple(shapely.to_wkb(g) for g in extent if shapely.intersects(g, box)) \
                     if extent is not None and survey.background is not None else None
-                cells.append((f"{Path(p).stem}-r{r0 // block_px}c{c0 // block_px}",
+                cells.append((f"{names[p]}-r{r0 // block_px}c{c0 // block_px}",
                               Block(str(p), win, (h, w), tuple(gt)[:6], split_of or "", (), drawn, ext,
                                     survey.background, image_filter, "")))
+    if outside_split:
+        notes.append(f"{survey.extent.where()}: {outside_split} blocks holding labels lie outside every extent polygon "
+                     f"with a {cfg.split_field} (their centre): left out of every split")
+    if block_px < 2 * buffer_px:
+        notes.append(f"blocks of {block_px} px are under twice the {buffer_px}-px buffer: a training block beside "
+                     "validation blocks on two sides may lose every pixel; give a larger block:")
     if not cells:
         raise DataError(f"{survey.path}: no block of the rasters holds a label polygon (labels outside every "
                         "raster, or in another CRS than they declare?)")
@@ -466,7 +521,21 @@ def plan_survey(survey: Survey, options=None) -> SurveyPlan:
         _draw_splits(cells, val_fraction, test_fraction, seed)
     blocks = _with_buffers(cells, buffer_px)
     blocks = {i: _keyed(b, ident, gsd) for i, b in blocks.items()}
-    return SurveyPlan(survey, gsd, block_px, buffer_px, blocks, notes)
+    return SurveyPlan(survey, gsd, block_px, buffer_px, blocks, notes,
+                      {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed})
+
+
+def _reprojected(geoms: np.ndarray, layer: VectorLayer, crs) -> np.ndarray:
+    """``geoms`` of ``layer`` in ``crs`` (GDAL's transformation from the WKT the layer declares)."""
+    import shapely
+    from rasterio.warp import transform_geom
+
+    try:
+        out = transform_geom(layer.crs_wkt, crs, [shapely.geometry.mapping(g) for g in geoms])
+    except Exception as exc:  # noqa: BLE001 - GDAL/PROJ errors of a transformation that cannot be made
+        raise DataError(f"{layer.where()}: cannot reproject to {crs.to_string() or 'the raster CRS'} "
+                        f"({str(exc).splitlines()[0]})") from None
+    return np.array([shapely.geometry.shape(g) for g in out], dtype=object)
 
 
 def _bounds(gt, h: int, w: int) -> tuple[float, float, float, float]:
@@ -487,36 +556,46 @@ def _draw_splits(cells: list[tuple[str, Block]], val_fraction: float, test_fract
     free = [i for i, (_, b) in enumerate(cells) if not b.split]
     rng = np.random.default_rng(seed)
     order = [free[i] for i in rng.permutation(len(free))]
-    n_val = round(val_fraction * len(free)) if val_fraction else 0
-    n_test = round(test_fraction * len(free)) if test_fraction else 0
-    if len(free) >= 2 and val_fraction and n_val == 0:
-        n_val = 1
+    n = len(free)
+    n_val = max(1, math.floor(val_fraction * n + 0.5)) if val_fraction and n >= 2 else 0
+    n_test = max(1, math.floor(test_fraction * n + 0.5)) if test_fraction and n >= 3 else 0
+    while n_val + n_test > n - 1 and (n_val > 1 or n_test > 0):  # at least one block to train on
+        if n_test:
+            n_test -= 1
+        else:
+            n_val -= 1
     for k, i in enumerate(order):
         split = "val" if k < n_val else "test" if k < n_val + n_test else "train"
         cells[i] = (cells[i][0], replace(cells[i][1], split=split))
 
 
+GIVES_WAY = {"train": 0, "test": 1, "val": 2}
+"""Of two neighbouring blocks of different splits, the one ranked lower here gives up the whole buffer: training
+loses pixels before test, test before validation (which keeps its full context)."""
+
+
 def _with_buffers(cells: list[tuple[str, Block]], buffer_px: int) -> dict[str, Block]:
-    """Each block's pixels within buffer/2 of a block of another split of the same raster, ignored (row0, col0,
-    row1, col1 in the block's own working pixels). Blocks of one raster share its working grid."""
+    """Each block's pixels within ``buffer_px`` (Chebyshev, working pixels) of a block of another split that ranks
+    above it (:data:`GIVES_WAY`), ignored: rectangles (row0, col0, row1, col1) in the block's own pixels. One side
+    of each pair gives the whole buffer, so the gap holds at corners too, where two half-buffers would leave half.
+    Blocks of one raster share its working grid; blocks of different rasters are not compared."""
     from dataclasses import replace
 
-    half = math.ceil(buffer_px / 2)
+    def origin(b: Block) -> tuple[int, int]:  # (row, col) of the block on its raster's working grid
+        return round(b.window[1] / (b.window[3] / b.shape[0])), round(b.window[0] / (b.window[2] / b.shape[1]))
+
     out = {}
     for name, b in cells:
         rects = []
-        if half:
-            c0, r0 = round(b.window[0] / (b.window[2] / b.shape[1])), round(b.window[1] / (b.window[3] / b.shape[0]))
+        if buffer_px:
+            r0, c0 = origin(b)
             for _, o in cells:
-                if o is b or o.raster != b.raster or o.split == b.split:
+                if o.raster != b.raster or GIVES_WAY[o.split] <= GIVES_WAY[b.split]:
                     continue
-                oc0 = round(o.window[0] / (o.window[2] / o.shape[1]))
-                or0 = round(o.window[1] / (o.window[3] / o.shape[0]))
-                # the other block grown by half the buffer, in this block's pixels
-                top, left = or0 - half - r0, oc0 - half - c0
-                bottom, right = or0 + o.shape[0] + half - r0, oc0 + o.shape[1] + half - c0
-                top, left = max(0, top), max(0, left)
-                bottom, right = min(b.shape[0], bottom), min(b.shape[1], right)
+                or0, oc0 = origin(o)
+                top, left = max(0, or0 - buffer_px - r0), max(0, oc0 - buffer_px - c0)
+                bottom = min(b.shape[0], or0 + o.shape[0] + buffer_px - r0)
+                right = min(b.shape[1], oc0 + o.shape[1] + buffer_px - c0)
                 if top < bottom and left < right:
                     rects.append((top, left, bottom, right))
         out[name] = replace(b, ignore=tuple(rects))
@@ -549,7 +628,9 @@ def render_block(block: Block) -> tuple[np.ndarray, np.ndarray]:
         image, valid = ortho.read_working(Window(*block.window), (h, w), block.image_filter)
     transform = Affine(*block.transform)
     mask = np.full((h, w), IGNORE_INDEX, np.uint8)
-    if block.extent:
+    if block.background is not None and block.extent is None:  # no extent: the whole valid area
+        mask[:] = block.background
+    elif block.extent:
         inside = rasterize([(shapely.from_wkb(g), 1) for g in block.extent], out_shape=(h, w), transform=transform,
                            fill=0, dtype="uint8")
         mask[inside == 1] = block.background
@@ -631,6 +712,12 @@ def check_survey(plan: SurveyPlan, progress: bool = False):
         with rasterio.open(p) as ds:
             bounds = ds.bounds if labels.crs_wkt is None else transform_bounds(ds.crs, labels.crs_wkt, *ds.bounds)
             footprints.append(shapely.box(*bounds))
+    for i in range(len(footprints)):
+        for j in range(i + 1, len(footprints)):
+            if shapely.area(shapely.intersection(footprints[i], footprints[j])) > 0:
+                notes.append(f"{survey.rasters[i]} and {survey.rasters[j]} overlap: their blocks are drawn to splits "
+                             "independently, so the same ground may be in train and val; mosaic them into one "
+                             "raster (gdalbuildvrt) for a split that cannot leak")
     covered = shapely.intersects(labels.geoms, shapely.union_all(footprints))
     outside = [int(f) for f, c in zip(labels.fids, covered) if not c]
     if outside:
@@ -668,7 +755,8 @@ def check_survey(plan: SurveyPlan, progress: bool = False):
     lines = [f"survey {survey.path}: {len(survey.rasters)} raster{'s' if len(survey.rasters) > 1 else ''}, "
              f"{len(labels.geoms)} label polygons, working GSD "
              f"{plan.gsd:g} m/px, blocks of {plan.block_px} px ({plan.block_px * plan.gsd:g} m), buffer "
-             f"{plan.buffer_px} px between splits; "
+             f"{plan.buffer_px} px between splits (the split and buffer check-data draws with the defaults; "
+             "training draws its own with data.split_seed, data.val_fraction and its crop or tile); "
              + ("unlabelled pixels are ignored (never trained, never scored)" if survey.background is None else
                 f"unlabelled pixels inside the extent are '{survey.table.names[survey.background]}'")]
     lines.append("labelled area by split (m²): " + ", ".join(
