@@ -101,8 +101,10 @@ def _find(data: DataSource, info: ModelInfo, model_dir: Path | None, split: str
     same = trained_on(info, layout, model_dir)
     if survey:
         run_splits = model_dir / "splits" if same and model_dir is not None else None
-        if run_splits is not None and (run_splits / "train.txt").is_file():
-            layout = data.find(replace(options, assigned=assigned_splits(run_splits)))
+        if run_splits is not None and (run_splits / "train.txt").is_file():  # the run's split; no geometry again
+            from droneseg.data.layout import survey_layout
+
+            layout = survey_layout(layout.plan.reassigned(assigned_splits(run_splits)))
         if split in layout.splits:
             if not layout.splits[split]:
                 raise DataError(f"{data}: no block of the survey is in the {split} split")

@@ -75,11 +75,7 @@ class DataSource:
             require()
             from droneseg.geo.survey import load_survey, plan_survey
 
-            plan = plan_survey(load_survey(self.root), survey or SurveyOptions())
-            labels = plan.survey.labels.path
-            samples = [Sample(i, Path(b.raster), labels, "survey", block=b) for i, b in plan.blocks.items()]
-            return Layout("survey", plan.survey.root, plan.survey.table, plan.survey.table_path, samples,
-                          splits=plan.splits(), gsd=plan.gsd, plan=plan)
+            return survey_layout(plan_survey(load_survey(self.root), survey or SurveyOptions()))
         return find_layout(self.root, images=self.images, masks=self.masks, table=self.table)
 
     def is_survey(self) -> bool:
@@ -128,6 +124,14 @@ class Layout:
             sizes = [p.stat().st_size if p is not None else -1 for p in (s.image, s.mask)]
             h.update(f"\n{s.id}:{sizes[0]}:{sizes[1]}:{s.mask_kind}".encode())
         return h.hexdigest()[:16]
+
+
+def survey_layout(plan: Any) -> Layout:
+    """The :class:`Layout` of a survey's :class:`~droneseg.geo.survey.SurveyPlan`: a sample per block."""
+    labels = plan.survey.labels.path
+    samples = [Sample(i, Path(b.raster), labels, "survey", block=b) for i, b in plan.blocks.items()]
+    return Layout("survey", plan.survey.root, plan.survey.table, plan.survey.table_path, samples,
+                  splits=plan.splits(), gsd=plan.gsd, plan=plan)
 
 
 def _files(folder: Path, suffixes: tuple[str, ...], problems: list[str]) -> dict[str, Path]:

@@ -368,6 +368,22 @@ class SurveyPlan:
     notes: list[str] = field(default_factory=list)  # said by check-data (reprojected labels, geographic CRS…)
 
     draw: dict = field(default_factory=dict)  # val_fraction, test_fraction, seed of the split draw
+    cells: list = field(default_factory=list, repr=False)  # (id, block) with its split, before buffers and keys
+    ident: list = field(default_factory=list, repr=False)  # the source files' identity, for the cache keys
+
+    def reassigned(self, assigned: dict[str, str] | None) -> SurveyPlan:
+        """This plan with the blocks' splits as ``assigned`` (id -> split, a run's; blocks it does not name left
+        out) or as drawn (None): buffers and cache keys made for them. No geometry is read again."""
+        from dataclasses import replace
+
+        cells = self.cells
+        if assigned is not None:
+            cells = [(i, replace(b, split=assigned[i])) for i, b in cells if i in assigned]
+            if not cells:
+                raise DataError(f"{self.survey.path}: none of the run's blocks is in this survey (another block size "
+                                "or GSD?)")
+        blocks = {i: _keyed(b, self.ident, self.gsd) for i, b in _with_buffers(cells, self.buffer_px).items()}
+        return replace(self, blocks=blocks, cells=cells)
 
     def grid(self) -> dict:
         """What cuts and splits the blocks again as now (recorded in model.json)."""
@@ -454,29 +470,34 @@ def plan_survey(survey: Survey, options=None) -> SurveyPlan:
     # every file GDAL reads for a raster (a VRT's sources, .msk, .aux.xml, world files) ties the cache to it
     ident = [_identity(f) for f in survey.files()] + [_identity(Path(f)) for o in orthos for f in o[7]
                                                        if Path(f).is_file()]
+    per_crs: dict[str, tuple] = {}
     for p, crs, t, width, height, (gx, gy), _, _ in orthos:
         if survey.labels.crs_wkt is None and crs is not None:
             raise DataError(f"{survey.labels.where()}: declares no CRS and {p} is in {crs.to_string() or 'a CRS'}; "
                             "give the labels their CRS (in QGIS: Layer Properties > Source)")
-        labels = survey.labels.geoms
-        if survey.labels.crs_wkt is not None and rasterio.crs.CRS.from_wkt(survey.labels.crs_wkt) != crs:
-            labels = _reprojected(labels, survey.labels, crs)
-            notes.append(f"{survey.labels.where()}: reprojected to the CRS of {p}")
-        extent = None
-        if survey.extent is not None:
-            extent = survey.extent.geoms
-            if survey.extent.crs_wkt is None and crs is not None:
-                raise DataError(f"{survey.extent.where()}: declares no CRS and {p} is in {crs.to_string() or 'a CRS'}; "
-                                "give the extent its CRS (in QGIS: Layer Properties > Source)")
-            if survey.extent.crs_wkt is not None and rasterio.crs.CRS.from_wkt(survey.extent.crs_wkt) != crs:
-                extent = _reprojected(extent, survey.extent, crs)
+        key = crs.to_wkt() if crs is not None else ""
+        if key not in per_crs:  # labels, extent, search tree and drawing rank in this CRS: once per CRS, not raster
+            labels = survey.labels.geoms
+            if survey.labels.crs_wkt is not None and rasterio.crs.CRS.from_wkt(survey.labels.crs_wkt) != crs:
+                labels = _reprojected(labels, survey.labels, crs)
+                notes.append(f"{survey.labels.where()}: reprojected to {crs.to_string() or 'the CRS of ' + str(p)}")
+            extent = None
+            if survey.extent is not None:
+                extent = survey.extent.geoms
+                if survey.extent.crs_wkt is None and crs is not None:
+                    raise DataError(f"{survey.extent.where()}: declares no CRS and {p} is in "
+                                    f"{crs.to_string() or 'a CRS'}; give the extent its CRS (in QGIS: Layer Properties "
+                                    "> Source)")
+                if survey.extent.crs_wkt is not None and rasterio.crs.CRS.from_wkt(survey.extent.crs_wkt) != crs:
+                    extent = _reprojected(extent, survey.extent, crs)
+            order = np.argsort(-shapely.area(labels), kind="stable")  # larger first: the smaller polygon wins
+            rank = np.empty(len(order), np.int64)
+            rank[order] = np.arange(len(order))
+            per_crs[key] = (labels, extent, shapely.STRtree(labels), rank, shapely.to_wkb(labels))
+        labels, extent, tree, rank, wkb = per_crs[key]
         # the working grid: whole working pixels of gsd metres (in CRS units: the raster's own pixel times the scale)
         sx, sy = gsd / gx, gsd / gy  # raster pixels per working pixel
         wcols, wrows = max(1, math.floor(width / sx)), max(1, math.floor(height / sy))
-        tree = shapely.STRtree(labels)
-        order = np.argsort(-shapely.area(labels), kind="stable")  # larger first: the smaller polygon wins
-        rank = np.empty(len(order), np.int64)
-        rank[order] = np.arange(len(order))
         for r0 in range(0, wrows, block_px):
             for c0 in range(0, wcols, block_px):
                 h, w = min(block_px, wrows - r0), min(block_px, wcols - c0)
@@ -496,7 +517,7 @@ def plan_survey(survey: Survey, options=None) -> SurveyPlan:
                         extent is None or any(shapely.intersects(g, box) for g in extent))):
                     continue
                 hits = sorted(hits, key=lambda i: rank[i])
-                drawn = tuple((shapely.to_wkb(labels[i]), int(survey.classes[i])) for i in hits)
+                drawn = tuple((wkb[i], int(survey.classes[i])) for i in hits)
                 ext = tuple(shapely.to_wkb(g) for g in extent if shapely.intersects(g, box)) \
                     if extent is not None and survey.background is not None else None
                 cells.append((f"{names[p]}-r{r0 // block_px}c{c0 // block_px}",
@@ -511,18 +532,12 @@ def plan_survey(survey: Survey, options=None) -> SurveyPlan:
     if not cells:
         raise DataError(f"{survey.path}: no block of the rasters holds a label polygon (labels outside every "
                         "raster, or in another CRS than they declare?)")
-    if assigned is not None:
-        from dataclasses import replace
-
-        cells = [(i, replace(b, split=assigned[i])) for i, b in cells if i in assigned]
-        if not cells:
-            raise DataError(f"{survey.path}: none of the run's blocks is in this survey (another block size or GSD?)")
-    else:
+    if assigned is None:
         _draw_splits(cells, val_fraction, test_fraction, seed)
-    blocks = _with_buffers(cells, buffer_px)
-    blocks = {i: _keyed(b, ident, gsd) for i, b in blocks.items()}
-    return SurveyPlan(survey, gsd, block_px, buffer_px, blocks, notes,
-                      {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed})
+    plan = SurveyPlan(survey, gsd, block_px, buffer_px, {}, notes,
+                      {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}, cells, ident)
+    return plan.reassigned(assigned) if assigned is not None else plan.reassigned(None)
+
 
 
 def _reprojected(geoms: np.ndarray, layer: VectorLayer, crs) -> np.ndarray:
