@@ -198,6 +198,15 @@ def demo_row(d: dict) -> list[str]:
             f"`evaluate --backend onnx`: {r(d['val_miou_onnx'], 3)})"]
 
 
+def survey_row(key: str):
+    def expect(d: dict) -> list[str]:
+        run = d[key]
+        return [f"| {r(run['val_miou_native'], 3)} |", f"| {run['epochs']}, {run['steps']} |",
+                f"| {r(run['command_s'])} | {r(run['final_eval_s'])} |"]
+
+    return expect
+
+
 @dataclass(frozen=True)
 class Numbers:
     """The paragraph or table row of ``page`` that contains ``where`` holds every string ``expect`` makes of the
@@ -225,6 +234,8 @@ OLD = "benchmarks/results/recipes"
 NUMBERS = [
     Numbers("docs/index.md", "Measured here (2-core CPU, `python benchmarks/demo.py`", "demo.json", demo_page),
     Numbers("docs/benchmarks.md", "| demo, start to printed paths", "demo.json", demo_row),
+    *[Numbers("docs/benchmarks.md", f"| {path} (`--data", "survey-vs-photos-full-30m.json", survey_row(key))
+      for path, key in (("survey", "survey"), ("photos", "photos"))],
     # the results table: in the README, the docs' home page and Benchmarks
     *[Numbers(page, where, src, fn) for page in ("README.md", "docs/index.md", "docs/benchmarks.md")
       for where, src, fn in RESULTS_TABLE],
