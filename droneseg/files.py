@@ -138,3 +138,24 @@ def atomic_save(path: Path, save: Callable[[IO], None]) -> None:
 
 def save_png(path: Path, array: np.ndarray) -> None:
     atomic_save(path, lambda fh: Image.fromarray(array).save(fh, format="PNG"))
+
+
+def read_yaml_model(path: Path, model: type, what: str):
+    """The YAML file ``path`` validated as the pydantic ``model`` -> an instance. Raises DataError in one line naming
+    the file and the problem: unreadable (``cannot read <what>``), not YAML, or the first invalid key."""
+    import yaml
+    from pydantic import ValidationError
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read {what} ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"]) or "<top>"
+        raise DataError(f"{path}: {key}: {err['msg']}") from None

@@ -31,10 +31,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from droneseg.classes import IGNORE_INDEX, ClassTable, DataError
+from droneseg.files import read_yaml_model
 
 REST = "rest"
 """In a scheme file, ``sources: rest`` collects every source class not named elsewhere."""
@@ -287,18 +287,7 @@ SCHEMES: dict[str, Callable[[ClassTable], LabelScheme]] = {
 def load_scheme_file(path: str | Path, table: ClassTable) -> LabelScheme:
     """Read a user scheme from YAML (see :class:`SchemeSpec`)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read scheme file ({exc.strerror or exc})") from exc
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    try:
-        spec = SchemeSpec.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "<top>"
-        raise DataError(f"{path}: {key}: {err['msg']}") from None
+    spec = read_yaml_model(path, SchemeSpec, "scheme file")
     return build_scheme(spec, table, str(path))
 
 

@@ -45,11 +45,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from droneseg.classes import IGNORE_INDEX, ClassTable
 from droneseg.errors import DataError
+from droneseg.files import read_yaml_model
 
 SPLITS = ("train", "val", "test")
 DEFAULT_BLOCK_PX = 2048
@@ -250,20 +250,7 @@ def _resolve(base: Path, text: str) -> Path:
 def load_survey(path: Path) -> Survey:
     """Read and check a survey YAML (see the module contract); raises DataError naming the file and the key."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise DataError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(raw, dict):
-        raise DataError(f"{path}: a survey is a YAML mapping with at least rasters: and labels:")
-    try:
-        cfg = SurveyConfig.model_validate(raw)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"]) or "<top>"
-        raise DataError(f"{path}: {key}: {err['msg']}") from None
+    cfg = read_yaml_model(path, SurveyConfig, "the survey")
     base = path.parent
     rasters: list[Path] = []
     for pattern in cfg.rasters:
