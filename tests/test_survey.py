@@ -323,7 +323,8 @@ def test_line_width_is_refused_for_a_layer_in_degrees(synth, tmp_path, capsys):
 
 
 SURVEY_FLOOR = 0.35
-"""Val mIoU (six classes) the demo recipe must beat on the synthetic survey below in 6 epochs; it scored 0.466 (chance 0.201) on a 2-core CPU in 71 s."""
+"""Val mIoU (six classes) the demo recipe must beat on the synthetic survey below in 6 epochs; it scored 0.466
+(chance 0.201) on a 2-core CPU in 71 s."""
 
 
 @pytest.mark.slow
