@@ -234,6 +234,10 @@ OLD = "benchmarks/results/recipes"
 NUMBERS = [
     Numbers("docs/index.md", "Measured here (2-core CPU, `python benchmarks/demo.py`", "demo.json", demo_page),
     Numbers("docs/benchmarks.md", "| demo, start to printed paths", "demo.json", demo_row),
+    Numbers("docs/benchmarks.md", "Memory of the survey path on a large orthomosaic", "survey-memory.json",
+            lambda d: [f"cache build {r(d['cache_build_s'], 1)} s at {d['cache_peak_rss_mb']} MB peak",
+                       f"5m` {d['train_peak_rss_mb']} MB peak", f"`evaluate` {d['evaluate_peak_rss_mb']} MB peak",
+                       f"(val mIoU {r(d['val_miou'], 3)})", f"({d['blocks']} blocks of"]),
     *[Numbers("docs/benchmarks.md", f"| {path} (`--data", "survey-vs-photos-full-30m.json", survey_row(key))
       for path, key in (("survey", "survey"), ("photos", "photos"))],
     # the results table: in the README, the docs' home page and Benchmarks
