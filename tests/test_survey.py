@@ -338,3 +338,16 @@ def test_the_demo_recipe_learns_a_synthetic_survey(tmp_path, capsys):
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     summary = json.loads((run / "train_summary.json").read_text())
     assert summary["val_miou_native"] >= SURVEY_FLOOR and summary["val_miou_native"] >= 2 * summary["chance_miou"]
+
+
+def test_check_data_says_how_much_a_rasters_nodata_value_masks(synth, tmp_path, capsys):
+    """An RGB copy of the scene declaring nodata 0 (the collar black, no alpha): the share it masks is a line."""
+    survey = copy_survey(synth, tmp_path, rasters=["rgb.tif"])
+    with rasterio.open(survey.parent / "o.tif") as src:
+        profile = src.profile | {"count": 3, "nodata": 0}
+        profile.pop("photometric", None)
+        with rasterio.open(survey.parent / "rgb.tif", "w", **profile) as dst:
+            dst.write(src.read([1, 2, 3]))
+    run_cli("check-data", "--data", survey)
+    out = capsys.readouterr().out
+    assert "warning: " in out and "rgb.tif: its declared nodata value 0 marks about" in out

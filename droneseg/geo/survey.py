@@ -691,15 +691,19 @@ def write_split_layer(plan: SurveyPlan, out: Path) -> Path:
 
 
 def check_survey(plan: SurveyPlan, progress: bool = False):
-    """``check-data`` of a survey: its notes (labels reprojected, geographic or non-square rasters, repaired or
-    skipped features), problems (labels outside every raster, overlaps between classes, blocks without a labelled
+    """``check-data`` of a survey: its notes (labels reprojected, geographic or non-square rasters, the share of
+    pixels a nodata value masks, bit depths read from the values, repaired or skipped features), problems (labels outside every raster, overlaps between classes, blocks without a labelled
     pixel), and per source class the blocks holding it and its pixels; its summary lines (labelled area per class
     and split in m², the share of the extent labelled). -> (problems, notes, (N,) blocks holding each class, (N,)
     pixels of each class, summary lines)."""
+    import warnings
+
     import rasterio
     import shapely
     from rasterio.warp import transform_bounds
     from tqdm import tqdm
+
+    from droneseg.geo.raster import open_ortho
 
     survey = plan.survey
     labels = survey.labels
@@ -711,6 +715,10 @@ def check_survey(plan: SurveyPlan, progress: bool = False):
     # labels that no raster covers
     footprints = []
     for p in survey.rasters:
+        with warnings.catch_warnings(record=True) as said:  # the reader's warnings (nodata share, bit depth) as notes
+            warnings.simplefilter("always")
+            open_ortho(p).close()
+        notes += [str(w.message) for w in said]
         with rasterio.open(p) as ds:
             bounds = ds.bounds if labels.crs_wkt is None else transform_bounds(ds.crs, labels.crs_wkt, *ds.bounds)
             footprints.append(shapely.box(*bounds))
