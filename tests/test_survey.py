@@ -204,6 +204,17 @@ def test_train_and_evaluate_on_a_survey(synth, tmp_path, capsys):
     assert all(r.split(",")[1] == "val" for r in rows[1:])
     page = (tmp_path / "again" / "report.html").read_text()
     assert "<h2>On the map</h2>" in page and "blocks_map.png" in page
+    # another survey whose classes are not the model's: one line, exit 2
+    other = copy_survey(synth, tmp_path / "other")
+    (other.parent / "o_classes.csv").write_text("name,r,g,b\ngrass,0,102,0\nroof,70,70,70\n")
+    with rasterio.open(synth.parent / "o.tif") as ds:
+        everything = shapely.box(*ds.bounds)
+    (other.parent / "o_labels.gpkg").unlink()
+    write_labels(other.parent / "o_labels.gpkg", [everything], ["grass"])
+    capsys.readouterr()
+    assert run_cli("evaluate", run, "--data", other, "--out", tmp_path / "other-eval") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "its class table differs from the one the model was trained with" in err
     # predict reads a new orthomosaic at the GSD the model learnt, with no --model-gsd
     assert run_cli("predict", run, synth.parent / "o.tif", "--out", tmp_path / "seg", "--vector", "none") == 0
     areas = json.loads((tmp_path / "seg" / "o_class_areas.json").read_text())
