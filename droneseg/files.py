@@ -159,3 +159,12 @@ def read_yaml_model(path: Path, model: type, what: str):
         err = exc.errors()[0]
         key = ".".join(str(p) for p in err["loc"]) or "<top>"
         raise DataError(f"{path}: {key}: {err['msg']}") from None
+
+
+def file_identity(path: Path | None) -> list:
+    """What ties a derived file (a cache entry) to its source: [absolute path, size in bytes, mtime in ns]; [None]
+    for no file. A changed, replaced or moved source changes it."""
+    if path is None:
+        return [None]
+    st = Path(path).stat()
+    return [str(Path(path).resolve()), st.st_size, st.st_mtime_ns]

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from droneseg.classes import ClassTable, DataError
 from droneseg.data.layout import Sample, image_size
-from droneseg.files import atomic_save
+from droneseg.files import atomic_save, file_identity
 from droneseg.images import ImageFilter, mask_size_problem, photo_view, read_mask, read_working_image
 
 CACHE_VERSION = 2  # 2: photos as displayed (EXIF orientation applied), palette masks by colour
@@ -61,19 +61,12 @@ class CacheEntry:
         return img, (np.load(self.mask, mmap_mode="r") if self.mask else None)
 
 
-def _identity(path: Path | None) -> list:
-    if path is None:
-        return [None]
-    st = path.stat()
-    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
-
-
 def cache_key(sample: Sample, table: ClassTable, long_side: int | None, image_filter: ImageFilter) -> str:
     if sample.block is not None:  # a survey's block: its key covers its files, grid, labels and split buffer
         return hashlib.sha1(json.dumps([CACHE_VERSION, sample.block.key, table.colors.tolist()]).encode()
                             ).hexdigest()[:16]
     try:
-        ident = _identity(sample.image) + _identity(sample.mask)
+        ident = file_identity(sample.image) + file_identity(sample.mask)
     except FileNotFoundError:
         ident = [str(sample.image), str(sample.mask)]
     parts = [CACHE_VERSION, ident, sample.mask_kind, long_side, image_filter]

@@ -184,13 +184,15 @@ def _chip_gsds(photos: list[Path]) -> list[float] | None:
         import rasterio
     except ImportError:
         return None
+    from droneseg.geo.survey import is_metric
+
     out = []
     for p in photos:
         with rasterio.open(p) as ds:
-            crs, t = ds.crs, ds.transform
-            if crs is None or crs.is_geographic or (crs.linear_units or "").lower() not in ("metre", "meter", "m"):
+            if ds.crs is None or not is_metric(ds.crs.to_wkt()):
                 return None
-            out.append(abs(t.a * t.e - t.b * t.d) ** 0.5 * crs.linear_units_factor[1])
+            t = ds.transform
+            out.append(abs(t.a * t.e - t.b * t.d) ** 0.5)  # metres: the CRS's unit is the metre
     return out
 
 

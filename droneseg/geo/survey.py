@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from droneseg.classes import IGNORE_INDEX, ClassTable
 from droneseg.errors import DataError
-from droneseg.files import read_yaml_model
+from droneseg.files import file_identity, read_yaml_model
 
 SPLITS = ("train", "val", "test")
 DEFAULT_BLOCK_PX = 2048
@@ -146,7 +146,7 @@ def read_polygons(path: Path, layer: str | None, attribute: str | None, line_wid
         from rasterio.crs import CRS
 
         crs_wkt = CRS.from_user_input(crs).to_wkt()
-    metric = _metric(crs_wkt)
+    metric = is_metric(crs_wkt)
     geoms = shapely.from_wkb(wkb)
     values = list(data[0]) if attribute else [None] * len(geoms)
     out = VectorLayer(path, layer, np.empty(0, object), [], np.empty(0, np.int64), crs_wkt)
@@ -380,11 +380,6 @@ class SurveyPlan:
         return {s: [i for i, b in self.blocks.items() if b.split == s] for s in SPLITS}
 
 
-def _identity(p: Path) -> list:
-    st = p.stat()
-    return [str(p.resolve()), st.st_size, st.st_mtime_ns]
-
-
 def raster_names(rasters: list[Path], base: Path) -> dict[Path, str]:
     """A block-id prefix per raster: its stem, or where stems repeat (``flight1/odm_orthophoto.tif``,
     ``flight2/odm_orthophoto.tif``) its path from the survey's folder joined by ``_``.
@@ -455,8 +450,8 @@ def plan_survey(survey: Survey, options=None) -> SurveyPlan:
     names = raster_names(survey.rasters, survey.root)
     outside_split = 0  # labelled blocks whose centre lies in no extent polygon of split_field: left out
     # every file GDAL reads for a raster (a VRT's sources, .msk, .aux.xml, world files) ties the cache to it
-    ident = [_identity(f) for f in survey.files()] + [_identity(Path(f)) for o in orthos for f in o[7]
-                                                       if Path(f).is_file()]
+    ident = [file_identity(f) for f in survey.files()] + [file_identity(Path(f)) for o in orthos for f in o[7]
+                                                           if Path(f).is_file()]
     per_crs: dict[str, tuple] = {}
     for p, crs, t, width, height, (gx, gy), _, _ in orthos:
         if survey.labels.crs_wkt is None and crs is not None:
@@ -744,7 +739,7 @@ def check_survey(plan: SurveyPlan, progress: bool = False):
         a, b = pairs[0]
         names = survey.table.names
         notes.append(f"{labels.where()}: {len(pairs)} pairs of polygons of different classes overlap, "
-                     f"{area:.4g} {'m²' if _metric(labels.crs_wkt) else 'square CRS units'} in all (e.g. features "
+                     f"{area:.4g} {'m²' if is_metric(labels.crs_wkt) else 'square CRS units'} in all (e.g. features "
                      f"{labels.fids[a]} {names[survey.classes[a]]} and {labels.fids[b]} {names[survey.classes[b]]}); "
                      "the smaller polygon wins")
     n = len(survey.table)
@@ -774,7 +769,7 @@ def check_survey(plan: SurveyPlan, progress: bool = False):
         for s in SPLITS))
     if survey.extent is not None:
         extent_area = float(sum(shapely.area(survey.extent.geoms)))
-        if _metric(survey.extent.crs_wkt) and extent_area:
+        if is_metric(survey.extent.crs_wkt) and extent_area:
             lines.append(f"the extent is {extent_area:.1f} m², {100 * labelled * px_m2 / extent_area:.1f} % of it "
                          "labelled (the buffers between splits excluded)")
     for i in np.flatnonzero(class_pixels):
@@ -783,7 +778,7 @@ def check_survey(plan: SurveyPlan, progress: bool = False):
     return problems, notes, class_blocks, class_pixels, lines
 
 
-def _metric(crs_wkt: str | None) -> bool:
+def is_metric(crs_wkt: str | None) -> bool:
     """Whether a CRS measures in metres (a projected or local CRS whose unit is the metre)."""
     if crs_wkt is None:
         return False
