@@ -110,11 +110,14 @@ def val_pixels(entries: list, world_size: int = 1) -> float:
 
 
 def measure_costs(net: torch.nn.Module, batch_size: int, crop: int, pixels: float, accumulate: int,
-                  final_eval: bool, device: torch.device, channels_last: bool, spent_s: float) -> Costs:
+                  final_eval: bool, device: torch.device, channels_last: bool, spent_s: float,
+                  eval_fixed_s: float = EVAL_FIXED_S) -> Costs:
     """Time one training batch (forward + backward, (batch_size, 3, crop, crop)) and one forward pass of a crop on
     ``device``; the validation is the forward time per pixel x ``pixels`` (:func:`val_pixels`). Measured on a copy of
     ``net`` with the random state restored after, so that the run trains exactly as it would unmeasured. Each pass
-    runs twice and the second is timed: the first pays one-off set-up (kernel selection, allocations)."""
+    runs twice and the second is timed: the first pays one-off set-up (kernel selection, allocations).
+    ``eval_fixed_s``: what the final evaluation costs besides the network (a survey's re-planning: its seconds at
+    set-up)."""
     probe = copy.deepcopy(net).to(device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
     probe.to(memory_format=layout)
@@ -137,19 +140,20 @@ def measure_costs(net: torch.nn.Module, batch_size: int, crop: int, pixels: floa
             forward = timed(lambda: probe(x[:1]))
     val = forward / crop**2 * pixels
     return Costs(spent_s=spent_s, step_s=step * accumulate, val_s=val,
-                 eval_s=EVAL_FACTOR * val + EVAL_FIXED_S if final_eval else 0.0)
+                 eval_s=EVAL_FACTOR * val + eval_fixed_s if final_eval else 0.0)
 
 
 class Budget(pl.Callback):
     """Stops training in time for the final evaluation and keeps the schedule's plan fitted to the deadline."""
 
     def __init__(self, started: float, seconds: float, plan: StepPlan, accumulate: int, final_eval: bool,
-                 crop_pixels: float, carry_spent: bool = True) -> None:
+                 crop_pixels: float, carry_spent: bool = True, eval_fixed_s: float = EVAL_FIXED_S) -> None:
         self.started, self.seconds, self.carry_spent = started, seconds, carry_spent
         self.deadline = started + seconds
         self.spent_before = 0.0  # seconds of earlier sessions of a resumed run
         self.plan, self.accumulate, self.final_eval = plan, accumulate, final_eval
         self.crop_pixels = crop_pixels
+        self.eval_fixed_s = eval_fixed_s  # the final evaluation's cost besides the network (a survey's planning)
         self.val_pixels = 0.0  # working-size pixels of the val split, tile overlap included (set at train start)
         self.batch_size = 1
         self.step_s: float | None = None  # seconds per training batch, loading included
@@ -174,7 +178,7 @@ class Budget(pl.Callback):
     def reserve(self) -> float:
         """Seconds to keep: one more validation, the final evaluation and the margin."""
         val = self._val_estimate()
-        final = EVAL_FACTOR * val + EVAL_FIXED_S if self.final_eval else 0.0
+        final = EVAL_FACTOR * val + self.eval_fixed_s if self.final_eval else 0.0
         return val + final + MARGIN_S
 
     def _replan(self, trainer: pl.Trainer) -> None:

@@ -33,7 +33,7 @@ from droneseg.cluster import ClusterEnv, cpu_threads, detect, prepare
 from droneseg.config import RunConfig, dump_config, parse_duration, resolve_paths
 from droneseg.data.datamodule import DroneDataModule
 from droneseg.data.splits import save_splits
-from droneseg.engine.budget import MIN_STEPS, Budget, Costs, measure_costs, val_pixels
+from droneseg.engine.budget import EVAL_FIXED_S, MIN_STEPS, Budget, Costs, measure_costs, val_pixels
 from droneseg.engine.callbacks import EpochLog, SampleFigures
 from droneseg.engine.checkpoints import AtomicCheckpointIO, load_checkpoint_file
 from droneseg.engine.requeue import Requeue, StopTraining, interrupt_at_step, listen, resume_checkpoint, slurm_plugin
@@ -54,17 +54,19 @@ def _precision(cfg: RunConfig) -> str:
     return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
 
 
-def _budget(cfg: RunConfig, task: SegmentationTask, started: float, carry_spent: bool = True) -> Budget | None:
+def _budget(cfg: RunConfig, task: SegmentationTask, started: float, carry_spent: bool = True,
+            eval_fixed_s: float = EVAL_FIXED_S) -> Budget | None:
     """The whole command's time budget (``max_time``), counted from ``started``; a resumed run has what its
-    earlier sessions left of it (``carry_spent``), an extended one the whole of it."""
+    earlier sessions left of it (``carry_spent``), an extended one the whole of it. ``eval_fixed_s``: the final
+    evaluation's cost besides the network."""
     if not cfg.train.max_time:
         return None
     return Budget(started, parse_duration(cfg.train.max_time).total_seconds(), task.plan, cfg.train.accumulate,
-                  cfg.train.final_eval, cfg.data.crop**2, carry_spent=carry_spent)
+                  cfg.train.final_eval, cfg.data.crop**2, carry_spent=carry_spent, eval_fixed_s=eval_fixed_s)
 
 
 def _check_budget(cfg: RunConfig, task: SegmentationTask, dm: DroneDataModule, env: ClusterEnv, started: float,
-                  on_gpu: bool) -> Costs | None:
+                  on_gpu: bool, eval_fixed_s: float = EVAL_FIXED_S) -> Costs | None:
     """A new single-process run with ``max_time``: build the cache, measure what training costs here
     (:func:`~droneseg.engine.budget.measure_costs`) and refuse a budget that cannot buy MIN_STEPS optimiser steps,
     one validation and the final evaluation, saying what it would take. Under several processes (DDP) each rank
@@ -79,7 +81,7 @@ def _check_budget(cfg: RunConfig, task: SegmentationTask, dm: DroneDataModule, e
     layout = cfg.train.channels_last if cfg.train.channels_last != "auto" else not on_gpu
     costs = measure_costs(task.net, cfg.data.batch_size, cfg.data.crop, val_pixels(dm.entries["val"]),
                           cfg.train.accumulate, cfg.train.final_eval, device, bool(layout),
-                          spent_s=time.monotonic() - started)
+                          spent_s=time.monotonic() - started, eval_fixed_s=eval_fixed_s)
     if costs.needed() > seconds:
         parts = [f"the dataset and cache {costs.spent_s:.0f} s", f"{MIN_STEPS} optimiser steps "
                  f"{MIN_STEPS * costs.step_s:.0f} s", f"one validation of {len(dm.entries['val'])} images "
@@ -327,8 +329,12 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     on_gpu = torch.cuda.is_available() and cfg.train.accelerator != "cpu"
     # a resumed run keeps its own splits, whatever the dataset's folder says now
     own_splits = run / "splits" if ckpt is not None and (run / "splits" / "train.txt").is_file() else None
+    t_layout = time.monotonic()
     dm = DroneDataModule(cfg.data, seed=cfg.train.seed, on_gpu=on_gpu, split_dir=own_splits,
                          min_buffer_px=max(cfg.data.crop, cfg.inference.tile))
+    # the final evaluation finds the data again: a survey is re-planned (rasters opened, labels read), photos are
+    # listed in no time
+    eval_fixed_s = EVAL_FIXED_S + (time.monotonic() - t_layout if dm.layout.kind == "survey" else 0.0)
     if not dm.splits["val"]:
         raise DataError(f"{dm.root}: the val split is empty; training needs one for early stopping and the best model")
     if dm.layout.kind == "survey":  # blocks are cut at the survey's working GSD: no resizing after
@@ -338,7 +344,7 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     task = SegmentationTask(cfg.model.model_dump(mode="json"), cfg.loss.model_dump(mode="json"),
                             cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),
                             inference=cfg.inference.model_dump(mode="json"))
-    costs = _check_budget(cfg, task, dm, env, started, on_gpu) if ckpt is None else None  # before any file is made
+    costs = _check_budget(cfg, task, dm, env, started, on_gpu, eval_fixed_s) if ckpt is None else None  # before any file is made
     if ckpt is None:
         run = make_run_dir(run, out, cfg.name, env)
         os.environ[RUN_DIR_ENV] = str(run)  # processes Lightning starts for more devices reuse this folder
@@ -355,7 +361,7 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
         if extending and is_creator(env):
             archive_finished(run)
             atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
-    budget = _budget(cfg, task, started, carry_spent=not extending)
+    budget = _budget(cfg, task, started, carry_spent=not extending, eval_fixed_s=eval_fixed_s)
     if budget is not None:
         budget.costs = costs
     requeue = Requeue(env, run / "checkpoints" / "last.ckpt")  # the job's walltime signal and Ctrl-C
