@@ -252,6 +252,7 @@ def train(
     run_dir: Annotated[Optional[Path], typer.Option("--run-dir", help="The run folder itself: resumed if it holds this run unfinished (a requeued job), else a new run there.")] = None,
     resume: Annotated[Optional[Path], typer.Option("--resume", help="Continue the run in this folder; with --max-epochs/--max-time, also a finished one.")] = None,
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="Metres per pixel of the dataset's photos at their own size (sets data.gsd); model.json then records the model's GSD, for orthomosaics.")] = None,
+    init: Annotated[Optional[Path], typer.Option("--init", help="Start from a trained run's model (sets train.init): the same classes load the whole network, other classes its encoder and decoder with a new head. See the finetune preset.")] = None,
 ) -> None:
     started = time.monotonic()  # --max-time counts from here, the heavy imports included
     from droneseg.config import load_config
@@ -260,14 +261,15 @@ def train(
     if resume is not None:  # every option it cannot honour is refused, none silently ignored
         given = {"-c/--config": config, "--set": set_, "--out": out, "--run-dir": run_dir, "--data": data,
                  "--images": images, "--masks": masks, "--class-table": class_table, "--gsd": gsd,
-                 "--devices": devices, "--num-nodes": num_nodes}
+                 "--devices": devices, "--num-nodes": num_nodes, "--init": init}
         refused = [name for name, value in given.items() if value is not None and value != []]
         if refused:
             raise DataError(f"--resume continues a run as it was configured and takes only --max-epochs and "
                             f"--max-time (to extend it); drop {', '.join(refused)}")
         cfg = None
     else:
-        values: dict[str, object] = {"train.devices": _devices(devices), "train.num_nodes": num_nodes, "data.gsd": gsd}
+        values: dict[str, object] = {"train.devices": _devices(devices), "train.num_nodes": num_nodes, "data.gsd": gsd,
+                                     "train.init": init}
         if data is not None or images is not None or masks is not None:
             source = _source(data, images, masks, class_table)
             values.update({"data.root": source.root, "data.images": source.images, "data.masks": source.masks})

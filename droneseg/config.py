@@ -99,6 +99,12 @@ class TrainConfig(BaseModel):
     ema: float | None = Field(default=None, gt=0.0, lt=1.0,
                               description="decay of an exponential moving average of the weights, used for "
                               "validation and the saved model (e.g. 0.99); null = off")
+    init: str | None = Field(default=None, description="a trained run to start from (--init): the same classes "
+                             "load the whole network, other classes the encoder and decoder with a new head")
+    freeze: Literal["encoder"] | None = Field(default=None, description="keep the encoder fixed (weights and "
+                                              "BatchNorm statistics) for the first freeze_share of the steps")
+    freeze_share: float = Field(default=0.3, gt=0.0, le=1.0, description="share of the planned optimiser steps "
+                                "the frozen part stays fixed")
 
 
 
@@ -160,6 +166,8 @@ PRESETS: dict[str, str] = {
             "Drone Dataset): FPN on EfficientNet-Lite0, the CPU recipe",
     "full-gpu": "the full preset for long GPU training (1500 px, 512² crops, bf16)",
     "six": "paved-area, dirt, grass, roof, water, other (the original project's 6-class mode)",
+    "finetune": "tens of labelled photos: start from a trained run (--init RUN) or ImageNet, encoder frozen for "
+                "the first 30 % of the steps",
     "paved": "paved-area vs other (the original project's binary mode)",
     "luma": "mask luminance above vs below its per-image mean (the original project's 1-class mode)",
 }
@@ -238,7 +246,7 @@ def load_config(name_or_path: str, overrides: list[str] | None = None, values: d
 
 def resolve_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
     """``cfg`` with every path it holds made absolute against ``base`` (default: the working folder): the dataset
-    root, a scheme YAML, a split folder, a weights file, the cache folder. A run's ``config.yaml`` then repeats the
+    root, a scheme YAML, a split folder, a weights file, a parent run, the cache folder. A run's ``config.yaml`` then repeats the
     run from any folder. Names (``full``, ``auto``, ``imagenet``…) stay names.
 
     >>> resolve_paths(load_config("demo", ["data.root=data", "model.weights=w.safetensors"]), Path("/x")).data.root
@@ -258,8 +266,10 @@ def resolve_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
     if data.cache_dir:
         changes_data["cache_dir"] = absolute(data.cache_dir)
     changes_model = {"weights": absolute(model.weights)} if model.weights and model.weights not in NAMED_WEIGHTS else {}
+    changes_train = {"init": absolute(cfg.train.init)} if cfg.train.init else {}
     return cfg.model_copy(update={"data": data.model_copy(update=changes_data),
-                                  "model": model.model_copy(update=changes_model)})
+                                  "model": model.model_copy(update=changes_model),
+                                  "train": cfg.train.model_copy(update=changes_train)})
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -122,6 +122,25 @@ class SegmentationTask(pl.LightningModule):
                      batch_size=weight, sync_dist=name != "loss")
         return loss
 
+    def frozen(self) -> bool:
+        """Whether ``train.freeze`` holds the encoder fixed at this step (the first ``freeze_share`` of the plan)."""
+        return (self.train_cfg.freeze == "encoder" and self.plan.total > 0
+                and self.global_step < self.train_cfg.freeze_share * self.plan.total)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        """A frozen encoder runs in eval mode: its BatchNorm statistics stay the parent's (or ImageNet's), which a
+        few photos' batches would otherwise drag about. Lightning sets train mode at every epoch and after each
+        validation, so this is said at every batch."""
+        if self.train_cfg.freeze == "encoder":
+            self.net.encoder.train(not self.frozen())
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        """A frozen encoder's gradients are dropped before the step, so that AdamW moves neither its weights nor
+        their moments (nor decays them). Unlike ``requires_grad``, this keeps every rank's DDP buckets as built."""
+        if self.frozen():
+            for p in self.net.encoder.parameters():
+                p.grad = None
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         image, target = batch
         loss = self._shared_step(self(image), target, "train", image.shape[0])

@@ -213,6 +213,7 @@ def _save_model(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: Segmentati
                      gsd=dm.layout.gsd if dm.layout.plan is not None else
                      working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side),
                      extra={"run": run.name, "best_checkpoint": best.name if best else None,
+                            **({"init": init} if (init := _init_record(run)) else {}),
                             **({"survey_grid": dm.layout.plan.grid()} if dm.layout.plan is not None else {})})
     save_model(run, task.net, info)
     return best
@@ -266,9 +267,20 @@ def _summary(cfg: RunConfig, run: Path, trainer: pl.Trainer, task: SegmentationT
     return summary
 
 
-def _environment() -> dict:
+def _environment(init=None) -> dict:
+    """``config.yaml``'s ``environment``: versions, the command line and, for a fine-tuned run, what it took from
+    its parent (an :class:`~droneseg.engine.init.InitReport`: the parent's name and weights fingerprint)."""
     return {"droneseg": __version__, "torch": str(torch.__version__), "lightning": str(pl.__version__),
-            "python": sys.version.split()[0], "argv": sys.argv}
+            "python": sys.version.split()[0], "argv": sys.argv, **({"init": init.as_dict()} if init else {})}
+
+
+def _init_record(run: Path) -> dict | None:
+    """What a fine-tuned run took from its parent, as its ``config.yaml`` recorded it at the run's start."""
+    try:
+        return (yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")) or {}).get(
+            "environment", {}).get("init")
+    except OSError:
+        return None
 
 
 def _say_how_it_ended(summary: dict) -> None:
@@ -310,8 +322,17 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     env = detect()
     listen(env)  # from the first second: a walltime signal during the cache build is not lost
     extend = {k: v for k, v in (extend or {}).items() if v is not None}
+    parent = None
     if cfg is not None:
         cfg = resolve_paths(cfg)  # config.yaml repeats the run from any folder
+        if cfg.train.init:  # a run from a trained model: its network, not the preset's (weights: below)
+            from droneseg.engine.init import Parent
+
+            parent = Parent.open(cfg.train.init)
+            if parent.info.model.in_channels != cfg.model.in_channels:
+                raise DataError(f"--init {parent.folder}: its model takes {parent.info.model.in_channels} bands, "
+                                f"this run's model {cfg.model.in_channels}")
+            cfg = cfg.model_copy(update={"model": parent.info.model.model_copy(update={"weights": None})})
     cfg, run, ckpt, extending = resolve_run(cfg, out, resume, run_dir, extend, env, resume_checkpoint)
     if not cfg.data.root and not cfg.data.images:
         raise DataError("no dataset: pass --data DIR or --images DIR --masks DIR (or set data.root)")
@@ -341,15 +362,23 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
         cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"long_side": None, "gsd": dm.layout.gsd})})
     else:
         working_gsd(cfg.data.gsd, [s.image for s in dm.layout.samples], cfg.data.long_side)  # refused now
+    init_report = None
     task = SegmentationTask(cfg.model.model_dump(mode="json"), cfg.loss.model_dump(mode="json"),
                             cfg.train.model_dump(mode="json"), dm.scheme.to_dict(),
                             inference=cfg.inference.model_dump(mode="json"))
-    costs = _check_budget(cfg, task, dm, env, started, on_gpu, eval_fixed_s) if ckpt is None else None  # before any file is made
+    if parent is not None and ckpt is None:
+        from droneseg.engine.init import load_parent
+
+        init_report = load_parent(task.net, dm.scheme, parent)
+        print(init_report.line(), file=sys.stderr)
+    # before any file is made
+    costs = _check_budget(cfg, task, dm, env, started, on_gpu, eval_fixed_s) if ckpt is None else None
     if ckpt is None:
         run = make_run_dir(run, out, cfg.name, env)
         os.environ[RUN_DIR_ENV] = str(run)  # processes Lightning starts for more devices reuse this folder
         if is_creator(env):
-            atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
+            atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment(
+                init_report)}))
             save_splits(dm.splits, run / "splits")
             if dm.layout.plan is not None:
                 from droneseg.geo.survey import block_map, write_split_layer
@@ -359,8 +388,10 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     else:
         os.environ[RUN_DIR_ENV] = str(run)
         if extending and is_creator(env):
+            inherited = _init_record(run)  # an extended fine-tuned run still descends from its parent
             archive_finished(run)
-            atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": _environment()}))
+            environment = {**_environment(), **({"init": inherited} if inherited else {})}
+            atomic_write_text(run / "config.yaml", dump_config(cfg) + yaml.safe_dump({"environment": environment}))
     budget = _budget(cfg, task, started, carry_spent=not extending, eval_fixed_s=eval_fixed_s)
     if budget is not None:
         budget.costs = costs
