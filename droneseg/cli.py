@@ -171,6 +171,57 @@ def synth_ortho(
                f"polygons in {files['labels'].name}, to train on: droneseg train -c demo --data {files['survey']}")
 
 
+@command("import")
+def import_cmd(
+    tool: Annotated[str, typer.Argument(help="The labelling tool whose export this is: cvat, labelstudio or labelme.")],
+    source: Annotated[Path, typer.Argument(help="cvat: the Segmentation mask 1.1 zip (or its folder); labelstudio: the JSON export, or the folder of its PNG export; labelme: a folder of its JSON files, one of them, or labelme2voc's output folder.")],
+    images: Annotated[Optional[Path], typer.Option("--images", help="Folder of the labelled photos (found by file name; for labelme2voc: its JPEGImages/ by default).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="New dataset folder to write (never overwritten).")] = Path("data"),
+    classes: Annotated[Optional[Path], typer.Option("--classes", help="Class order and colours: a name,r,g,b CSV or a list of names (labelme's labels.txt). Default: the tool's label map (CVAT), class_names.txt (labelme2voc), else the labels found, sorted.")] = None,
+    tasks: Annotated[Optional[Path], typer.Option("--tasks", help="labelstudio PNG export only: the project's JSON export, which maps its task ids to photos.")] = None,
+) -> None:
+    """Turn a labelling tool's export into a dataset droneseg trains on (index masks, class_dict_seg.csv, splits/).
+    Strict: every problem is listed, one line each naming its file, and nothing is written unless there are none."""
+    from droneseg.labelling.dataset import ImportFailed, read_classes, write_dataset
+
+    tool = tool.lower().replace("-", "").replace("_", "")
+    wanted = read_classes(classes) if classes is not None else None
+    if tool == "cvat":
+        from droneseg.labelling.cvat import read_cvat
+
+        if classes is not None:
+            raise DataError("--classes: a CVAT export carries its label map (labelmap.txt); drop --classes")
+        imported = read_cvat(source, images)
+    elif tool == "labelstudio":
+        from droneseg.labelling.labelstudio import read_labelstudio
+
+        if images is None:
+            raise DataError("--images: give the folder of the photos the Label Studio project labelled")
+        imported = read_labelstudio(source, images, wanted, tasks)
+    elif tool == "labelme":
+        from droneseg.labelling.labelme import read_labelme
+
+        imported = read_labelme(source, images, wanted)
+    else:
+        raise DataError(f"{tool!r}: not a labelling tool droneseg imports; choose cvat, labelstudio or labelme")
+    if tasks is not None and tool != "labelstudio":
+        raise DataError("--tasks is for Label Studio's PNG export")
+    try:
+        summary = write_dataset(imported, out)
+    except ImportFailed as failed:
+        for line in failed.problems:
+            typer.echo(f"problem: {line}", err=True)
+        raise
+    for line in imported.notes:
+        typer.echo(f"note: {line}", err=True)
+    labelled = {k: v for k, v in summary["pixels"].items() if k != "unlabeled"}
+    typer.echo(f"{imported.tool}: {summary['photos']} photos, {len(summary['classes'])} classes "
+               f"({', '.join(summary['classes'])}); {100 * summary['unlabeled_share']:.1f} % of pixels unlabelled "
+               f"(ignored); " + (f"splits {summary['splits']}" if summary["splits"] else "no splits (droneseg draws "
+               "seeded ones)") + f"; pixels per class: {labelled}", err=True)
+    typer.echo(str(out))
+
+
 @command("check-data")
 def check_data(
     data_dir: Annotated[Optional[Path], typer.Argument(help="Dataset folder (the same as --data).", show_default=False)] = None,
