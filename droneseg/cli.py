@@ -434,6 +434,7 @@ def predict_cmd(
     min_area: Annotated[Optional[float], typer.Option("--min-area", help="Merge regions under this many m² into their neighbours.", rich_help_panel=ORTHO)] = None,
     simplify: Annotated[Optional[float], typer.Option("--simplify", help="Simplify polygons as a coverage (tolerance in CRS units: metres, or degrees in a geographic CRS; shared edges stay shared).", rich_help_panel=ORTHO)] = None,
     nodata: Annotated[Optional[str], typer.Option("--nodata", help="The value that marks no data instead of the file's declared one, or none: every pixel holds data (a white roof in an 8-bit ortho declaring nodata 255).", rich_help_panel=ORTHO, show_default=False)] = None,
+    uncertainty: Annotated[bool, typer.Option("--uncertainty", help="Also write <stem>_uncertainty.png (255 x (1 - the margin between the two likeliest classes)) and label_next.csv: the photos ranked by uncertain share, to label first.")] = False,
     strip: Annotated[int, typer.Option("--strip", help="Strip width in working pixels (memory grows with it; each strip reads about a tile of context more on each side).", rich_help_panel=ORTHO)] = 4096,
 ) -> None:
     """Segment photos of any size and georeferenced orthomosaics (the geo extra), with the settings in model.json.
@@ -448,7 +449,7 @@ def predict_cmd(
                                   simplify=simplify, strip=strip, nodata=nodata)
     summary = predict(model, inputs, out, inference=_inference(tile, overlap, batch, blend, tta, luma),
                       backend=backend, gsd=gsd, scale=scale, numbering=numbering, device=device,
-                      progress=sys.stderr.isatty(), ortho=ortho)
+                      progress=sys.stderr.isatty(), ortho=ortho, uncertainty=uncertainty)
     if summary.rank > 0:  # rank 0 reports for the whole job
         return
     n_photos = len(summary.photos) - len(summary.orthos)
@@ -458,6 +459,8 @@ def predict_cmd(
                + (f" by {len(summary.ranks)} processes" if len(summary.ranks) > 1 else ""))
     for ortho in summary.orthos.values():
         typer.echo("  " + ortho["files"]["classes"])
+    if uncertainty and (summary.out / "label_next.csv").is_file():
+        typer.echo(f"  {summary.out / 'label_next.csv'}: the photos ranked by uncertain share, to label first")
     if summary.failed:
         typer.echo(f"{_count(len(summary.failed), 'input')} could not be read: {', '.join(summary.failed)}", err=True)
         raise typer.Exit(1)

@@ -27,6 +27,9 @@ Contract
   ``numbering`` forces either. For the run ``class_areas.csv`` (:mod:`droneseg.areas`, the table orthomosaics
   write too): one row per photo and target class with the pixels written, their share of the photo and, with
   ``gsd`` (metres per photo pixel), area in square metres (a written pixel covers gsd² / scale²).
+* ``uncertainty``: also ``<stem>_uncertainty.png`` (uint8, 255 · (1 - the margin between the two most probable
+  classes), the tiler's blended probabilities upsampled like the labels) and the run's ``label_next.csv``, the photos
+  ranked by their uncertain share (:mod:`droneseg.labelling.uncertainty`): what to label next.
 * A photo that cannot be read is named on stderr in one line and skipped; ``PredictSummary.failed`` lists it.
 * A photo's alpha channel is a validity mask: transparent pixels get no class (255 in the mask, transparent in the
   colour mask, untinted in the overlay) and count in no area of ``class_areas.csv``.
@@ -59,7 +62,7 @@ from droneseg.areas import AreaTable, write_csv
 from droneseg.chance import near_chance
 from droneseg.classes import IGNORE_INDEX, DataError
 from droneseg.cluster import broadcast_object, detect, gather_objects, process_group
-from droneseg.files import atomic_save, atomic_write_text, folder_lock
+from droneseg.files import atomic_save, atomic_write_text, folder_lock, save_png
 from droneseg.geo import GDAL_SUFFIXES, is_ortho, require
 from droneseg.geo.options import OrthoOptions
 from droneseg.images import IMAGE_SUFFIXES, photo_size, read_alpha, read_image, read_working_image
@@ -125,16 +128,18 @@ def _earlier_outputs(found: list[Path], folder: Path) -> set[str]:
     return ours
 
 
-def output_paths(photo: Path, out: Path) -> dict[str, Path]:
+def output_paths(photo: Path, out: Path, uncertainty: bool = False) -> dict[str, Path]:
     """What predicting ``photo`` writes (for an orthomosaic, every file it may write)."""
     if is_ortho(photo):
         from droneseg.geo.ortho import ortho_paths  # no rasterio needed: paths only
 
-        return {**ortho_paths(photo, out, True, "gpkg"), "geojson": ortho_paths(photo, out, False, "geojson")["polygons"]}
+        return {**ortho_paths(photo, out, True, "gpkg", True),
+                "geojson": ortho_paths(photo, out, False, "geojson")["polygons"]}
     return {
         "mask": out / f"{photo.stem}.png",
         "color": out / f"{photo.stem}_color.png",
         "overlay": out / f"{photo.stem}_overlay.jpg",
+        **({"uncertainty": out / f"{photo.stem}_uncertainty.png"} if uncertainty else {}),
     }
 
 
@@ -203,11 +208,13 @@ def predict(
     device: str | None = None,
     progress: bool = True,
     ortho: OrthoOptions | None = None,
+    uncertainty: bool = False,
 ) -> PredictSummary:
     """Segment every photo of ``inputs`` into ``out`` (see the module contract) with the model ``model`` (a run
     folder, its model.json, or an exported .onnx) on ``backend`` (:data:`droneseg.session.BACKENDS`).
 
-    ``inference``: changes to the model's inference settings. Raises DataError (bad inputs or options, an output
+    ``inference``: changes to the model's inference settings. ``uncertainty``: also each photo's uncertainty map and
+    ``label_next.csv``, the photos ranked by uncertain share (:mod:`droneseg.labelling.uncertainty`). Raises DataError (bad inputs or options, an output
     folder another predict holds) before any photo is read or any output written.
     """
     t_start = time.perf_counter()
@@ -218,6 +225,8 @@ def predict(
         raise DataError(f"gsd must be a positive number of metres per pixel, got {gsd}")
     out = Path(out)
     ortho = ortho or OrthoOptions()
+    if uncertainty:
+        ortho = ortho.model_copy(update={"uncertainty": True})
     photos = list_photos(inputs)
     check_outputs(photos, out)
     if any(is_ortho(p) for p in photos):
@@ -230,12 +239,15 @@ def predict(
         if scheme.is_luma and any(is_ortho(p) for p in photos):
             raise DataError(f"{next(p for p in photos if is_ortho(p))}: the luma scheme splits each photo at its own "
                             "mean brightness; it has no meaning on an orthomosaic")
+        if scheme.is_luma and uncertainty:
+            raise DataError("--uncertainty: the luma scheme splits each photo at its own mean brightness, not where "
+                            "the model is unsure; there is no margin between classes to rank by")
         written = scheme.written(numbering)
         if rank == 0:
             _say_if_near_chance(session)
         with _job_lock(out, rank, world):  # settings checked and model loaded: now the folder is ours
             return _segment(photos, out, rank, world, written, session, settings, gsd, scale,
-                            progress and rank == 0, t_start, ortho)
+                            progress and rank == 0, t_start, ortho, uncertainty)
 
 
 @contextlib.contextmanager
@@ -257,12 +269,13 @@ def _job_lock(out: Path, rank: int, world: int) -> Iterator[None]:
 
 def _segment(photos: list[Path], out: Path, rank: int, world: int, written: WrittenClasses, session: ModelSession,
              settings: InferenceConfig, gsd: float | None, scale: float, progress: bool, t_start: float,
-             ortho: OrthoOptions) -> PredictSummary:
+             ortho: OrthoOptions, uncertainty: bool = False) -> PredictSummary:
     """:func:`predict`'s loop over this rank's photos (every ``world``-th from ``rank``) and the run's tables, with
     the output folder locked; rank 0 writes the tables."""
     tiler = session.tiler(settings)
     scheme, info = session.scheme, session.info
     rows: list[dict[str, str]] = []
+    ranking: list[dict] = []  # with uncertainty: label_next.csv's rows
     orthos: dict[str, dict] = {}
     done: list[str] = []
     failed: list[str] = []
@@ -304,11 +317,28 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
             continue
         t1 = time.perf_counter()
         luma_rule = settings.luma_threshold if scheme.is_luma else None
-        labels = tiler.labels(small, (size[1], size[0]), luma=luma_rule)  # (h_out, w_out) uint8 targets
+        unc = None
+        if uncertainty:  # the same loop as labels(), with the margin map upsampled beside the labels
+            bands = list(tiler.iter_labels(small, (size[1], size[0]), maps=("uncertainty",)))
+            labels = np.concatenate([b for _, b, _ in bands])
+            unc = np.concatenate([m["uncertainty"] for _, _, m in bands])
+            del bands
+        else:
+            labels = tiler.labels(small, (size[1], size[0]), luma=luma_rule)  # (h_out, w_out) uint8 targets
         if valid is not None:
             labels[~valid] = IGNORE_INDEX  # no class, no area
         t2 = time.perf_counter()
-        counts = write_outputs(photo, labels, written, output_paths(path, out))
+        files = output_paths(path, out, uncertainty)
+        counts = write_outputs(photo, labels, written, files)
+        if unc is not None:
+            from droneseg.labelling.uncertainty import photo_row
+
+            if valid is not None:
+                unc[~valid] = 0
+            save_png(files["uncertainty"], unc)
+            pixel_m2 = gsd**2 * (W / size[0]) * (H / size[1]) if gsd is not None else None
+            ranking.append(photo_row(str(path), unc, valid, pixel_m2))
+            del unc
         del photo, small, labels  # before the next photo is read
         areas = AreaTable(list(scheme.names), [int(v) for v in written.values])
         areas.add_counts(counts, gsd**2 * (W / size[0]) * (H / size[1]) if gsd is not None else None)
@@ -319,7 +349,7 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
         timings["write"] += time.perf_counter() - t2
 
     # 3. finish: the run's class-area table, one for all ranks, in the order of the photo list
-    parts = gather_objects((rows, done, failed, orthos), world)
+    parts = gather_objects((rows, done, failed, orthos, ranking), world)
     orthos = {k: v for part in parts for k, v in part[3].items()}
     ranks = {r: part[1] for r, part in enumerate(parts)}
     if rank > 0:
@@ -331,6 +361,11 @@ def _segment(photos: list[Path], out: Path, rank: int, world: int, written: Writ
     areas_csv = out / "class_areas.csv" if rows else None
     if areas_csv is not None:
         write_csv(areas_csv, rows)
+    ranking = [row for part in parts for row in part[4]]
+    if ranking:
+        from droneseg.labelling.uncertainty import write_ranking
+
+        write_ranking(out / "label_next.csv", ranking)
     summary = PredictSummary(out, done, failed, areas_csv, time.perf_counter() - t_start, timings, rank, ranks, orthos)
     if world > 1:  # which process segmented what, for a job's logs
         atomic_write_text(out / "predict_ranks.json", json.dumps({"ranks": world, "photos": ranks,

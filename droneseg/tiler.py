@@ -18,7 +18,7 @@ Contract
   statistic of the image's own map (the original 1-class mode); it needs the whole map, so luma keeps one (H, W)
   float32 map (96 MB for 6000x4000), never K of them. ``on_samples`` receives the upsampled K logits of every
   ``sample_stride``-th output row and column (for evaluation's PR/ROC histograms), never a full (K, H, W) map.
-* ``Tiler.iter_labels(image, (H, W), region=, window_of=, confidence=, skip=)``: the same loop as ``labels`` (one
+* ``Tiler.iter_labels(image, (H, W), region=, window_of=, maps=, skip=)``: the same loop as ``labels`` (one
   generator serves both), yielding the labels of a window of the output band by band, from an image that may be a
   window of the working image read on demand (an orthomosaic strip); the pixels are exactly those ``labels`` gives
   from the whole image when the window holds the tiles that cover them. Tiles ``skip`` names are not inferred.
@@ -222,6 +222,27 @@ class Columns:
         return torch.lerp(rows.index_select(1, left), rows.index_select(1, right), fx)
 
 
+PixelMap = Literal["confidence", "uncertainty"]
+"""Per-pixel maps of the blended class probabilities that :meth:`Tiler.iter_labels` can add (:func:`pixel_maps`)."""
+
+
+def pixel_maps(logits: Tensor, names: tuple[PixelMap, ...]) -> Tensor:
+    """(…, K) blended logits -> (…, M) maps in [0, 1], one per name: ``confidence`` the top softmax probability;
+    ``uncertainty`` 1 - margin, the margin being the top probability less the second (margin sampling for active
+    learning: Scheffer, Decomain and Wrobel, "Active Hidden Markov Models for Information Extraction", IDA 2001).
+    A pixel two classes share evenly is 1; one the model is sure of is 0. With one class the margin is 1.
+
+    >>> pixel_maps(torch.tensor([[2.0, 2.0, -9.0], [9.0, -9.0, -9.0]]), ("uncertainty", "confidence")).round(decimals=3)
+    tensor([[1.0000, 0.5000],
+            [0.0000, 1.0000]])
+    """
+    prob = logits.float().softmax(-1)
+    top = prob.topk(min(2, prob.shape[-1]), dim=-1).values
+    second = top[..., 1] if top.shape[-1] > 1 else torch.zeros_like(top[..., 0])
+    out = {"confidence": top[..., 0], "uncertainty": 1.0 - (top[..., 0] - second)}
+    return torch.stack([out[n] for n in names], dim=-1)
+
+
 def upsampled_argmax(
     rows: Tensor, cols: Columns, track: Callable[[Tensor], None] = lambda t: None
 ) -> tuple[Tensor, int]:
@@ -373,29 +394,29 @@ class Tiler:
         size: tuple[int, int],
         region: tuple[int, int, int, int] | None = None,
         window_of: tuple[int, int, int, int] | None = None,
-        confidence: bool = False,
+        maps: tuple[PixelMap, ...] = (),
         skip: TileSkip | None = None,
-    ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+    ) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
         """Labels of a window of the (H, W) output, in bands of rows, top to bottom: yields (first row, (n, w')
-        uint8 targets, (n, w') uint8 confidence or None), rows counted from the window's top.
+        uint8 targets, {map name: (n, w') uint8} for ``maps``), rows counted from the window's top.
 
         ``region`` = (y0, y1, x0, x1): that window of the output (default all of it), exactly as :meth:`labels`
         would give those pixels. ``window_of`` = (row, col, hg, wg): ``image`` is the window at (row, col) of a
         working image of hg x wg, the one the output is upsampled from (an orthomosaic strip read with context);
         it must hold the working pixels the region reads (else ValueError). ``image`` may be any object with
-        ``shape`` and numpy slicing (read on demand: :class:`droneseg.geo.raster.WorkingWindow`). ``confidence``:
-        round(255 · the top softmax probability), taken at working resolution and upsampled bilinearly (a
-        K-channel softmax at output size would cost K times the memory). ``skip(y, x, th, tw)``: tiles it is
+        ``shape`` and numpy slicing (read on demand: :class:`droneseg.geo.raster.WorkingWindow`). ``maps``: per-pixel
+        maps of the blended class probabilities (:func:`pixel_maps`), taken at working resolution and upsampled
+        bilinearly (a K-channel softmax at output size would cost K times the memory). ``skip(y, x, th, tw)``: tiles it is
         true for are not inferred (no data under them); pixels no tile covers get logits 0.
         """
-        yield from self._rows(image, size, False, None, 1, region, window_of, confidence, skip)
+        yield from self._rows(image, size, False, None, 1, region, window_of, maps, skip)
 
     def _rows(self, image, size: tuple[int, int], prob: bool, on_samples: SampleSink | None, sample_stride: int,
               region: tuple[int, int, int, int] | None = None, window_of: tuple[int, int, int, int] | None = None,
-              confidence: bool = False, skip: TileSkip | None = None
-              ) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
+              maps: tuple[PixelMap, ...] = (), skip: TileSkip | None = None
+              ) -> Iterator[tuple[int, np.ndarray, dict[str, np.ndarray]]]:
         """The one upsampling loop behind :meth:`labels` and :meth:`iter_labels`: yields (first row of the window,
-        labels (n, w') uint8 or, with ``prob``, the bright-class probability (n, w') float32, confidence)."""
+        labels (n, w') uint8 or, with ``prob``, the bright-class probability (n, w') float32, {map: (n, w')})."""
         # 1. setup: PyTorch's bilinear source rows and columns of every output row and column
         h, w = image.shape[:2]
         H, W = size
@@ -415,12 +436,12 @@ class Tiler:
         sampled_cols = torch.arange(0, W, sample_stride, device=self.device)
         rows_per_band = max(1, BAND_ELEMS // (self.num_classes * max(w, rx1 - rx0)))
         held, held_y0, Y = None, 0, ry0  # finished working rows held_y0.. as (m, w, K); the next output row
-        held_top = None  # with confidence: (m, w) top softmax probability of the held rows
+        held_maps = None  # with maps: (m, w, M) per-pixel maps of the held rows, in [0, 1]
         # 2. loop: as working rows finish, upsample every output row whose two source rows are ready
         for y0, band in self._bands(image, skip):
-            if confidence:
-                band_top = band.softmax(-1).amax(-1)
-                held_top = band_top if held_top is None or not len(held_top) else torch.cat([held_top, band_top])
+            if maps:
+                band_maps = pixel_maps(band, maps)
+                held_maps = band_maps if held_maps is None or not len(held_maps) else torch.cat([held_maps, band_maps])
             held = band if held is None or not len(held) else torch.cat([held, band])
             ready = y0 + band.shape[0]
             Y_end = min(ry1, int(torch.searchsorted(bottom, ready)))  # rows whose lower source row has arrived
@@ -440,11 +461,13 @@ class Tiler:
                     labels, mixed = upsampled_argmax(rows, cols, self._track)
                     values = labels.cpu().numpy()
                     self.interpolated_pixels += mixed
-                conf = None
-                if confidence:
-                    top_p = torch.lerp(held_top[t], held_top[b], fy[Y0:Y1, None])  # (n, w)
-                    conf = cols.interpolate(top_p).mul_(255).round_().to(torch.uint8).cpu().numpy()
-                yield Y0 - ry0, values, conf
+                extra = {}
+                if maps:
+                    mixed_maps = torch.lerp(held_maps[t], held_maps[b], fy[Y0:Y1, None, None])  # (n, w, M)
+                    for m, name in enumerate(maps):
+                        extra[name] = (cols.interpolate(mixed_maps[..., m]).mul_(255).round_().to(torch.uint8)
+                                       .cpu().numpy())
+                yield Y0 - ry0, values, extra
             Y = max(Y, Y_end)  # bands above the region end before its first row
             self._track(held)
             if Y == ry1:  # every output row is written: the remaining tiles cannot change any
@@ -453,5 +476,5 @@ class Tiler:
             # output row reads beyond what has arrived, nothing is kept and the next band starts where it starts
             keep_from = min(int(top[Y]) - held_y0, held.shape[0])
             held, held_y0 = held[keep_from:].clone(), held_y0 + keep_from
-            if held_top is not None:
-                held_top = held_top[keep_from:].clone()
+            if held_maps is not None:
+                held_maps = held_maps[keep_from:].clone()

@@ -8,6 +8,7 @@ pipeline's (resampling, blocks, masks, areas), not a model's.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import shutil
@@ -86,8 +87,8 @@ def test_class_cog_keeps_crs_and_transform_collar_is_nodata_and_it_validates(fla
     from rio_cogeo.cogeo import cog_validate
 
     src, _ = flat["5cm"]
-    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05, OrthoOptions(strip=256, confidence=True),
-                        progress=False)
+    res = segment_ortho(src, tmp_path, oracle_tiler(), WRITTEN, 0.05,
+                        OrthoOptions(strip=256, confidence=True, uncertainty=True), progress=False)
     with rasterio.open(src) as a, rasterio.open(res.files["classes"]) as b:
         assert b.crs == a.crs and b.crs.to_wkt() == a.crs.to_wkt()
         assert b.transform == a.transform and (b.width, b.height) == (a.width, a.height)
@@ -106,6 +107,18 @@ def test_class_cog_keeps_crs_and_transform_collar_is_nodata_and_it_validates(fla
     assert valid and not errors, errors
     conf = read(res.files["confidence"])
     assert (conf[alpha == 0] == 0).all() and conf[alpha > 0].min() > 200
+    # uncertainty: nodata 255 on the collar, 0..254 inside; label_next.csv's cells count exactly its pixels
+    unc = read(res.files["uncertainty"])
+    assert (unc[alpha == 0] == 255).all() and unc[alpha > 0].max() <= 254
+    with res.files["label_next"].open() as fh:
+        cells = list(csv.DictReader(fh))
+    assert sum(int(c["valid_px"]) for c in cells) == int((alpha > 0).sum())
+    assert sum(int(c["uncertain_px"]) for c in cells) == int(((unc >= 128) & (alpha > 0)).sum())
+    assert [int(c["uncertain_px"]) for c in cells] == sorted((int(c["uncertain_px"]) for c in cells), reverse=True)
+    with rasterio.open(src) as a:
+        left, top = a.transform * (0, 0)
+    first = next(c for c in cells if c["cell"] == "r0c0")
+    assert float(first["left"]) == pytest.approx(left) and float(first["top"]) == pytest.approx(top)
 
 
 @pytest.mark.parametrize("copy", ["5cm", "2cm"])

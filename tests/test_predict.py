@@ -215,3 +215,37 @@ def test_predict_warns_when_the_runs_own_evaluation_was_near_chance(tmp_path, ca
     (model / "train_summary.json").write_text('{"val_miou_native": 0.5, "chance_miou": 0.05}')
     predict(model, [tmp_path / "p.png"], tmp_path / "out2", progress=False)
     assert "Near chance" not in capsys.readouterr().err
+
+
+def test_uncertainty_maps_and_the_label_next_ranking(model_dir, tmp_path, capsys):
+    """--uncertainty: a map per photo (255 · (1 - margin), the labels unchanged), 0 where the photo is transparent,
+    and label_next.csv ranking the photos by uncertain share, its counts those of the maps."""
+    from droneseg.cli import main
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(scene(150, 100)).save(tmp_path / "in" / "a.jpg")
+    rgba = np.dstack([scene(90, 120, seed=1), np.full((120, 90), 255, np.uint8)])
+    rgba[:40, :, 3] = 0  # a transparent band: no data
+    Image.fromarray(rgba).save(tmp_path / "in" / "b.png")
+    plain = predict(model_dir, [tmp_path / "in"], tmp_path / "plain", progress=False)
+    with pytest.raises(SystemExit) as stop:
+        main(["predict", str(model_dir), str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--uncertainty",
+              "--gsd", "0.1"])
+    assert stop.value.code == 0 and "label_next.csv: the photos ranked" in capsys.readouterr().out
+    assert plain.failed == []
+    for stem in ("a", "b"):  # the labels do not depend on asking for the map
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f"{stem}.png")),
+                              np.asarray(Image.open(tmp_path / "plain" / f"{stem}.png")))
+    maps = {s: np.asarray(Image.open(tmp_path / "out" / f"{s}_uncertainty.png")) for s in ("a", "b")}
+    assert maps["a"].shape == (100, 150) and maps["b"].shape == (120, 90)
+    assert (maps["b"][:40] == 0).all() and maps["a"].max() > 0
+    with (tmp_path / "out" / "label_next.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["rank"] for r in rows] == ["1", "2"]
+    shares = [float(r["uncertain_share"]) for r in rows]
+    assert shares == sorted(shares, reverse=True)
+    for r in rows:
+        m = maps[Path(r["photo"]).stem]
+        valid = m[40:] if Path(r["photo"]).stem == "b" else m
+        assert int(r["valid_px"]) == valid.size and int(r["uncertain_px"]) == int((valid >= 128).sum())
+        assert float(r["uncertain_m2"]) == pytest.approx(int(r["uncertain_px"]) * 0.01)

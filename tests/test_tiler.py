@@ -108,14 +108,15 @@ def test_labels_of_a_window_read_from_a_window_equal_the_whole_outputs(size):
     image = scene(90, 70, seed=3)
     H, W = size
     whole = tiler.labels(image, (H, W))
-    conf_whole = np.concatenate([c for _, _, c in tiler.iter_labels(image, (H, W), confidence=True)])
+    conf_whole = np.concatenate([c["confidence"] for _, _, c in tiler.iter_labels(image, (H, W),
+                                                                                   maps=("confidence",))])
     logits = net(torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)
     top = F.interpolate(logits.softmax(1).amax(1, keepdim=True), size=(H, W), mode="bilinear", align_corners=False)
     assert np.abs(conf_whole.astype(int) - top[0, 0].detach().mul(255).round().numpy()).max() <= 40  # tiles vs one pass
     for y0, y1, x0, x1 in [(0, H, 0, W), (5, H - 3, 7, W - 11), (H // 2, H // 2 + 3, W // 3, W // 3 + 1)]:
-        rows = list(tiler.iter_labels(image, (H, W), region=(y0, y1, x0, x1), confidence=True))
+        rows = list(tiler.iter_labels(image, (H, W), region=(y0, y1, x0, x1), maps=("confidence",)))
         assert np.array_equal(np.concatenate([r for _, r, _ in rows]), whole[y0:y1, x0:x1])
-        assert np.array_equal(np.concatenate([c for _, _, c in rows]), conf_whole[y0:y1, x0:x1])
+        assert np.array_equal(np.concatenate([c["confidence"] for _, _, c in rows]), conf_whole[y0:y1, x0:x1])
     # a cut-out of the working image (rows 10.., columns 20..) and the region reading only those: with a pixelwise
     # net (tiling cannot change its logits) the upsampling alone decides, and must give the whole output's pixels
     flat = Tiler(pixelwise(torch.randn(3, 5)), 5, tile=32, overlap=0.25)

@@ -27,6 +27,8 @@ class OrthoOptions(BaseModel):
     model_gsd: float | None = Field(default=None, gt=0, allow_inf_nan=False,
                                     description="metres of ground per working pixel; None: model.json's")
     confidence: bool = Field(default=False, description="also write <stem>_confidence.tif")
+    uncertainty: bool = Field(default=False, description="also write <stem>_uncertainty.tif and "
+                              "<stem>_label_next.csv (cells ranked by uncertain area)")
     vector: VectorFormat | None = Field(default="gpkg", description="polygons as gpkg or geojson; None: none")
     min_area: float | None = Field(default=None, gt=0, allow_inf_nan=False,
                                    description="m²: merge smaller regions into their neighbours")

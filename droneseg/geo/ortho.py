@@ -17,7 +17,10 @@ Contract
   to the collar may then differ from a one-pass result that also inferred the empty tiles).
 * Outputs per input, in ``out``: ``<stem>_classes.tif`` (COG, written values of the scheme's numbering, colour
   table, nodata 255 on every pixel outside the valid area), with ``confidence`` ``<stem>_confidence.tif`` (uint8
-  round(255 · top softmax probability), nodata 0), ``<stem>_polygons.gpkg`` (or ``.geojson``; ``vector=None``:
+  round(255 · top softmax probability), nodata 0), with ``uncertainty`` ``<stem>_uncertainty.tif`` (uint8
+  round(255 · (1 - margin)) capped at 254, nodata 255) and ``<stem>_label_next.csv`` (cells of CELL x CELL pixels
+  ranked by uncertain area, bounds in the raster's CRS: :mod:`droneseg.labelling.uncertainty`),
+  ``<stem>_polygons.gpkg`` (or ``.geojson``; ``vector=None``:
   none), ``<stem>_class_areas.csv`` and ``.json`` (pixels, m², share of the valid area, read back from the class
   raster: one truth), ``<stem>_preview.jpg``. Each file is atomic.
 * ``min_area`` (m²): regions of one class smaller than that are merged into their largest neighbour (GDAL's
@@ -42,6 +45,7 @@ from tqdm import tqdm
 
 from droneseg.areas import AreaTable, write_csv
 from droneseg.classes import IGNORE_INDEX
+from droneseg.files import atomic_write_text
 from droneseg.geo.options import OrthoOptions, VectorFormat
 from droneseg.geo.outputs import RasterWriter, write_polygons, write_preview
 from droneseg.geo.raster import Ortho, WorkingWindow, open_ortho
@@ -50,6 +54,8 @@ from droneseg.tiler import Tiler
 
 NODATA = IGNORE_INDEX  # 255: written for pixels outside the valid area
 CONFIDENCE_NODATA = 0  # a top probability is at least 1/K > 0
+UNCERTAINTY_NODATA = 255  # uncertainty is written as round(255 · (1 - margin)) capped at 254: 255 is free
+CELL = 1024  # raster pixels a side of the cells label_next.csv ranks
 WRITE_ROWS = 512  # full-resolution rows gathered before a write (one COG tile row)
 GDAL_CACHE_MB = 256
 PASS_WINDOW = 4096  # raster pixels a side per window of the sieve and area passes
@@ -68,13 +74,16 @@ class OrthoResult:
     seconds: dict[str, float] = field(default_factory=dict)
 
 
-def ortho_paths(path: Path, out: Path, confidence: bool = False, vector: VectorFormat | None = "gpkg"
-                ) -> dict[str, Path]:
+def ortho_paths(path: Path, out: Path, confidence: bool = False, vector: VectorFormat | None = "gpkg",
+                uncertainty: bool = False) -> dict[str, Path]:
     stem = Path(path).stem
     files = {"classes": out / f"{stem}_classes.tif", "areas_csv": out / f"{stem}_class_areas.csv",
              "areas_json": out / f"{stem}_class_areas.json", "preview": out / f"{stem}_preview.jpg"}
     if confidence:
         files["confidence"] = out / f"{stem}_confidence.tif"
+    if uncertainty:
+        files["uncertainty"] = out / f"{stem}_uncertainty.tif"
+        files["label_next"] = out / f"{stem}_label_next.csv"
     if vector:
         files["polygons"] = out / f"{stem}_polygons.{vector}"
     return files
@@ -165,7 +174,7 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
     Raises DataError naming the file."""
     confidence, vector, min_area, simplify = options.confidence, options.vector, options.min_area, options.simplify
     t0 = time.perf_counter()
-    files = ortho_paths(path, out, confidence, vector)
+    files = ortho_paths(path, out, confidence, vector, options.uncertainty)
     tiles_before, skipped_before = tiler.tiles_run, tiler.tiles_skipped
     # GDAL's block cache defaults to 5% of the machine's memory; reads and writes stream, so a little suffices
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_ortho(path, options.nodata) as ortho:
@@ -179,14 +188,20 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
         lut[written.values] = np.arange(len(written.values), dtype=np.uint8)
         names = class_names or [written.names[v] for v in written.values]
         table = AreaTable(list(names), [int(v) for v in written.values], ortho.area.method)
+        cells = CellCounts(ortho.height, ortho.width) if options.uncertainty else None
         with RasterWriter(files["classes"], ortho, NODATA, colormap, "MODE", "class") as classes, \
                 (RasterWriter(files["confidence"], ortho, CONFIDENCE_NODATA, None, "AVERAGE", "confidence")
-                 if confidence else _Nothing()) as conf_out:
+                 if confidence else _Nothing()) as conf_out, \
+                (RasterWriter(files["uncertainty"], ortho, UNCERTAINTY_NODATA, None, "AVERAGE", "uncertainty")
+                 if options.uncertainty else _Nothing()) as unc_out:
             bar = tqdm(total=ortho.height * ortho.width, desc=Path(path).name, unit="px", unit_scale=True,
                        disable=not progress)
+            maps_out = {k: w for k, w in (("confidence", conf_out), ("uncertainty", unc_out)) if w is not None}
             for s in strips:
-                _segment_strip(ortho, grid, s, tiler, written, classes, conf_out, image_filter, bar)
+                _segment_strip(ortho, grid, s, tiler, written, classes, maps_out, image_filter, bar, cells)
             bar.close()
+            if cells is not None:
+                cells.write(files["label_next"], ortho)
             t_infer = time.perf_counter()
             if min_area is not None:
                 px_area = ortho.area.constant() or ortho.gsd[0] * ortho.gsd[1]
@@ -215,6 +230,56 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
                        tiler.tiles_skipped - skipped_before, n_polygons, seconds)
 
 
+class CellCounts:
+    """Uncertain and valid pixels per cell of CELL x CELL raster pixels, for ``<stem>_label_next.csv``."""
+
+    def __init__(self, height: int, width: int) -> None:
+        self.rows, self.cols = -(-height // CELL), -(-width // CELL)
+        self.uncertain = np.zeros(self.rows * self.cols, np.int64)
+        self.valid = np.zeros(self.rows * self.cols, np.int64)
+
+    def add(self, y0: int, x0: int, uncertainty: np.ndarray, valid: np.ndarray) -> None:
+        """Count a written window at raster (y0, x0): (n, w) uint8 map values and validity."""
+        from droneseg.labelling.uncertainty import UNCERTAIN
+
+        n, w = uncertainty.shape
+        ids = ((y0 + np.arange(n))[:, None] // CELL) * self.cols + (x0 + np.arange(w))[None, :] // CELL
+        size = self.rows * self.cols
+        self.valid += np.bincount(ids[valid], minlength=size)
+        self.uncertain += np.bincount(ids[valid & (uncertainty >= UNCERTAIN)], minlength=size)
+
+    def write(self, path: Path, ortho: Ortho) -> None:
+        """The cells with valid pixels, most uncertain area first: rank, cell, bounds in the raster's CRS, shares
+        and m² (each pixel's own ground area where the CRS is geographic: its mean over the cell's rows)."""
+        import csv
+        import io
+
+        t = ortho.ds.transform
+        rows = []
+        for cell in np.flatnonzero(self.valid):
+            r, c = divmod(int(cell), self.cols)
+            x0, y0 = c * CELL, r * CELL
+            x1, y1 = min(ortho.width, x0 + CELL), min(ortho.height, y0 + CELL)
+            left, top = t * (x0, y0)
+            right, bottom = t * (x1, y1)
+            px = float(np.mean(ortho.area.window(Window(x0, y0, x1 - x0, y1 - y0))))  # m² per pixel here
+            rows.append({"cell": f"r{r}c{c}", "left": left, "bottom": bottom, "right": right, "top": top,
+                         "uncertain_share": self.uncertain[cell] / self.valid[cell],
+                         "uncertain_px": int(self.uncertain[cell]), "valid_px": int(self.valid[cell]),
+                         "uncertain_m2": float(self.uncertain[cell]) * px})
+        rows.sort(key=lambda row: (-row["uncertain_px"], row["cell"]))
+        buf = io.StringIO()
+        fields = ["rank", "cell", "left", "bottom", "right", "top", "uncertain_share", "uncertain_px", "valid_px",
+                  "uncertain_m2"]
+        writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+        writer.writeheader()
+        for i, row in enumerate(rows, start=1):
+            writer.writerow({**row, "rank": i, "uncertain_share": f"{row['uncertain_share']:.6f}",
+                             "uncertain_m2": f"{row['uncertain_m2']:.2f}",
+                             **{k: f"{row[k]:.6f}" for k in ("left", "bottom", "right", "top")}})
+        atomic_write_text(path, buf.getvalue())
+
+
 class _Nothing:
     """Stands in for an output not asked for."""
 
@@ -226,7 +291,8 @@ class _Nothing:
 
 
 def _segment_strip(ortho: Ortho, grid: Grid, s: Strip, tiler: Tiler, written: WrittenClasses,
-                   classes: RasterWriter, conf_out: RasterWriter | None, image_filter: str, bar: tqdm) -> None:
+                   classes: RasterWriter, maps_out: dict[str, RasterWriter], image_filter: str, bar: tqdm,
+                   cells: CellCounts | None = None) -> None:
     """Infer one strip and write its core columns, WRITE_ROWS rows at a time (rows without valid pixels are left
     unwritten: they read back as nodata)."""
     (H, _), (h, _) = grid.raster, grid.size
@@ -234,7 +300,7 @@ def _segment_strip(ortho: Ortho, grid: Grid, s: Strip, tiler: Tiler, written: Wr
     image = WorkingWindow(ortho, grid.window, (0, h), (s.i0, s.i1), image_filter, band)
     width = s.x1 - s.x0
     buf = np.empty((WRITE_ROWS, width), np.uint8)
-    cbuf = np.empty((WRITE_ROWS, width), np.uint8) if conf_out is not None else None
+    mbufs = {name: np.empty((WRITE_ROWS, width), np.uint8) for name in maps_out}
     filled, y_buf = 0, 0
 
     def flush() -> None:
@@ -244,21 +310,25 @@ def _segment_strip(ortho: Ortho, grid: Grid, s: Strip, tiler: Tiler, written: Wr
             labels = buf[:filled]
             labels[~valid] = NODATA
             classes.write(win, written.apply(labels))
-            if cbuf is not None:
-                conf = cbuf[:filled]
-                conf[~valid] = CONFIDENCE_NODATA
-                conf_out.write(win, conf)
+            for name, mbuf in mbufs.items():
+                values = mbuf[:filled]
+                if name == "uncertainty":
+                    np.minimum(values, UNCERTAINTY_NODATA - 1, out=values)
+                    if cells is not None:
+                        cells.add(y_buf, s.x0, values, valid)
+                values[~valid] = CONFIDENCE_NODATA if name == "confidence" else UNCERTAINTY_NODATA
+                maps_out[name].write(win, values)
         bar.update(filled * width)
 
     rows = tiler.iter_labels(image, grid.raster, region=(0, H, s.x0, s.x1), window_of=(0, s.i0, *grid.size),
-                             confidence=cbuf is not None, skip=image.empty)
-    for y, labels, conf in rows:
+                             maps=tuple(mbufs), skip=image.empty)
+    for y, labels, maps in rows:
         done = 0
         while done < len(labels):  # a band may straddle the end of the buffer
             n = min(len(labels) - done, WRITE_ROWS - filled)
             buf[filled : filled + n] = labels[done : done + n]
-            if cbuf is not None:
-                cbuf[filled : filled + n] = conf[done : done + n]
+            for name, mbuf in mbufs.items():
+                mbuf[filled : filled + n] = maps[name][done : done + n]
             filled, done = filled + n, done + n
             if filled == WRITE_ROWS:
                 flush()
