@@ -212,6 +212,19 @@ def import_cmd(
         for line in failed.problems:
             typer.echo(f"problem: {line}", err=True)
         raise
+    from droneseg.labelling.tiles import read_sidecar
+
+    sidecars = {p.image.parent for p in imported.photos}
+    sidecar = read_sidecar(next(iter(sidecars))) if len(sidecars) == 1 else None
+    if sidecar is not None:  # tiles cut by `droneseg tiles`: their labels go back onto the map as a survey
+        from droneseg.geo import require
+
+        require()
+        from droneseg.labelling.tiles import tiles_to_survey
+
+        survey = tiles_to_survey(out, sidecar)
+        typer.echo(f"the tiles' labels on the map of {sidecar['source']}: {survey} (train on it: droneseg train "
+                   f"--data {survey})", err=True)
     for line in imported.notes:
         typer.echo(f"note: {line}", err=True)
     labelled = {k: v for k, v in summary["pixels"].items() if k != "unlabeled"}
@@ -219,6 +232,27 @@ def import_cmd(
                f"({', '.join(summary['classes'])}); {100 * summary['unlabeled_share']:.1f} % of pixels unlabelled "
                f"(ignored); " + (f"splits {summary['splits']}" if summary["splits"] else "no splits (droneseg draws "
                "seeded ones)") + f"; pixels per class: {labelled}", err=True)
+    typer.echo(str(out))
+
+
+@command("tiles")
+def tiles_cmd(
+    ortho: Annotated[Path, typer.Argument(help="The orthomosaic to cut (GeoTIFF or any raster GDAL reads, with a CRS).")],
+    out: Annotated[Path, typer.Option("--out", help="New folder for the tiles, their world files and tiles.json.")],
+    size: Annotated[int, typer.Option("--size", help="Tile side in pixels, at the orthomosaic's own resolution.")] = 1024,
+    nodata: Annotated[Optional[str], typer.Option("--nodata", help="The value that marks no data instead of the file's declared one, or none.", show_default=False)] = None,
+) -> None:
+    """Cut an orthomosaic into PNG tiles to label in CVAT, Label Studio or labelme (whole tiles with data everywhere,
+    each with its georeference); `droneseg import` of their labels then writes a survey on the map."""
+    from droneseg.geo import require
+
+    require()
+    from droneseg.geo.options import OrthoOptions
+    from droneseg.labelling.tiles import cut_tiles
+
+    done = cut_tiles(ortho, out, size, OrthoOptions.from_cli(nodata=nodata).nodata)
+    typer.echo(f"{done['tiles']} tiles of {size}x{size} px in {out} ({done['skipped']} left out: over the collar or "
+               f"the raster's edge); label them, then: droneseg import TOOL EXPORT --images {out} --out DATA", err=True)
     typer.echo(str(out))
 
 

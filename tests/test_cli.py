@@ -16,7 +16,7 @@ from droneseg.cli import app, main
 from droneseg.config import PRESETS, load_config, presets
 
 COMMANDS = typer.main.get_command(app)
-WORKFLOW = ["demo", "synth", "synth-ortho", "import", "check-data", "augment", "train", "evaluate", "predict", "export"]
+WORKFLOW = ["demo", "synth", "synth-ortho", "import", "tiles", "check-data", "augment", "train", "evaluate", "predict", "export"]
 
 
 def test_commands_are_listed_in_workflow_order():

@@ -311,3 +311,63 @@ def test_an_imported_dataset_trains(synth_root, tmp_path, capsys):
         main(["check-data", str(tmp_path / "d")])
     assert stop.value.code == 0, capsys.readouterr()
     shutil.rmtree(tmp_path / "d")
+
+
+def test_orthomosaic_tiles_labelled_elsewhere_come_back_as_a_survey_on_the_map(tmp_path, capsys):
+    """tiles -> (Label Studio brushes of the true classes on each tile) -> import: the dataset of tiles and a survey
+    whose polygons, rasterised on the orthomosaic's grid, give back the true classes on every tile exactly."""
+    import pyogrio
+    import pyogrio.raw
+    import rasterio
+    import shapely
+    from label_studio_converter import brush
+    from rasterio.features import rasterize
+
+    from droneseg.geo.scene import labels_path, write_synthetic_ortho
+
+    ortho = tmp_path / "o.tif"
+    write_synthetic_ortho(ortho, (520, 400), gsd=0.05, seed=2)
+    with pytest.raises(SystemExit) as stop:
+        main(["tiles", str(ortho), "--out", str(tmp_path / "tiles"), "--size", "128"])
+    assert stop.value.code == 0
+    sidecar = json.loads((tmp_path / "tiles" / "tiles.json").read_text())
+    with rasterio.open(labels_path(ortho)) as ds:
+        truth, transform, crs = ds.read(1), ds.transform, ds.crs
+    with rasterio.open(ortho) as ds:
+        alpha = ds.read(4)
+    assert 0 < len(sidecar["tiles"]) < 12  # 4 x 3 whole tiles, those over the elliptic collar left out
+    names = list(ClassTable.builtin().names)
+    tasks = []
+    for i, (name, tile) in enumerate(sorted(sidecar["tiles"].items())):
+        r, c = tile["row_off"], tile["col_off"]
+        assert (alpha[r:r + 128, c:c + 128] > 0).all()  # never over the collar
+        patch = truth[r:r + 128, c:c + 128]
+        regions = [{"type": "brushlabels", "original_width": 128, "original_height": 128,
+                    "value": {"rle": brush.mask2rle(((patch == v) * 255).astype(np.uint8)),
+                              "brushlabels": [names[v]]}} for v in np.unique(patch)]
+        tasks.append({"id": i, "data": {"image": f"/data/upload/1/{name}"}, "annotations": [{"id": i,
+                                                                                            "result": regions}]})
+    (tmp_path / "export.json").write_text(json.dumps(tasks))
+    code, _, err = _run(capsys, "labelstudio", tmp_path / "export.json", "--images", tmp_path / "tiles",
+                        "--out", tmp_path / "d")
+    assert code == 0, err
+    assert f"the tiles' labels on the map of {ortho.resolve()}" in err
+    survey = yaml_load(tmp_path / "d" / "survey.yaml")
+    assert survey["rasters"] == [str(ortho.resolve())] and survey["class_field"] == "class"
+    _, _, wkb, fields = pyogrio.raw.read(tmp_path / "d" / "labels.gpkg", columns=["class"])
+    geoms = shapely.from_wkb(wkb)
+    burnt = rasterize(((g, names.index(n)) for g, n in zip(geoms, fields[0])), out_shape=truth.shape,
+                      transform=transform, fill=255, dtype="uint8")
+    for tile in sidecar["tiles"].values():
+        r, c = tile["row_off"], tile["col_off"]
+        assert np.array_equal(burnt[r:r + 128, c:c + 128], truth[r:r + 128, c:c + 128])
+    assert rasterio.crs.CRS.from_user_input(pyogrio.read_info(tmp_path / "d" / "labels.gpkg")["crs"]) == crs
+    with pytest.raises(SystemExit) as stop:  # and droneseg reads it as the survey it is
+        main(["check-data", str(tmp_path / "d" / "survey.yaml")])
+    assert stop.value.code == 0, capsys.readouterr()
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
