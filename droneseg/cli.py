@@ -185,6 +185,8 @@ def import_cmd(
     from droneseg.labelling.dataset import ImportFailed, read_classes, write_dataset
 
     tool = tool.lower().replace("-", "").replace("_", "")
+    if tasks is not None and tool != "labelstudio":
+        raise DataError("--tasks is for Label Studio's PNG export")
     wanted = read_classes(classes) if classes is not None else None
     if tool == "cvat":
         from droneseg.labelling.cvat import read_cvat
@@ -204,25 +206,26 @@ def import_cmd(
         imported = read_labelme(source, images, wanted)
     else:
         raise DataError(f"{tool!r}: not a labelling tool droneseg imports; choose cvat, labelstudio or labelme")
-    if tasks is not None and tool != "labelstudio":
-        raise DataError("--tasks is for Label Studio's PNG export")
+    from droneseg.labelling.tiles import read_sidecar
+
+    folders = {p.image.parent for p in imported.photos}
+    sidecar = read_sidecar(next(iter(folders))) if len(folders) == 1 else None
+    then = None
+    if sidecar is not None:  # tiles cut by `droneseg tiles`: their labels go back onto the map as a survey
+        from droneseg.geo import require
+
+        require()  # before anything is written
+        from droneseg.labelling.tiles import tiles_to_survey
+
+        then = partial(tiles_to_survey, sidecar=sidecar)  # written into the dataset before it is moved into place
     try:
-        summary = write_dataset(imported, out)
+        summary = write_dataset(imported, out, then)
     except ImportFailed as failed:
         for line in failed.problems:
             typer.echo(f"problem: {line}", err=True)
         raise
-    from droneseg.labelling.tiles import read_sidecar
-
-    sidecars = {p.image.parent for p in imported.photos}
-    sidecar = read_sidecar(next(iter(sidecars))) if len(sidecars) == 1 else None
-    if sidecar is not None:  # tiles cut by `droneseg tiles`: their labels go back onto the map as a survey
-        from droneseg.geo import require
-
-        require()
-        from droneseg.labelling.tiles import tiles_to_survey
-
-        survey = tiles_to_survey(out, sidecar)
+    if sidecar is not None:
+        survey = out / "survey.yaml"
         typer.echo(f"the tiles' labels on the map of {sidecar['source']}: {survey} (train on it: droneseg train "
                    f"--data {survey})", err=True)
     for line in imported.notes:

@@ -120,7 +120,7 @@ def _earlier_outputs(found: list[Path], folder: Path) -> set[str]:
     names = {f.name for f in found}
     ours = set()
     for f in found:
-        files = output_paths(f, folder)
+        files = output_paths(f, folder, uncertainty=True)  # every file a run may have written
         ours |= {o.name for o in files.values() if o.stem != f.stem}
         mask = files.get("mask")
         if mask is not None and mask.name != f.name and {files["color"].name, files["overlay"].name} <= names:
@@ -153,7 +153,7 @@ def check_outputs(photos: list[Path], out: Path) -> None:
         seen[key] = p
     inputs = {p.resolve() for p in photos}
     for p in photos:
-        for target in output_paths(p, out).values():
+        for target in output_paths(p, out, uncertainty=True).values():
             if target.resolve() in inputs:
                 raise DataError(f"{target}: predicting {p.name} would overwrite this input photo; choose another --out")
 

@@ -219,7 +219,7 @@ def test_label_studio_later_regions_win_and_bad_tasks_are_listed(synth_root, tmp
     assert code == 2 and not (tmp_path / "e").exists()
     problems = [line for line in err.splitlines() if line.startswith("problem:")]
     assert len(problems) == 4
-    assert "task 2: no photo 'nowhere.jpg'" in problems[0]
+    assert "task 2: no photo named 'nowhere.jpg'" in problems[0]
     assert f"task 3 ({photos[1].name}): no labels" in problems[1]
     assert "drawn on a 100x64 image, the photo is 96x64" in problems[2]
     assert "label ['car'] is not one of the classes" in problems[3]
@@ -371,3 +371,53 @@ def yaml_load(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_photos_are_found_by_path_never_guessed_and_ids_with_dots_kept(tmp_path):
+    """Two flights' DJI_0001.JPG: a name both hold is a problem, a path under --images picks one; an id with dots
+    (CVAT's, labelme2voc's stems) is a whole stem; Label Studio's local-files URLs name a path."""
+    from droneseg.labelling.dataset import PhotoFinder
+    from droneseg.labelling.labelstudio import _image_name
+
+    for folder in ("f1", "f2"):
+        (tmp_path / folder).mkdir()
+        Image.new("RGB", (8, 8)).save(tmp_path / folder / "DJI_0001.JPG")
+    Image.new("RGB", (8, 8)).save(tmp_path / "f1" / "2023.05.12_0001.jpg")
+    finder = PhotoFinder(tmp_path)
+    assert "2 photos named 'DJI_0001.JPG'" in finder.find("DJI_0001.JPG")
+    assert finder.find("f2/DJI_0001.JPG") == tmp_path / "f2" / "DJI_0001.JPG"
+    assert finder.find("2023.05.12_0001") == tmp_path / "f1" / "2023.05.12_0001.jpg"
+    assert _image_name({"data": {"image": "/data/local-files/?d=f2/DJI_0001.JPG"}}) == "f2/DJI_0001.JPG"
+    assert _image_name({"data": {"image": "/data/upload/3/ab12cd34-plot%20%233.jpg"}}) == "ab12cd34-plot #3.jpg"
+
+
+def test_labelme_special_labels_unpaint_and_a_tiles_sidecar_is_not_a_labelme_file(synth_root, tmp_path):
+    from droneseg.labelling.labelme import read_labelme
+
+    photo = find_layout(synth_root).samples[0].image
+    folder = tmp_path / "lm"
+    folder.mkdir()
+    shapes = [{"label": "roof", "points": [[0, 0], [50, 40]], "shape_type": "rectangle"},
+              {"label": "__ignore__", "points": [[10, 10], [20, 20]], "shape_type": "rectangle"}]
+    (folder / "a.json").write_text(json.dumps({"shapes": shapes, "imagePath": str(photo), "imageHeight": 64,
+                                               "imageWidth": 96}))
+    (folder / "tiles.json").write_text("{}")
+    imported = read_labelme(folder, None)
+    assert imported.problems == [] and [n for n, _ in imported.classes] == ["roof"]
+    mask = imported.photos[0].mask
+    assert mask[5, 5] == 1 and mask[15, 15] == 0 and mask[60, 90] == 0
+
+
+def test_a_label_map_with_one_colour_twice_and_a_class_named_unlabeled_are_refused(synth_root, tmp_path, capsys):
+    from droneseg.labelling.cvat import read_cvat
+    from droneseg.labelling.dataset import Imported, Photo, write_dataset
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "labelmap.txt").write_text("background:0,0,0::\nroof:1,2,3::\nwall:1,2,3::\n")
+    with pytest.raises(Exception, match=r"labels 'roof' and 'wall' share the colour \(1, 2, 3\)"):
+        read_cvat(tmp_path / "x", synth_root / "original_images")
+    imported = Imported("test", tmp_path, classes=[("Unlabeled", None), ("roof", None)],
+                        photos=[Photo(find_layout(synth_root).samples[0].image, np.ones((64, 96), np.uint8))])
+    with pytest.raises(Exception, match="a class named 'Unlabeled'"):
+        write_dataset(imported, tmp_path / "d")
+    assert not (tmp_path / "d").exists()

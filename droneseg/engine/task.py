@@ -14,6 +14,8 @@ objects here), so checkpoints load with ``weights_only=True``, without unpicklin
 
 from __future__ import annotations
 
+import math
+
 import lightning.pytorch as pl
 import torch
 import torchmetrics
@@ -64,6 +66,7 @@ class SegmentationTask(pl.LightningModule):
         # (requeue, Ctrl-C) reports the mean over all its batches, as if never interrupted
         self._train_sum, self._train_n, self._train_epoch = 0.0, 0.0, -1
         self._restored_epoch: int | None = None
+        self._release_step: int | None = None  # with train.freeze: the step the encoder is released at
 
     def setup(self, stage: str) -> None:
         """Class weights need the cached training masks, which exist only once the DataModule is set up; the memory
@@ -123,9 +126,14 @@ class SegmentationTask(pl.LightningModule):
         return loss
 
     def frozen(self) -> bool:
-        """Whether ``train.freeze`` holds the encoder fixed at this step (the first ``freeze_share`` of the plan)."""
-        return (self.train_cfg.freeze == "encoder" and self.plan.total > 0
-                and self.global_step < self.train_cfg.freeze_share * self.plan.total)
+        """Whether ``train.freeze`` holds the encoder fixed at this step: the first ``freeze_share`` of the optimiser
+        steps planned when training starts (fixed then: the budget's later re-plans never freeze it again)."""
+        if self.train_cfg.freeze != "encoder":
+            return False
+        if self._release_step is None:
+            total = self.plan.total or int(self.trainer.estimated_stepping_batches)
+            self._release_step = math.ceil(self.train_cfg.freeze_share * max(1, total))
+        return self.global_step < self._release_step
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         """A frozen encoder runs in eval mode: its BatchNorm statistics stay the parent's (or ImageNet's), which a
@@ -231,8 +239,11 @@ class SegmentationTask(pl.LightningModule):
         }
         checkpoint["droneseg_train_loss"] = {"epoch": self._train_epoch, "sum": float(self._train_sum),
                                              "n": float(self._train_n)}
+        if self._release_step is not None:
+            checkpoint["droneseg_freeze_release"] = self._release_step
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._release_step = checkpoint.get("droneseg_freeze_release", self._release_step)
         loss = checkpoint.get("droneseg_train_loss")
         if loss:
             self._restored_epoch = int(loss["epoch"])

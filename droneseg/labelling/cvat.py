@@ -90,6 +90,11 @@ def read_cvat(source: Path, images: Path) -> Imported:
     if not export.has("labelmap.txt"):
         raise DataError(f"{source}: no labelmap.txt; not a CVAT 'Segmentation mask 1.1' export")
     labelmap = read_labelmap(export.read("labelmap.txt").decode("utf-8-sig"), export.where("labelmap.txt"))
+    seen: dict[tuple[int, int, int], str] = {}
+    for n, c in labelmap:  # one colour, two labels: which one a pixel is cannot be told
+        if c in seen:
+            raise DataError(f"{export.where('labelmap.txt')}: labels {seen[c]!r} and {n!r} share the colour {c}")
+        seen[c] = n
     classes = [(n, c) for n, c in labelmap if n.lower() != BACKGROUND]
     imported = Imported("CVAT Segmentation mask 1.1", Path(source), classes=list(classes))
     number = {c: imported.class_number(n) for n, c in classes}  # colour -> class number

@@ -15,8 +15,11 @@ Contract
 from __future__ import annotations
 
 import colorsys
+import csv
+import io
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,26 +76,38 @@ class PhotoFinder:
         if not Path(folder).is_dir():
             raise DataError(f"{folder}: --images is not a folder")
         self.folder = Path(folder)
-        self.by_name: dict[str, Path] = {}
+        self.by_name: dict[str, list[Path]] = {}
         self.by_stem: dict[str, list[Path]] = {}
         for p in sorted(self.folder.rglob("*")):
             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-                self.by_name.setdefault(p.name, p)
+                self.by_name.setdefault(p.name, []).append(p)
                 self.by_stem.setdefault(p.stem, []).append(p)
 
-    def find(self, name: str) -> Path | str:
-        """The photo named ``name`` (a path or a file name; a stem matches a photo of any suffix); else the problem
-        (no photo, or several of that stem)."""
-        name = Path(name.replace("\\", "/")).name
-        if name in self.by_name:
-            return self.by_name[name]
-        stem = Path(name).stem
-        found = self.by_stem.get(stem, [])
+    def _one(self, found: list[Path], what: str) -> Path | str:
         if len(found) == 1:
             return found[0]
-        if len(found) > 1:
-            return f"{len(found)} photos of stem {stem!r} in {self.folder} ({', '.join(p.name for p in found[:3])})"
-        return f"no photo {name!r} in {self.folder}"
+        if len(found) > 1:  # DJI_0001.JPG in two flight folders: never guess which was labelled
+            return (f"{len(found)} photos {what} in {self.folder} "
+                    f"({', '.join(str(p.relative_to(self.folder)) for p in found[:3])}); keep one per --images")
+        return f"no photo {what} in {self.folder}"
+
+    def find(self, name: str) -> Path | str:
+        """The photo named ``name`` (a path: its relative path under ``--images`` first, then its file name; a name
+        without a photo suffix matches a photo of that stem); else the problem (none, or several)."""
+        name = name.replace("\\", "/")
+        relative = self.folder / name.lstrip("/")
+        if relative.is_file() and relative.suffix.lower() in IMAGE_SUFFIXES:
+            return relative
+        base = Path(name).name
+        if base in self.by_name:
+            return self._one(self.by_name[base], f"named {base!r}")
+        if Path(base).suffix.lower() in IMAGE_SUFFIXES:
+            return self._one(self.by_stem.get(Path(base).stem, []), f"named {base!r} (or of its stem)")
+        return self.find_stem(base)
+
+    def find_stem(self, stem: str) -> Path | str:
+        """The photo whose file stem is ``stem`` exactly (an id with dots in it, ``2023.05.12_0001``, included)."""
+        return self._one(self.by_stem.get(stem, []), f"of stem {stem!r}")
 
 
 def check_size(photo: Path, mask: np.ndarray, source: Path | str) -> str | None:
@@ -108,10 +123,11 @@ def split_of(subset: str) -> str | None:
     return SPLIT_NAMES.get(subset.strip().lower())
 
 
-def write_dataset(imported: Imported, out: Path) -> dict:
+def write_dataset(imported: Imported, out: Path, then: Callable[[Path], None] | None = None) -> dict:
     """Write ``imported`` into ``out`` (which must not exist) in droneseg's Kaggle layout; -> the summary (photos,
-    classes, pixels per class, unlabelled share, splits). Raises DataError listing the problems (nothing written)
-    when the export has any, or when ``out`` exists."""
+    classes, pixels per class, unlabelled share, splits). ``then(folder)`` adds files to the dataset before it is
+    moved into place (the survey of imported tiles). Raises DataError listing the problems (nothing written) when
+    the export has any, or when ``out`` exists."""
     out = Path(out)
     if imported.problems:
         raise ImportFailed(imported)
@@ -124,6 +140,10 @@ def write_dataset(imported: Imported, out: Path) -> dict:
     if twice:
         raise DataError(f"{imported.source}: {len(twice)} photos share a file stem (e.g. {twice[0]!r}); the dataset "
                         "pairs photos and masks by stem")
+    clash = [n for n, _ in imported.classes if n.strip().lower() == UNLABELED]
+    if clash:
+        raise DataError(f"{imported.source}: a class named {clash[0]!r}; droneseg keeps that name for pixels nobody "
+                        "labelled (ignored): rename it in the tool, or leave those pixels unlabelled")
     colours = palette(len(imported.classes))
     spare = iter(palette(len(imported.classes) + 64)[len(imported.classes):])
     table: list[tuple[str, tuple[int, int, int]]] = []
@@ -150,8 +170,11 @@ def write_dataset(imported: Imported, out: Path) -> dict:
             counts += np.bincount(p.mask.ravel(), minlength=len(table))[:len(table)]
             if p.split:
                 splits.setdefault(p.split, []).append(p.image.stem)
-        atomic_write_text(tmp / "class_dict_seg.csv", "name,r,g,b\n" + "".join(
-            f"{n},{r},{g},{b}\n" for n, (r, g, b) in table))
+        rows = io.StringIO()
+        csv.writer(rows, lineterminator="\n").writerows([("name", "r", "g", "b"), *((n, *c) for n, c in table)])
+        atomic_write_text(tmp / "class_dict_seg.csv", rows.getvalue())  # a name with a comma is quoted
+        if then is not None:
+            then(tmp)
         if splits:
             (tmp / "splits").mkdir()
             for name, ids in splits.items():

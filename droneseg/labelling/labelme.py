@@ -2,7 +2,8 @@
 
 labelme JSON (``{"shapes": [{"label", "points", "shape_type"}], "imagePath", "imageHeight", "imageWidth"}``):
 shapes are rasterised as labelme itself does (``labelme.utils.shape_to_mask``: PIL draws the polygon, rectangle or
-circle with its outline), in file order, a later shape over an earlier one (``shapes_to_label``'s order). Lines and
+circle with its outline), in file order, a later shape over an earlier one (``shapes_to_label``'s order); shapes
+labelled ``__ignore__`` or ``_background_`` paint pixels back to unlabelled. Lines and
 points have no area: refused. The photo is ``imagePath`` beside the JSON, else its file name in ``--images``.
 
 labelme2voc output (``class_names.txt``, ``SegmentationClassPNG/`` or ``SegmentationClass/`` palette PNGs,
@@ -70,7 +71,8 @@ def read_labelme(source: Path, images: Path | None, classes: list | None = None)
     source = Path(source)
     if source.is_dir() and (source / "class_names.txt").is_file():
         return _read_voc(source, images, classes)
-    files = sorted(source.rglob("*.json")) if source.is_dir() else [source]
+    # tiles.json: the georeference `droneseg tiles` leaves beside the tiles that labelme saves its JSON next to
+    files = sorted(f for f in source.rglob("*.json") if f.name != "tiles.json") if source.is_dir() else [source]
     if not source.exists():
         raise DataError(f"{source}: no such file or folder")
     if not files:
@@ -98,7 +100,7 @@ def read_labelme(source: Path, images: Path | None, classes: list | None = None)
         if not doc["shapes"]:
             imported.problems.append(f"{f}: no shapes (a photo without labels)")
             continue
-        found.extend(str(s.get("label")) for s in doc["shapes"])
+        found.extend(str(s.get("label")) for s in doc["shapes"] if str(s.get("label")) not in LABELME_SPECIAL)
         docs.append((f, doc, photo))
     imported.classes = list(classes) if classes is not None else [(n, None) for n in sorted(set(found))]
     names = [n for n, _ in imported.classes]
@@ -114,6 +116,13 @@ def read_labelme(source: Path, images: Path | None, classes: list | None = None)
         ok = True
         for n, shape in enumerate(doc["shapes"]):
             label = str(shape.get("label"))
+            if label in LABELME_SPECIAL:  # labelme2voc's rule: __ignore__ and _background_ paint no class
+                try:
+                    mask[shape_mask(shape, (w, h))] = 0
+                except (ValueError, TypeError, KeyError, OSError) as exc:
+                    imported.problems.append(f"{f}: shape {n} ({label}): {exc}")
+                    ok = False
+                continue
             if label not in names:
                 imported.problems.append(f"{f}: shape {n}: label {label!r} is not one of the classes "
                                          f"({', '.join(names[:8])})")

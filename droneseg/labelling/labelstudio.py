@@ -9,17 +9,20 @@ height. Of a task's annotations, the latest (highest id) not cancelled is read. 
 the export lists them, a later region over an earlier one (the order Label Studio draws them in).
 
 PNG export (``task-<id>-annotation-<id>-by-<user>-<tag>-<label>-<i>.png``, one alpha mask a region): it names no
-photo, so ``--tasks`` gives the JSON export (or JSON-MIN) that maps task ids to photos. Its regions' drawing order is
+photo, so ``--tasks`` gives the JSON export (or JSON-MIN) that maps task ids to photos; of a task's annotations the
+latest (highest id) is read, as in the JSON path. Its regions' drawing order is
 lost: they are painted in class order, then region number, and the pixels two classes cover are counted.
 
-Photos are matched by the file name of ``data.image`` in ``--images``, also without the 8-hex-digit prefix Label
-Studio gives uploads (``3f2a1b4c-photo.jpg`` -> ``photo.jpg``).
+Photos are matched by the path of ``data.image`` under ``--images`` (local-files storage: its ``?d=`` path), else by its
+file name, also without the 8-hex-digit prefix Label Studio gives uploads (``3f2a1b4c-photo.jpg`` -> ``photo.jpg``);
+a name two photos share is a problem, never a guess.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +88,13 @@ def _image_name(task: dict) -> str | None:
     if not isinstance(value, str):  # an image field of another name
         value = next((v for k, v in data.items() if isinstance(v, str) and k not in ("id",)
                       and v.lower().rsplit(".", 1)[-1] in ("jpg", "jpeg", "png", "tif", "tiff")), None)
-    return None if value is None else value.split("?")[0].replace("\\", "/").rsplit("/", 1)[-1]
+    if value is None:
+        return None
+    url = urllib.parse.urlsplit(value)
+    query = urllib.parse.parse_qs(url.query)
+    if "d" in query:  # local-files storage: /data/local-files/?d=flight/DJI_0001.JPG
+        return urllib.parse.unquote(query["d"][0]).replace("\\", "/")
+    return urllib.parse.unquote(url.path).replace("\\", "/").rsplit("/", 1)[-1]
 
 
 def _find(finder: PhotoFinder, name: str) -> Path | str:
@@ -212,7 +221,7 @@ def _read_pngs(folder: Path, finder: PhotoFinder, classes: list | None, tasks: P
     if not files:
         raise DataError(f"{folder}: no PNG (Label Studio's PNG export: task-<id>-annotation-<id>-by-...png)")
     known = [n for n, _ in classes] if classes is not None else None
-    by_task: dict[int, list[tuple[str, int, Path]]] = {}
+    by_task: dict[int, dict[int, list[tuple[str, int, Path]]]] = {}  # task -> annotation -> regions
     found: list[str] = []
     for f in files:
         m = PNG_NAME.match(f.name)
@@ -225,10 +234,15 @@ def _read_pngs(folder: Path, finder: PhotoFinder, classes: list | None, tasks: P
         if label is None:
             label = rest.split("-", 1)[1] if "-" in rest else rest
         found.append(label)
-        by_task.setdefault(int(m.group(1)), []).append((label, int(m.group(5)), f))
+        by_task.setdefault(int(m.group(1)), {}).setdefault(int(m.group(2)), []).append((label, int(m.group(5)), f))
     _classes(imported, classes, found)
     names = [n for n, _ in imported.classes]
-    for task_id, regions in sorted(by_task.items()):
+    for task_id, annotations in sorted(by_task.items()):
+        latest = max(annotations)  # as the JSON path: the latest annotation of a task, not several merged
+        regions = annotations[latest]
+        if len(annotations) > 1:
+            imported.notes.append(f"task {task_id}: annotation {latest} read, the earlier "
+                                  f"{sorted(set(annotations) - {latest})} left out")
         name = images.get(task_id)
         if name is None:
             imported.problems.append(f"{regions[0][2]}: task {task_id} is not in {tasks}")
