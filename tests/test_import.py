@@ -278,7 +278,8 @@ def test_labelme2voc_palette_pngs_are_read_as_indices_and_rgb_copies_refused(syn
         # labelme2voc's writer; -1 (__ignore__) wraps to 255 in its uint8 cast
         imgviz.io.lblsave(str(voc / "SegmentationClassPNG" / f"{photo.stem}.png"), lbl.astype(np.uint8))
         labels[photo.stem] = lbl
-    code, _, err = _run(capsys, "labelme", voc, "--images", synth_root / "original_images", "--out", tmp_path / "d")
+    shutil.copytree(synth_root / "original_images", voc / "JPEGImages")  # as labelme2voc lays them out
+    code, _, err = _run(capsys, "labelme", voc, "--out", tmp_path / "d")  # photos from its JPEGImages/
     assert code == 0, err
     got = _imported_names(tmp_path / "d")
     names = np.array(["unlabeled", "unlabeled", "roof", "grass", "water"], dtype=object)  # -1 and 0: unlabelled
