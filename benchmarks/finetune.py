@@ -50,12 +50,18 @@ def train(args: list[str]) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"droneseg train {' '.join(args)} failed:\n{done.stderr[-3000:]}")
     run = Path(done.stdout.strip().splitlines()[-1])
+    return {"command": "droneseg train " + " ".join(args), **record(run), "wall_s": round(time.monotonic() - t0, 1)}
+
+
+def record(run: Path) -> dict:
+    """What the results JSON keeps of a finished run: its summary's numbers and the per-class IoU of its final
+    evaluation."""
     summary = json.loads((run / "train_summary.json").read_text())
-    return {"command": "droneseg train " + " ".join(args), "run": str(run),
-            "wall_s": round(time.monotonic() - t0, 1),
-            **{k: summary.get(k) for k in ("val_miou_native", "epochs", "stopped_by", "val_images", "train_images",
-                                           "command_s")},
-            "steps": summary["schedule"]["done_steps"]}
+    metrics = json.loads((run / summary["eval_report"]).with_name("metrics.json").read_text())
+    return {"run": str(run), **{k: summary.get(k) for k in ("val_miou_native", "epochs", "stopped_by", "val_images",
+                                                            "train_images", "command_s")},
+            "steps": summary["schedule"]["done_steps"],
+            "per_class_iou": {c["name"]: c["iou"] for c in metrics["per_class"]}}
 
 
 def main() -> None:

@@ -21,6 +21,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def top_and_rest(ids: list[str], shares: dict[str, float], error: dict[str, float], top: int = 10) -> dict:
+    """Mean error of the ``top`` photos label_next.csv ranks first, and of the others."""
+    ranked = sorted(ids, key=lambda i: -shares[i])
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {"top": top, "top_mean_error": mean([error[i] for i in ranked[:top]]),
+            "rest_mean_error": mean([error[i] for i in ranked[top:]])}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True, help="a run folder")
@@ -56,6 +64,7 @@ def main() -> None:
     rho = spearman([shares[i] for i in common], [error[i] for i in common])
     result = {"command": " ".join(["python benchmarks/uncertainty.py", *sys.argv[1:]]), "model": str(args.model),
               "split": args.split, "photos": len(common), "spearman": rho, "predict_s": round(predict_s, 1),
+              **top_and_rest(common, shares, error),
               "rows": [{"id": i, "uncertain_share": shares[i], "error": error[i]} for i in common]}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}, indent=1))

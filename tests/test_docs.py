@@ -231,7 +231,25 @@ RECIPE_ROWS = ["unet-lite0", "fpn-lite0", "fpn-lite0-sqrt-lr2e-3", "full", "full
                "full-rare0.8", "full-ohem", "full-1024", "full-lovasz"]
 OLD = "benchmarks/results/recipes"
 
+def finetune_row(key: str):
+    def expect(d: dict) -> list[str]:
+        run = d[key]
+        return [f"| {r(run['val_miou_native'], 3)} |", *(f"| {r(v, 3)} |" for v in run["per_class_iou"].values()),
+                f"| {run['epochs']}, {run['steps']} |"]
+
+    return expect
+
+
 NUMBERS = [
+    Numbers("docs/labelling.md", "| the parent (`--init RUN`) |", "finetune.json", finetune_row("from_parent")),
+    Numbers("docs/labelling.md", "| ImageNet EfficientNet-Lite0 |", "finetune.json", finetune_row("from_imagenet")),
+    Numbers("docs/labelling.md", "Fine-tuning gains", "finetune.json", lambda d: [f"+{r(d['gain'], 3)} mIoU"]),
+    Numbers("docs/labelling.md", "Does the ranking point at the photos", "uncertainty.json", lambda d: [
+        f"ρ = {r(d['spearman'], 3)}** over {d['photos']} photos", f"The {d['top']} photos",
+        f"mean error of {pct(d['top_mean_error'])} %", f"other {d['photos'] - d['top']} of {pct(d['rest_mean_error'])} %"]),
+    Numbers("docs/labelling.md", "a parent `full` model trained for 30 minutes", "finetune.json", lambda d: [
+        f"({d['parent_train_images']}", f"val mIoU {r(d['parent']['val_miou_native'], 3)} on the 22 classes",
+        f"last {d['few']} of"]),
     Numbers("docs/index.md", "Measured here (2-core CPU, `python benchmarks/demo.py`", "demo.json", demo_page),
     Numbers("docs/benchmarks.md", "| demo, start to printed paths", "demo.json", demo_row),
     Numbers("docs/benchmarks.md", "Memory of the survey path on a large orthomosaic", "survey-memory.json",
