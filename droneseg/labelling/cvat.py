@@ -105,11 +105,13 @@ def read_cvat(source: Path, images: Path) -> Imported:
     keys, values = keys[order], values[order]
 
     subsets: dict[str, str] = {}  # photo id -> subset
+    listed_in: dict[str, str] = {}  # photo id -> the subset file listing it
     for name in export.under("ImageSets/Segmentation"):
         subset = PurePosixPath(name).stem
         for line in export.read(name).decode("utf-8-sig").splitlines():
             if line.strip():
                 subsets[line.strip()] = subset
+                listed_in[line.strip()] = name
     masks = {PurePosixPath(n).relative_to("SegmentationClass").with_suffix("").as_posix(): n
              for n in export.under("SegmentationClass") if n.lower().endswith(".png")}
     for n in export.under("SegmentationClass"):
@@ -119,8 +121,8 @@ def read_cvat(source: Path, images: Path) -> Imported:
     if not masks:
         raise DataError(f"{source}: no masks under SegmentationClass/ (export with 'Segmentation mask 1.1')")
     for photo_id in sorted(set(subsets) - set(masks)):
-        imported.problems.append(f"{export.where('ImageSets/Segmentation')}: photo {photo_id!r} is listed but has "
-                                 "no mask in SegmentationClass/ (not annotated, or left out of the export)")
+        imported.problems.append(f"{export.where(listed_in[photo_id])}: photo {photo_id!r} is listed but has no "
+                                 "mask in SegmentationClass/ (not annotated, or left out of the export)")
     finder = PhotoFinder(images) if images is not None else None
     bundled = {PurePosixPath(n).stem: n for n in export.under("JPEGImages")}
     for photo_id, name in sorted(masks.items()):
