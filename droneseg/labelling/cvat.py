@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from droneseg.errors import DataError
-from droneseg.labelling.dataset import Imported, Photo, PhotoFinder, check_size, split_of
+from droneseg.labelling.dataset import Imported, PhotoFinder, split_of
 
 BACKGROUND = "background"
 
@@ -152,12 +152,5 @@ def read_cvat(source: Path, images: Path) -> Imported:
             imported.problems.append(f"{where}: colour {(worst >> 16, (worst >> 8) & 255, worst & 255)} in "
                                      f"{int(counts.max())} px is not in labelmap.txt{more}")
             continue
-        mask = values[at]
-        problem = check_size(photo, mask, where)
-        if problem is None and not mask.any():
-            problem = f"{where}: no labelled pixel (only {BACKGROUND})"
-        if problem:
-            imported.problems.append(problem)
-            continue
-        imported.photos.append(Photo(photo, mask, split_of(subsets.get(photo_id, ""))))
+        imported.add(photo, values[at], where, f"only {BACKGROUND}", split_of(subsets.get(photo_id, "")))
     return imported

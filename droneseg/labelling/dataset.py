@@ -55,6 +55,17 @@ class Imported:
     problems: list[str] = field(default_factory=list)  # one line each: "FILE: the problem"
     notes: list[str] = field(default_factory=list)  # what was decided, for the summary (not problems)
 
+    def add(self, photo: Path, mask: np.ndarray, where: Path | str, empty: str, split: str | None = None) -> None:
+        """Keep ``photo`` with ``mask``, or record the problem: a mask of another size than the photo, or one with
+        no labelled pixel (``empty`` says what it holds instead)."""
+        problem = check_size(photo, mask, where)
+        if problem is None and not mask.any():
+            problem = f"{where}: no labelled pixel ({empty})"
+        if problem:
+            self.problems.append(problem)
+        else:
+            self.photos.append(Photo(photo, mask, split))
+
     def class_number(self, name: str) -> int:
         """The mask value of class ``name`` (1 = the first class)."""
         return [n for n, _ in self.classes].index(name) + 1

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from droneseg.errors import DataError
-from droneseg.labelling.dataset import LABELME_SPECIAL, Imported, Photo, PhotoFinder, check_size
+from droneseg.labelling.dataset import LABELME_SPECIAL, Imported, Photo, PhotoFinder
 
 AREA_SHAPES = ("polygon", "rectangle", "circle", "mask")
 
@@ -174,12 +174,5 @@ def _read_voc(folder: Path, images: Path | None, classes: list | None) -> Import
             imported.problems.append(f"{f}: index {int(values[bad].max())} in {int(bad.sum())} px is outside "
                                      f"class_names.txt ({len(names_voc)} rows)")
             continue
-        mask = lut[values]
-        problem = check_size(photo, mask, f)
-        if problem is None and not mask.any():
-            problem = f"{f}: no labelled pixel (only _background_/__ignore__)"
-        if problem:
-            imported.problems.append(problem)
-            continue
-        imported.photos.append(Photo(photo, mask))
+        imported.add(photo, lut[values], f, "only _background_/__ignore__")
     return imported
