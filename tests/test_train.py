@@ -63,6 +63,16 @@ def test_train_writes_the_whole_run_folder_and_one_truth(synth_root, tmp_path):
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["miou"] == summary["val_miou_native"]
     assert again["context"]["training"].startswith("trained 2 epochs") and "stopped by max_epochs" in again["context"]["training"]
+    # the model card says what the run's own files say: classes, scale, per-class IoU of its final evaluation
+    card = json.loads((run / "model_card.json").read_text())
+    metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
+    assert card["metrics"]["miou"] == metrics["miou"] == summary["val_miou_native"]
+    assert [(c["name"], c["iou"]) for c in card["metrics"]["per_class"]] == [
+        (c["name"], c["iou"]) for c in metrics["per_class"]]
+    assert card["scale"]["gsd_m"] == pytest.approx(0.06) and card["training"]["epochs"] == 2
+    assert card["data"]["licence"].startswith("synthetic scenes drawn by `droneseg synth`")  # SDD's table, no photo
+    text = (run / "MODEL_CARD.md").read_text()
+    assert f"**{metrics['miou']:.3f}**" in text and "no dataset's licence applies" in text
     # a second run never reuses the folder
     assert _train(synth_root, tmp_path / "runs", "--max-epochs", "1") != run
 

@@ -467,6 +467,10 @@ def _replace(path: Path, write: str | Image.Image, quality: int | None = None) -
                                                 **({} if quality is None else {"quality": quality})))
 
 
+SYNTHETIC_MARK = "SYNTHETIC.txt"
+"""The file :func:`write_synthetic` leaves in its dataset folder, saying the data is drawn, not photographed."""
+
+
 def write_synthetic(out: str | Path, n: int, size: tuple[int, int] = (768, 512), seed: int = 0,
                     val_fraction: float = 0.2, jpeg_quality: int = 92) -> Path:
     """Write ``n`` scenes of ``size`` (width, height) in the Kaggle layout into a new or empty folder ``out``.
@@ -506,4 +510,7 @@ def write_synthetic(out: str | Path, n: int, size: tuple[int, int] = (768, 512),
     val = set(split_rng.choice(n, n_val, replace=False).tolist())
     _replace(folders[3] / "train.txt", "".join(f"{d}\n" for i, d in enumerate(ids) if i not in val))
     _replace(folders[3] / "val.txt", "".join(f"{d}\n" for i, d in enumerate(ids) if i in val))
+    # what the data is, for a model card: drawn here, free of any dataset's licence (SYNTHETIC_MARK)
+    _replace(out / SYNTHETIC_MARK, f"Synthetic scenes drawn by droneseg synth (seed {seed}), in the Semantic Drone "
+                                   "Dataset's class table; no photo of any dataset is in this folder.\n")
     return out

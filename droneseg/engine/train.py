@@ -33,6 +33,7 @@ from droneseg.cluster import ClusterEnv, cpu_threads, detect, prepare
 from droneseg.config import RunConfig, dump_config, parse_duration, resolve_paths
 from droneseg.data.datamodule import DroneDataModule
 from droneseg.data.splits import save_splits
+from droneseg.card import write_model_card
 from droneseg.engine.budget import EVAL_FIXED_S, MIN_STEPS, Budget, Costs, measure_costs, val_pixels
 from droneseg.engine.callbacks import EpochLog, SampleFigures
 from droneseg.engine.checkpoints import AtomicCheckpointIO, load_checkpoint_file
@@ -417,6 +418,7 @@ def train(cfg: RunConfig | None, out: Path | None = None, resume: Path | None = 
     if trainer.is_global_zero:
         summary["best_checkpoint"] = best.name if best else None
         summary["command_s"] = round(time.monotonic() - started, 1)  # this session, from the command's start
-        atomic_write_json(run / "train_summary.json", summary)  # last: its presence marks the run finished
+        atomic_write_json(run / "train_summary.json", summary)  # its presence marks the run finished
+        write_model_card(run)  # from the files just written: model.json, the summary, the final evaluation
         _say_how_it_ended(summary)
     return run
