@@ -132,12 +132,15 @@ def render(card: dict) -> str:
         + ("" if d["licence"] else "this model may be used (add it here)."),
         f"- Classes: {', '.join(card['classes']['names'])}.", "",
         "## How well it works", "",
-        f"Pooled mIoU on its {m['split']} split ({m['images']} images, native resolution): **{_n(m['miou'])}**; "
-        f"per-image mIoU {_n(m['per_image_miou'])}; pixel accuracy {_n(m['pixel_accuracy'])}; a labelling that "
-        f"ignores the photos would score {_n(m['chance_miou'])}.", "",
-        f"Protocol: {m['protocol']}.", "",
-        "| class | IoU |", "|---|---|", rows, "",
+        *([f"Pooled mIoU on its {m['split']} split ({m['images']} images, native resolution): **{_n(m['miou'])}**; "
+           f"per-image mIoU {_n(m['per_image_miou'])}; pixel accuracy {_n(m['pixel_accuracy'])}; a labelling that "
+           f"ignores the photos would score {_n(m['chance_miou'])}.", "",
+           f"Protocol: {m['protocol']}.", "",
+           "| class | IoU |", "|---|---|", rows, ""] if m["miou"] is not None else
+          ["No final evaluation in the run folder: `droneseg evaluate RUN --data DATA` scores it.", ""]),
         "## Training", "",
+        "No train_summary.json: this model was not trained by `droneseg train`, or its run did not finish."
+        if t["epochs"] is None else
         f"{t['epochs']} epochs, {t['optimiser_steps']} optimiser steps, {_n(t['wall_s'], 0)} s of training "
         f"({_n(t['command_s'], 0)} s for the whole command), stopped by {t['stopped_by']}; budget "
         f"{t['budget'] or 'none'}; {t['processes']} process(es) on {t['device']}, precision {t['precision']}, "

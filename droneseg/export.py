@@ -10,7 +10,9 @@ Contract
   (the colour ``predict`` draws each class in), ``scheme`` (``LabelScheme.to_dict``), ``normalization``,
   ``long_side``, ``model`` (architecture config), ``input``/``output`` descriptions, ``model_info`` (the whole
   ``model.json``: ``evaluate``/``predict`` open the file alone, :mod:`droneseg.session`) and ``weights_sha256``
-  (of the ``model.safetensors`` exported: a stale ``model.onnx`` beside newer weights is refused).
+  (of the ``model.safetensors`` exported: a stale ``model.onnx`` beside newer weights is refused), ``model_card``
+  (:mod:`droneseg.card`, from the run's own files). An export written outside its run folder gets the card beside
+  it too: ``<file stem>.MODEL_CARD.md``.
 * Parity: ONNX Runtime and PyTorch agree on random inputs of several sizes (odd ones included) to
   ``PARITY_TOL`` in max absolute logit difference, else the file is not written.
 
@@ -34,7 +36,7 @@ from droneseg import __version__
 from droneseg.artifact import ModelInfo, load_model, resolve_model_path, weights_digest
 from droneseg.classes import DataError
 from droneseg.extras import require, require_onnx
-from droneseg.files import atomic_save
+from droneseg.files import atomic_save, atomic_write_text
 
 PARITY_TOL = 1e-3
 MIN_OPSET = 11  # dynamic-size Resize and Pad as the network's padding needs them
@@ -53,7 +55,7 @@ def max_opset() -> int:
 PARITY_SHAPES: tuple[tuple[int, int, int, int], ...] = ((1, 3, 64, 64), (2, 3, 45, 67), (1, 3, 97, 130), (1, 3, 1, 1))
 METADATA_KEYS = (
     "droneseg_version", "class_names", "class_colors", "scheme", "normalization", "long_side", "inference", "model",
-    "input", "output", "model_info", "weights_sha256",
+    "input", "output", "model_info", "weights_sha256", "model_card",
 )  # fmt: skip
 
 
@@ -73,9 +75,9 @@ class ExportResult:
                 f"on sizes {sizes} (limit {PARITY_TOL:g})")
 
 
-def metadata(net: torch.nn.Module, info: ModelInfo, digest: str) -> dict[str, str]:
+def metadata(net: torch.nn.Module, info: ModelInfo, digest: str, card: dict | None = None) -> dict[str, str]:
     """What a consumer of the .onnx needs without model.json, as JSON strings; ``digest``: :func:`weights_digest`
-    of the weights exported."""
+    of the weights exported; ``card``: the run's model card (:func:`droneseg.card.model_card`)."""
     scheme = info.scheme
     props = {
         "droneseg_version": __version__,
@@ -94,6 +96,7 @@ def metadata(net: torch.nn.Module, info: ModelInfo, digest: str) -> dict[str, st
         "output": "logits: float32 (B, K, H, W), K = len(class_names)",
         "model_info": info.to_json(),
         "weights_sha256": digest,
+        "model_card": card,
     }
     return {k: json.dumps(v) for k, v in props.items()}
 
@@ -144,7 +147,10 @@ def export(model: str | Path, out: Path | None = None, opset: int = 17) -> Expor
     out = out / "model.onnx" if out.is_dir() else out
     net, info = load_model(model_dir, "cpu")
     proto = onnx.load_from_string(_onnx_bytes(net, opset, getattr(net, "size_divisor", 1)))
-    for key, value in metadata(net, info, weights_digest(model_dir)).items():
+    from droneseg.card import model_card, render
+
+    card = model_card(model_dir)
+    for key, value in metadata(net, info, weights_digest(model_dir), card).items():
         proto.metadata_props.add(key=key, value=value)
     proto.doc_string = f"droneseg {__version__} model from {model_dir}"
     data = proto.SerializeToString()
@@ -153,4 +159,6 @@ def export(model: str | Path, out: Path | None = None, opset: int = 17) -> Expor
         raise DataError(f"{model_dir}: ONNX logits differ from PyTorch by up to {diff:.2e} (> {PARITY_TOL}); "
                            "not written")
     atomic_save(out, lambda fh: fh.write(data))
+    if out.parent.resolve() != model_dir.resolve():  # the run's own MODEL_CARD.md is beside an export in the run
+        atomic_write_text(out.with_name(f"{out.stem}.MODEL_CARD.md"), render(card))
     return ExportResult(out, opset, diff, list(PARITY_SHAPES), time.perf_counter() - t0)

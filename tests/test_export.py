@@ -90,3 +90,17 @@ def test_model_onnx_of_another_model_is_refused(exported, tmp_path):
     Image.fromarray(scene(40, 40)).save(tmp_path / "p.png")
     with pytest.raises(DataError, match="model.onnx: exported from other weights"):
         predict(folder, [tmp_path / "p.png"], tmp_path / "out", backend="onnx", progress=False)
+
+
+def test_an_export_carries_the_model_card_in_its_metadata_and_beside_it(exported, tmp_path):
+    """In the metadata as JSON; as <stem>.MODEL_CARD.md beside an export written outside its run folder (inside
+    it, the run's own MODEL_CARD.md is there)."""
+    folder, result = exported
+    meta = {p.key: json.loads(p.value) for p in onnx.load(str(result.path)).metadata_props}
+    assert meta["model_card"]["classes"]["names"] == list(get_scheme("six").names)
+    assert meta["model_card"]["scale"]["working_long_side"] == 120
+    assert not (folder / "model.MODEL_CARD.md").exists()
+    moved = export(folder, tmp_path / "six.onnx")
+    card = (tmp_path / "six.MODEL_CARD.md").read_text()
+    assert moved.path == tmp_path / "six.onnx" and card.startswith(f"# Model card: {folder.name}")
+    assert "paved-area, dirt, grass, roof, water, other" in card
