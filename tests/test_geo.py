@@ -105,6 +105,15 @@ def test_class_cog_keeps_crs_and_transform_collar_is_nodata_and_it_validates(fla
     assert (classes == truth).mean() > 0.999  # flat colours at the model's scale: the oracle is exact
     valid, errors, warnings = cog_validate(str(res.files["classes"]))
     assert valid and not errors, errors
+    # the QGIS style beside it: the paletted renderer, one entry per class with its name and the COG's colour
+    import xml.etree.ElementTree as ET
+
+    renderer = ET.parse(res.files["style"]).getroot().find("pipe/rasterrenderer")
+    assert renderer.get("type") == "paletted" and renderer.get("band") == "1"
+    entries = {int(e.get("value")): (e.get("color"), e.get("label")) for e in renderer.iter("paletteEntry")}
+    assert sorted(entries) == sorted(int(v) for v in WRITTEN.values) and NODATA not in entries
+    value = int(WRITTEN.values[paved])
+    assert entries[value] == ("#{:02x}{:02x}{:02x}".format(*cmap[value][:3]), "paved-area")
     conf = read(res.files["confidence"])
     assert (conf[alpha == 0] == 0).all() and conf[alpha > 0].min() > 200
     # uncertainty: nodata 255 on the collar, 0..254 inside; label_next.csv's cells count exactly its pixels

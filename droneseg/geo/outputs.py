@@ -171,6 +171,36 @@ def write_polygons(ds: rasterio.io.DatasetReaderBase, out: Path, names: dict[int
     return count
 
 
+def write_qml(path: Path, classes: list[tuple[int, tuple[int, int, int], str]], nodata: int) -> None:
+    """A QGIS style for a class raster: the paletted renderer with one entry per ``(value, (r, g, b), name)``, so the
+    layer opens with class names and colours (QGIS loads ``<raster stem>.qml`` beside a raster as its default style;
+    the format of QGIS 3's ``QgsPalettedRasterRenderer``). ``nodata`` gets no entry: it stays transparent."""
+    from xml.sax.saxutils import quoteattr
+
+    entries = "\n".join(
+        f'        <paletteEntry value="{v}" color="#{r:02x}{g:02x}{b:02x}" alpha="255" label={quoteattr(name)}/>'
+        for v, (r, g, b), name in classes if v != nodata)
+    atomic_save(path, lambda fh: fh.write(f"""<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.28.0" styleCategories="Symbology">
+  <pipe>
+    <rasterrenderer type="paletted" band="1" opacity="1" alphaBand="-1" nodataColor="">
+      <rasterTransparency/>
+      <minMaxOrigin><limits>None</limits><extent>WholeRaster</extent><statAccuracy>Estimated</statAccuracy>
+      </minMaxOrigin>
+      <colorPalette>
+{entries}
+      </colorPalette>
+      <colorramp type="randomcolors" name="[source]"/>
+    </rasterrenderer>
+    <brightnesscontrast brightness="0" contrast="0" gamma="1"/>
+    <huesaturation saturation="0" colorizeOn="0"/>
+    <rasterresampler maxOversampling="2"/>
+  </pipe>
+  <blendMode>0</blendMode>
+</qgis>
+""".encode()))
+
+
 def write_preview(ortho: Ortho, classes: Path, out: Path, colors: np.ndarray, names: dict[int, str], nodata: int,
                   alpha: float = 0.5) -> None:
     """A JPEG of the orthomosaic at most ``PREVIEW_SIDE`` px on its long side with the classes blended over it and
