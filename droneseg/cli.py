@@ -364,6 +364,10 @@ def train(
         values["data.class_table"] = class_table
         values = {k: str(v.resolve()) if isinstance(v, Path) else v for k, v in values.items() if v is not None}
         cfg = load_config(config or "full", list(set_ or []), {**values, **extend})
+        if cfg.train.init:  # a wrong --init is answered at once, before Lightning is imported
+            from droneseg.engine.init import Parent
+
+            Parent.open(cfg.train.init)
     # Lightning (seconds to import) only once the config is known to be valid: a typo is answered at once
     from droneseg.engine.train import Requeued
     from droneseg.engine.train import train as run_training
