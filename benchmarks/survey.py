@@ -93,7 +93,10 @@ def train(data: Path, preset: str, max_time: str, out: Path, extra: list[str]) -
     summary = json.loads((run / "train_summary.json").read_text())
     return {"run": str(run), "wall_s": round(time.monotonic() - t0, 1), **{k: summary.get(k) for k in (
         "val_miou_native", "epochs", "stopped_by", "val_images", "train_images", "command_s", "final_eval_s")},
-        "steps": summary["schedule"]["done_steps"]}
+        "steps": summary["schedule"]["done_steps"],
+        # the budget's own averages (seconds per optimiser step, per validation): where a gap in steps comes from
+        **{k: (summary.get("budget") or {}).get(k) for k in ("step_s", "val_s", "reserve_s")},
+        "images_per_s": summary.get("images_per_s")}
 
 
 def main() -> None:
