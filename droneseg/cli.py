@@ -514,16 +514,20 @@ def _count(n: int, word: str) -> str:
 @command("export")
 def export_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).", show_default=False)],
-    format: Annotated[str, typer.Option("--format", help="Only onnx for now.")] = "onnx",
-    out: Annotated[Optional[Path], typer.Option("--out", help="File or folder (default RUN/model.onnx, where --backend onnx looks).")] = None,
+    format: Annotated[str, typer.Option("--format", help="onnx: for droneseg's onnx backend (any size, logits); qgis: one file for QGIS's Deepness plugin and WebODM's GeoDeep (fixed square tiles, probabilities, their metadata).")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", help="File or folder (default RUN/model.onnx, where --backend onnx looks; RUN/model-qgis.onnx for qgis).")] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX operator set version to write (11 to the exporter's newest, 20 with torch 2.14).")] = 17,
+    gsd: Annotated[Optional[float], typer.Option("--gsd", help="qgis: metres of ground per pixel at the model's working size (default: model.json's gsd, from training with --gsd).", show_default=False)] = None,
+    tile: Annotated[Optional[int], typer.Option("--tile", help="qgis: tile side in pixels (default: the model's inference tile).", show_default=False)] = None,
 ) -> None:
-    """Export to ONNX (dynamic batch, height, width; the model's description as metadata), checking parity with PyTorch."""
-    if format != "onnx":
-        raise typer.BadParameter(f"unknown format {format!r}; choose from ['onnx']")
-    from droneseg.export import export
+    """Export to ONNX with the model's description as metadata, checking parity with PyTorch."""
+    from droneseg.export import FORMATS, export
 
-    result = export(model, out, opset=opset)
+    if format not in FORMATS:
+        raise typer.BadParameter(f"unknown format {format!r}; choose from {list(FORMATS)}")
+    if format != "qgis" and (gsd is not None or tile is not None):
+        raise typer.BadParameter("--gsd and --tile are for --format qgis")
+    result = export(model, out, opset=opset, format=format, gsd=gsd, tile=tile)
     typer.echo(str(result))
 
 

@@ -121,6 +121,9 @@ def _onnx_session(model: Path, device: torch.device) -> ModelSession:
     except Exception as exc:  # ORT's own error types  # noqa: BLE001
         raise DataError(f"{path}: not an ONNX model ONNX Runtime can run ({str(exc).splitlines()[0]})") from None
     meta = session.get_modelmeta().custom_metadata_map
+    if "model_type" in meta:  # export --format qgis: fixed tiles and probabilities, for Deepness and GeoDeep
+        raise DataError(f"{path}: exported for QGIS (Deepness) and WebODM (GeoDeep), on fixed tiles; droneseg runs "
+                        "the run folder, or the model.onnx of `droneseg export RUN`")
     info = info_from_onnx(meta, str(path))
     if folder is not None and model.suffix.lower() != ".onnx":
         own = resolve_model_path(folder)

@@ -334,20 +334,16 @@ def test_line_width_is_refused_for_a_layer_in_degrees(synth, tmp_path, capsys):
 
 
 SURVEY_FLOOR = 0.35
-"""Val mIoU (six classes) the demo recipe must beat on the synthetic survey below in 6 epochs; it scored 0.466
+"""Val mIoU (six classes) the demo recipe must beat on conftest's synthetic survey (survey_run) in 6 epochs; it scored 0.466
 (chance 0.201) on a 2-core CPU in 71 s."""
 
 
 @pytest.mark.slow
-def test_the_demo_recipe_learns_a_synthetic_survey(tmp_path, capsys):
+def test_the_demo_recipe_learns_a_synthetic_survey(survey_run):
     """§5 of step 12: offline, `synth-ortho` then `train -c demo --data <stem>_survey.yaml` learns the map: its val
-    blocks score well above chance (the best labelling that ignores the photos)."""
-    write_synthetic_ortho(tmp_path / "site.tif", (1600, 1200), gsd=0.1, seed=8)
-    survey = write_synthetic_survey(tmp_path / "site.tif", block_px=400)["survey"]
-    assert run_cli("train", "-c", "demo", "--data", survey, "--out", tmp_path / "runs", "--max-epochs", "6",
-                   "--set", "inference.tile=128", "--set", "data.workers=0", "--set", "train.sample_every=0") == 0
-    run = Path(capsys.readouterr().out.strip().splitlines()[-1])
-    summary = json.loads((run / "train_summary.json").read_text())
+    blocks score well above chance (the best labelling that ignores the photos). The run: conftest's survey_run."""
+    summary = json.loads((survey_run / "train_summary.json").read_text())
+    assert summary["epochs"] == 6
     assert summary["val_miou_native"] >= SURVEY_FLOOR and summary["val_miou_native"] >= 2 * summary["chance_miou"]
 
 
