@@ -16,6 +16,7 @@ the dataset's licence forbids redistributing it in any form.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import subprocess
 import sys
@@ -96,7 +97,10 @@ def train(data: Path, preset: str, max_time: str, out: Path, extra: list[str]) -
         "steps": summary["schedule"]["done_steps"],
         # the budget's own averages (seconds per optimiser step, per validation): where a gap in steps comes from
         **{k: (summary.get("budget") or {}).get(k) for k in ("step_s", "val_s", "reserve_s")},
-        "images_per_s": summary.get("images_per_s")}
+        "images_per_s": summary.get("images_per_s"),
+        # seconds of each epoch (training and its validation), from the run's metrics.csv
+        "epoch_s": [round(float(row["epoch_s"]), 1) for row in csv.DictReader((run / "logs" / "metrics.csv").open())
+                    if row.get("epoch_s")]}
 
 
 def main() -> None:
