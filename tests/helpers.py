@@ -56,3 +56,35 @@ class ShapeRecorder(torch.nn.Module):
 def scene(width: int, height: int, seed: int = 0) -> np.ndarray:
     """A synthetic aerial photo, (H, W, 3) uint8."""
     return render_scene(width, height, np.random.default_rng(seed))[0]
+
+
+def gdal_attribute_table(path: Path) -> list[dict[str, str]]:
+    """The raster attribute table of band 1 of ``path`` as GDAL itself reads it (its C API, through the libgdal that
+    rasterio loads: GDAL's Python bindings are not on PyPI as wheels); [] when it has none."""
+    import ctypes
+    import ctypes.util
+    import glob
+    import os
+
+    import rasterio
+
+    bundled = glob.glob(os.path.join(os.path.dirname(rasterio.__file__), "..", "rasterio.libs", "libgdal*.so*"))
+    lib = ctypes.CDLL(bundled[0] if bundled else ctypes.util.find_library("gdal"))
+    p, i = ctypes.c_void_p, ctypes.c_int
+    for name, res, args in [("GDALOpen", p, [ctypes.c_char_p, i]), ("GDALGetRasterBand", p, [p, i]),
+                            ("GDALGetDefaultRAT", p, [p]), ("GDALRATGetRowCount", i, [p]),
+                            ("GDALRATGetColumnCount", i, [p]), ("GDALRATGetNameOfCol", ctypes.c_char_p, [p, i]),
+                            ("GDALRATGetValueAsString", ctypes.c_char_p, [p, i, i]), ("GDALClose", None, [p])]:
+        getattr(lib, name).restype, getattr(lib, name).argtypes = res, args
+    lib.GDALAllRegister()
+    ds = lib.GDALOpen(str(path).encode(), 0)
+    assert ds, f"GDAL cannot open {path}"
+    try:
+        rat = lib.GDALGetDefaultRAT(lib.GDALGetRasterBand(ds, 1))
+        if not rat:
+            return []
+        cols = [lib.GDALRATGetNameOfCol(rat, c).decode() for c in range(lib.GDALRATGetColumnCount(rat))]
+        return [{col: lib.GDALRATGetValueAsString(rat, r, c).decode() for c, col in enumerate(cols)}
+                for r in range(lib.GDALRATGetRowCount(rat))]
+    finally:
+        lib.GDALClose(ds)

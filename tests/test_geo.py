@@ -23,7 +23,7 @@ rasterio = pytest.importorskip("rasterio", reason="the geo extra is not installe
 pyogrio = pytest.importorskip("pyogrio")
 shapely = pytest.importorskip("shapely")
 
-from helpers import save_tiny_model, tiny_net  # noqa: E402
+from helpers import gdal_attribute_table, save_tiny_model, tiny_net  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
 from droneseg import cli  # noqa: E402
@@ -114,6 +114,11 @@ def test_class_cog_keeps_crs_and_transform_collar_is_nodata_and_it_validates(fla
     assert sorted(entries) == sorted(int(v) for v in WRITTEN.values) and NODATA not in entries
     value = int(WRITTEN.values[paved])
     assert entries[value] == ("#{:02x}{:02x}{:02x}".format(*cmap[value][:3]), "paved-area")
+    # its raster attribute table, as GDAL reads it: value, class name and colour of every class
+    rat = {int(row["Value"]): row for row in gdal_attribute_table(res.files["classes"])}
+    assert sorted(rat) == sorted(int(v) for v in WRITTEN.values)
+    assert rat[value]["Class"] == "paved-area" and tuple(int(rat[value][c]) for c in ("Red", "Green", "Blue")) == \
+        tuple(cmap[value][:3])
     conf = read(res.files["confidence"])
     assert (conf[alpha == 0] == 0).all() and conf[alpha > 0].min() > 200
     # uncertainty: nodata 255 on the collar, 0..254 inside; label_next.csv's cells count exactly its pixels

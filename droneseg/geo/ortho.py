@@ -16,8 +16,8 @@ Contract
   of one strip, whatever the scene's height. Tiles with no valid pixel under them are not inferred (a pixel next
   to the collar may then differ from a one-pass result that also inferred the empty tiles).
 * Outputs per input, in ``out``: ``<stem>_classes.tif`` (COG, written values of the scheme's numbering, colour
-  table, nodata 255 on every pixel outside the valid area) and ``<stem>_classes.qml`` (its QGIS style: class names
-  and colours), with ``confidence`` ``<stem>_confidence.tif`` (uint8
+  table, nodata 255 on every pixel outside the valid area), ``<stem>_classes.qml`` (its QGIS style: class names
+  and colours) and ``<stem>_classes.tif.aux.xml`` (its raster attribute table: value, class name, colour), with ``confidence`` ``<stem>_confidence.tif`` (uint8
   round(255 · top softmax probability), nodata 0), with ``uncertainty`` ``<stem>_uncertainty.tif`` (uint8
   round(255 · (1 - margin)) capped at 254, nodata 255) and ``<stem>_label_next.csv`` (cells of CELL x CELL pixels
   ranked by uncertain area, bounds in the raster's CRS: :mod:`droneseg.labelling.uncertainty`),
@@ -48,7 +48,7 @@ from droneseg.areas import AreaTable, write_csv
 from droneseg.classes import IGNORE_INDEX
 from droneseg.files import atomic_write_text
 from droneseg.geo.options import OrthoOptions, VectorFormat
-from droneseg.geo.outputs import RasterWriter, write_polygons, write_preview, write_qml
+from droneseg.geo.outputs import RasterWriter, write_attribute_table, write_polygons, write_preview, write_qml
 from droneseg.geo.raster import Ortho, WorkingWindow, open_ortho
 from droneseg.schemes import WrittenClasses
 from droneseg.tiler import Tiler
@@ -79,6 +79,7 @@ def ortho_paths(path: Path, out: Path, confidence: bool = False, vector: VectorF
                 uncertainty: bool = False) -> dict[str, Path]:
     stem = Path(path).stem
     files = {"classes": out / f"{stem}_classes.tif", "style": out / f"{stem}_classes.qml",
+             "attributes": out / f"{stem}_classes.tif.aux.xml",
              "areas_csv": out / f"{stem}_class_areas.csv",
              "areas_json": out / f"{stem}_class_areas.json", "preview": out / f"{stem}_preview.jpg"}
     if confidence:
@@ -224,8 +225,9 @@ def segment_ortho(path: Path, out: Path, tiler: Tiler, written: WrittenClasses, 
                 **(meta or {})}
         write_csv(files["areas_csv"], table.rows())
         table.write_json(files["areas_json"], info)
-        write_qml(files["style"], [(int(v), tuple(palette[v].tolist()), n) for v, n in zip(written.values, names)],
-                  NODATA)  # QGIS opens the class COG with its class names and colours
+        legend = [(int(v), tuple(palette[v].tolist()), n) for v, n in zip(written.values, names)]
+        write_qml(files["style"], legend, NODATA)  # QGIS opens the class COG with its class names and colours
+        write_attribute_table(files["classes"], legend, NODATA)  # and GDAL names its values
         write_preview(ortho, files["classes"], files["preview"], palette,
                       {int(v): n for v, n in zip(written.values, names)}, NODATA)
     seconds = {"infer": t_infer - t0, "sieve_count": t_count - t_infer, "polygons": t_vector - t_count,

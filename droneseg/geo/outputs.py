@@ -201,6 +201,33 @@ def write_qml(path: Path, classes: list[tuple[int, tuple[int, int, int], str]], 
 """.encode()))
 
 
+def write_attribute_table(raster: Path, classes: list[tuple[int, tuple[int, int, int], str]], nodata: int) -> Path:
+    """A thematic raster attribute table for the class raster ``raster``: GDAL's sidecar ``<raster>.aux.xml``
+    (its PAM format, where GDAL itself keeps a GeoTIFF's table: TIFF has no place for one) with one row per
+    ``(value, (r, g, b), name)`` but ``nodata``: columns Value (usage MinMax), Class (Name), Red, Green, Blue.
+    GDAL-based tools then name the values (QGIS 3.30+: Layer Properties > Attribute Tables, identify results).
+    Field types and usages are GDAL's enums (``GFT_Integer`` 0, ``GFT_String`` 2; ``GFU_Name`` 2, ``GFU_MinMax`` 5,
+    ``GFU_Red`` 6, ``GFU_Green`` 7, ``GFU_Blue`` 8). -> the sidecar's path."""
+    from xml.sax.saxutils import escape
+
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8)]
+    defs = "\n".join(f'      <FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+                     for i, (n, t, u) in enumerate(fields))
+    rows = "\n".join(f'      <Row index="{i}"><F>{v}</F><F>{escape(name)}</F><F>{r}</F><F>{g}</F><F>{b}</F></Row>'
+                     for i, (v, (r, g, b), name) in enumerate(c for c in classes if c[0] != nodata))
+    path = raster.with_name(raster.name + ".aux.xml")
+    atomic_save(path, lambda fh: fh.write(f"""<PAMDataset>
+  <PAMRasterBand band="1">
+    <GDALRasterAttributeTable tableType="thematic">
+{defs}
+{rows}
+    </GDALRasterAttributeTable>
+  </PAMRasterBand>
+</PAMDataset>
+""".encode()))
+    return path
+
+
 def write_preview(ortho: Ortho, classes: Path, out: Path, colors: np.ndarray, names: dict[int, str], nodata: int,
                   alpha: float = 0.5) -> None:
     """A JPEG of the orthomosaic at most ``PREVIEW_SIDE`` px on its long side with the classes blended over it and
