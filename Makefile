@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[onnx,geo,test,docs]'
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e '.[onnx,openvino,geo,test,docs]'
 	@# Datumaro (test-only, tests/test_import.py) pins pillow~=12; it runs on our pillow: installed without its pins
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -c constraints.txt datumaro
 	touch $(STAMP)

@@ -53,7 +53,7 @@ def main() -> None:
     ap.add_argument("--render-gsd", type=float, default=0.05, help="metres per pixel the ground is drawn at")
     ap.add_argument("--model-gsd", type=float, default=0.05, help="metres per working pixel of the models")
     ap.add_argument("--strip", type=int, default=4096)
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnx"])
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "openvino"])
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("DRONESEG_CACHE", Path.home() / ".cache/droneseg")))
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ortho.json")
     args = ap.parse_args()

@@ -400,7 +400,7 @@ BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles p
 BlendOpt = Annotated[Optional[str], typer.Option("--blend", help="gaussian or cosine tile weights.", rich_help_panel="Inference (default: model.json)")]
 TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over flips.", show_default=False, rich_help_panel="Inference (default: model.json)")]
 LumaOpt = Annotated[Optional[str], typer.Option("--luma-threshold", help="luma scheme: split each map at its mean or median.", rich_help_panel="Inference (default: model.json)")]
-BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="torch or onnx (ONNX Runtime on RUN/model.onnx, exported if missing); an .onnx MODEL runs on onnx.", show_default=False)]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="torch, onnx (ONNX Runtime on RUN/model.onnx, exported if missing) or openvino (OpenVINO on the same file; the openvino extra); an .onnx MODEL runs on onnx unless openvino is asked for.", show_default=False)]
 NumberingOpt = Annotated[str, typer.Option("--numbering", help="Mask values: auto (dataset's for one-to-one schemes, else the scheme's 0..K-1), dataset, scheme.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")]
 ModelArg = Annotated[Path, typer.Argument(help="Run folder (or its model.json), or an exported model.onnx.", show_default=False)]

@@ -5,7 +5,8 @@ Contract
 * :func:`open_session` opens a run folder (or its ``model.json``) or an exported ``.onnx`` file on a backend chosen
   by name (:data:`BACKENDS`): ``torch`` runs the safetensors weights in PyTorch; ``onnx`` runs ONNX Runtime on
   ``model.onnx`` next to ``model.json`` (a temporary export when there is none; refused when it was exported
-  from other weights) or on the ``.onnx`` file given, whose metadata carries the model's description.
+  from other weights) or on the ``.onnx`` file given, whose metadata carries the model's description; ``openvino``
+  compiles the same ONNX file with OpenVINO's CPU runtime, checked against ONNX Runtime when it opens.
 * :meth:`ModelSession.tiler` gives the :class:`~droneseg.tiler.Tiler` for inference settings;
   :meth:`ModelSession.settings` applies the command line's :class:`~droneseg.tiler.InferenceOverrides` to the
   model's own settings. Validation during training (:func:`net_session`), ``evaluate``, ``predict`` and the
@@ -14,7 +15,7 @@ Contract
   ONNX Runtime, which takes and returns host arrays). Nothing here imports Lightning.
 
 >>> sorted(BACKENDS)
-['onnx', 'torch']
+['onnx', 'openvino', 'torch']
 """
 
 from __future__ import annotations
@@ -108,8 +109,14 @@ def info_from_onnx(meta: dict[str, str], origin: str) -> ModelInfo:
 def _onnx_session(model: Path, device: torch.device) -> ModelSession:
     from droneseg.extras import require_onnx
 
-    ort = require_onnx()
-    data, path, folder = _onnx_bytes_for(model)
+    require_onnx()
+    return _ort_session(model, device, *_onnx_bytes_for(model))
+
+
+def _ort_session(model: Path, device: torch.device, data: bytes, path: Path, folder: Path | None) -> ModelSession:
+    """ONNX Runtime on ``data`` (the ONNX file ``path`` of ``model``, in the run folder ``folder`` or None)."""
+    import onnxruntime as ort
+
     wanted = ["CUDAExecutionProvider"] if device.type == "cuda" else []
     providers = [p for p in wanted if p in ort.get_available_providers()] + ["CPUExecutionProvider"]
     options = ort.SessionOptions()
@@ -142,7 +149,48 @@ def _onnx_session(model: Path, device: torch.device) -> ModelSession:
     return ModelSession(run, info.scheme, info.inference, torch.device("cpu"), "onnx", info, folder)
 
 
-BACKENDS: dict[str, Callable[[Path, torch.device], ModelSession]] = {"torch": _torch_session, "onnx": _onnx_session}
+def _openvino_session(model: Path, device: torch.device) -> ModelSession:
+    """OpenVINO's CPU runtime on the same ONNX file as the onnx backend (read and compiled by OpenVINO, f32 on every
+    CPU: its default on CPUs with bf16 units would be bf16). Its logits are compared with ONNX Runtime's (which the
+    export compared with PyTorch's) on random inputs when the session opens; a difference over
+    :data:`~droneseg.export.PARITY_TOL` refuses the backend in one line."""
+    from droneseg.extras import require
+
+    require("openvino", "openvino", "onnx", "onnxruntime", what="The openvino backend")
+    import openvino as ov
+
+    from droneseg.export import PARITY_SHAPES, PARITY_TOL
+
+    data, path, folder = _onnx_bytes_for(model)
+    reference = _ort_session(model, torch.device("cpu"), data, path, folder)  # checks the file, describes it
+    core = ov.Core()
+    with tempfile.TemporaryDirectory() as tmp:  # OpenVINO reads ONNX from a file
+        onnx_file = Path(tmp) / "model.onnx"
+        onnx_file.write_bytes(data)
+        compiled = core.compile_model(core.read_model(str(onnx_file)), "CPU", {
+            "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY",
+            "INFERENCE_NUM_THREADS": max(1, torch.get_num_threads())})
+    request = compiled.create_infer_request()
+    output = compiled.output(0)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        pixels = np.ascontiguousarray(x.cpu().numpy())
+        return torch.from_numpy(np.array(request.infer({0: pixels})[output])).to(x.device)
+
+    gen = torch.Generator().manual_seed(0)
+    worst = 0.0
+    for shape in PARITY_SHAPES:
+        x = torch.rand(shape, generator=gen)
+        worst = max(worst, float((run(x) - reference.run(x)).abs().max()))
+    if not worst <= PARITY_TOL:
+        raise DataError(f"{path}: OpenVINO's logits differ from ONNX Runtime's by up to {worst:.2e} (> {PARITY_TOL}) "
+                        "on this machine; use --backend torch or onnx")
+    return ModelSession(run, reference.scheme, reference.inference, torch.device("cpu"), "openvino", reference.info,
+                        folder)
+
+
+BACKENDS: dict[str, Callable[[Path, torch.device], ModelSession]] = {
+    "torch": _torch_session, "onnx": _onnx_session, "openvino": _openvino_session}
 """Backend name -> opener of a run folder or exported file on a device."""
 
 
@@ -156,6 +204,6 @@ def open_session(model: str | Path, backend: str | None = None, device: str | No
     backend = backend or ("onnx" if is_onnx_file else "torch")
     if backend not in BACKENDS:
         raise DataError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
-    if is_onnx_file and backend != "onnx":
-        raise DataError(f"{model}: an exported ONNX file runs on the onnx backend, not {backend!r}")
+    if is_onnx_file and backend not in ("onnx", "openvino"):
+        raise DataError(f"{model}: an exported ONNX file runs on the onnx or openvino backend, not {backend!r}")
     return BACKENDS[backend](model, device_for(device, local_rank))

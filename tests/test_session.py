@@ -11,6 +11,7 @@ from helpers import save_tiny_model, scene
 from PIL import Image
 
 from droneseg.classes import DataError
+from droneseg.errors import UserError
 from droneseg.evaluate import evaluate
 from droneseg.export import export
 from droneseg.predict import predict
@@ -30,13 +31,14 @@ def model(tmp_path_factory):
 def test_evaluate_with_the_onnx_backend_scores_what_torch_scores(model, synth_root, tmp_path):
     """`evaluate --backend onnx` runs the exported model through the same code: mIoU within 1e-3 of torch's."""
     scores = {}
-    for backend in ("torch", "onnx"):
+    for backend in ("torch", "onnx", "openvino"):
         folder = evaluate(model, synth_root, backend=backend, figures=0, out=tmp_path / backend, progress=False)
         metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["context"]["backend"] == backend
         scores[backend] = metrics
-    assert scores["onnx"]["miou"] == pytest.approx(scores["torch"]["miou"], abs=1e-3)
-    assert scores["onnx"]["pixel_accuracy"] == pytest.approx(scores["torch"]["pixel_accuracy"], abs=1e-3)
+    for backend in ("onnx", "openvino"):
+        assert scores[backend]["miou"] == pytest.approx(scores["torch"]["miou"], abs=1e-3)
+        assert scores[backend]["pixel_accuracy"] == pytest.approx(scores["torch"]["pixel_accuracy"], abs=1e-3)
 
 
 def test_an_exported_file_alone_predicts_the_labels_of_its_run(model, tmp_path):
@@ -65,7 +67,7 @@ def test_an_exported_file_outside_its_run_needs_an_output_folder_to_evaluate(mod
 
 
 @pytest.mark.parametrize(("backend", "message"), [("tensorrt", "unknown backend 'tensorrt'; choose from"),
-                                                  ("torch", "runs on the onnx backend")])
+                                                  ("torch", "runs on the onnx or openvino backend")])
 def test_bad_backends_are_refused_in_one_line(model, tmp_path, backend, message):
     target = model / "model.onnx" if backend == "torch" else model
     with pytest.raises(DataError, match=message):
@@ -82,4 +84,30 @@ def test_the_inference_options_travel_as_one_object_and_name_the_bad_one(model):
 
 
 def test_every_backend_is_in_the_registry():
-    assert sorted(BACKENDS) == ["onnx", "torch"]
+    assert sorted(BACKENDS) == ["onnx", "openvino", "torch"]
+
+
+def test_the_openvino_backend_predicts_the_labels_of_torch_on_a_run_and_on_a_file_alone(model, tmp_path):
+    Image.fromarray(scene(150, 100)).save(tmp_path / "p.png")
+    predict(model, [tmp_path / "p.png"], tmp_path / "torch", progress=False)
+    predict(model, [tmp_path / "p.png"], tmp_path / "ov", backend="openvino", progress=False)
+    predict(model / "model.onnx", [tmp_path / "p.png"], tmp_path / "ov-file", backend="openvino", progress=False)
+    a, b, c = (np.asarray(Image.open(tmp_path / d / "p.png")) for d in ("torch", "ov", "ov-file"))
+    assert (a == b).mean() > 0.999 and (b == c).all()
+    session = open_session(model, "openvino")
+    assert session.backend == "openvino" and session.inference.tile == 48 and session.folder == model
+
+
+def test_the_openvino_backend_without_its_extra_names_it(model, monkeypatch):
+    import builtins
+
+    real = builtins.__import__
+
+    def no_openvino(name, *args, **kwargs):
+        if name == "openvino":
+            raise ImportError(name)
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_openvino)
+    with pytest.raises(UserError, match=r"openvino extra.*pip install 'droneseg\[openvino\]'"):
+        open_session(model, "openvino")

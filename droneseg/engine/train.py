@@ -232,6 +232,8 @@ def _final_eval(cfg: RunConfig, run: Path, trainer: pl.Trainer, training: dict) 
         return {}
     metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
     return {"val_miou_native": metrics["miou"], "chance_miou": metrics.get("chance_miou"),
+            # the mean over val photos of each photo's mIoU (classes in its truth): what many papers report
+            "val_per_image_miou": (metrics.get("per_image") or {}).get("per_image_miou"),
             "eval_report": str((folder / "report.html").relative_to(run)),
             "final_eval_s": round(time.monotonic() - t_eval, 1)}
 
@@ -289,7 +291,9 @@ def _say_how_it_ended(summary: dict) -> None:
     when the model is near chance: a run that stopped early must not look like a finished one."""
     line = describe_training(summary)
     if summary.get("val_miou_native") is not None:
-        line += f"; val mIoU {summary['val_miou_native']:.3f} at native resolution ({summary['val_images']} images)"
+        line += (f"; val mIoU {summary['val_miou_native']:.3f} at native resolution ({summary['val_images']} images"
+                 + (f"; per-image mIoU {summary['val_per_image_miou']:.3f}"
+                    if summary.get("val_per_image_miou") is not None else "") + ")")
     elif summary.get("best_val_miou_working_size") is not None:
         line += f"; best val mIoU {summary['best_val_miou_working_size']:.3f} at working size"
     print(line, file=sys.stderr)
