@@ -45,7 +45,7 @@ def child(config: dict) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", type=Path, required=True, help="a trained run folder")
+    ap.add_argument("--model", type=Path, help="a trained run folder (required)")
     ap.add_argument("--data", type=Path, help="a dataset with a val split, for each backend's mIoU")
     ap.add_argument("--photos", type=int, default=2)
     ap.add_argument("--backend", action="append", choices=BACKENDS)
@@ -55,6 +55,8 @@ def main() -> None:
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
+    if args.model is None:
+        ap.error("--model RUN is required")
     import numpy as np
     from PIL import Image
 

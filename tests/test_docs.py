@@ -268,6 +268,12 @@ NUMBERS = [
     Numbers("docs/benchmarks.md", "Both rows are this code's",
             "c8ad2bc:benchmarks/results/survey-vs-photos-full-30m.json", lambda d: [
                 f"the same survey path did {d['survey']['steps']} optimiser steps"]),
+    *[Numbers(page, where, "gis.json", lambda d: [f"{pct(d['agreement'], 2)} % of the pixels"])
+      for page, where in (("README.md", "In QGIS or WebODM"), ("docs/index.md", "In QGIS or WebODM"),
+                          ("docs/gis.md", "**Measured.**"))],
+    Numbers("docs/gis.md", "**Measured.**", "gis.json", lambda d: [
+        f"{d['photos']} dev val photos", f"GeoDeep {d['geodeep']}", f"--gsd {d['gsd_m']}",
+        f"{r(d['miou_geodeep'], 3)} through GeoDeep, {r(d['miou_predict'], 3)} through `droneseg predict`"]),
     # the results table: in the README, the docs' home page and Benchmarks
     *[Numbers(page, where, src, fn) for page in ("README.md", "docs/index.md", "docs/benchmarks.md")
       for where, src, fn in RESULTS_TABLE],

@@ -3,7 +3,7 @@ on real imagery? Each val photo of a dataset becomes a GeoTIFF at the model's wo
 tool resamples); GeoDeep and ``droneseg predict`` segment it; the result: the share of pixels where their classes
 agree, and each one's pooled mIoU against the photos' masks.
 
-    python benchmarks/geodeep.py --model RUN --data ../shared/data/semantic-drone-dev --gsd 0.15625 [--out JSON]
+    python benchmarks/gis.py --model RUN --data ../shared/data/semantic-drone-dev --gsd 0.15625 [--out JSON]
 
 ``--gsd``: metres per working pixel, for a model trained without one (the dev photos have no stated GSD; 0.15625 is
 the survey benchmark's 8 cm photos at the ``full`` preset's 768-px working size). The GeoTIFFs are derived from the
@@ -13,6 +13,7 @@ dataset: they live in a temporary folder and are never committed. GeoDeep (AGPL-
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import subprocess
 import sys
@@ -45,7 +46,7 @@ def main() -> None:
     ap.add_argument("--data", type=Path, required=True)
     ap.add_argument("--gsd", type=float, help="metres per working pixel (default: model.json's)")
     ap.add_argument("--split", default="val")
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "geodeep.json")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gis.json")
     args = ap.parse_args()
     import geodeep
     import rasterio
@@ -94,8 +95,8 @@ def main() -> None:
             total += ours.size
             ours_m += confusion(ours, truths[i], k)
             theirs_m += confusion(theirs[i], truths[i], k)
-    result = {"command": " ".join(["python benchmarks/geodeep.py", *sys.argv[1:]]), "model": str(args.model),
-              "geodeep": geodeep.__version__ if hasattr(geodeep, "__version__") else None, "gsd_m": gsd,
+    result = {"command": " ".join(["python benchmarks/gis.py", *sys.argv[1:]]), "model": str(args.model),
+              "geodeep": importlib.metadata.version("geodeep"), "gsd_m": gsd,
               "split": args.split, "photos": len(ids), "working_size": list(next(iter(truths.values())).shape[::-1]),
               "agreement": agree / total, "miou_predict": miou(ours_m), "miou_geodeep": miou(theirs_m),
               "predict_s": round(predict_s, 1), "geodeep_s": round(geodeep_s, 1)}
