@@ -207,6 +207,21 @@ def survey_row(key: str):
     return expect
 
 
+def backend_row(key: str):
+    def expect(d: dict) -> list[str]:
+        b = next(x for x in d["results"] if x["backend"] == key)
+        return [f"| {r(b['seconds_per_photo'], 2)} ({r(b['read_s'], 2)}, {r(b['infer_s'], 2)}, {r(b['write_s'], 2)}) |",
+                f"| {r(b['evaluate_s'])} s |", f"| {r(b['val_miou'], 4)} |", f"| {b['peak_rss_mb']} MB |"]
+
+    return expect
+
+
+def ratio(d: dict, key: str) -> float:
+    """A backend's network seconds per photo over torch's."""
+    infer = {x["backend"]: x["infer_s"] for x in d["results"]}
+    return infer[key] / infer["torch"]
+
+
 @dataclass(frozen=True)
 class Numbers:
     """The paragraph or table row of ``page`` that contains ``where`` holds every string ``expect`` makes of the
@@ -274,6 +289,10 @@ NUMBERS = [
     Numbers("docs/gis.md", "**Measured.**", "gis.json", lambda d: [
         f"{d['photos']} dev val photos", f"GeoDeep {d['geodeep']}", f"--gsd {d['gsd_m']}",
         f"{r(d['miou_geodeep'], 3)} through GeoDeep, {r(d['miou_predict'], 3)} through `droneseg predict`"]),
+    *[Numbers("docs/benchmarks.md", f"| {name} |", "backends.json", backend_row(key))
+      for name, key in (("torch", "torch"), ("onnx (ONNX Runtime)", "onnx"), ("openvino (OpenVINO, f32)", "openvino"))],
+    Numbers("docs/benchmarks.md", "The three agree to 1e-6", "backends.json", lambda d: [
+        f"{r(ratio(d, 'onnx'), 2)}x torch's", f"OpenVINO's {r(ratio(d, 'openvino'), 2)}x"]),
     # the results table: in the README, the docs' home page and Benchmarks
     *[Numbers(page, where, src, fn) for page in ("README.md", "docs/index.md", "docs/benchmarks.md")
       for where, src, fn in RESULTS_TABLE],
