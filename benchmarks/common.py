@@ -8,6 +8,7 @@ import platform
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PHOTO = (6000, 4000)
@@ -84,3 +85,12 @@ def fp32_peak_gflops(n: int = 2048, repeats: int = 5) -> float:
         torch.mm(a, b)
         best = min(best, time.perf_counter() - t0)
     return 2 * n**3 / best / 1e9
+
+
+def droneseg(*args: str | Path) -> float:
+    """Run ``python -m droneseg ARGS`` -> its wall seconds; raises SystemExit with the end of its stderr on failure."""
+    t0 = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "droneseg", *map(str, args)], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"droneseg {' '.join(map(str, args[:2]))} failed:\n{done.stderr[-3000:]}")
+    return time.monotonic() - t0

@@ -15,13 +15,13 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import json
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+from common import droneseg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -76,13 +76,8 @@ def main() -> None:
                                crs="EPSG:32633", transform=from_origin(500000, 5000000, gsd, gsd), tiled=True,
                                photometric="RGB") as ds:
                 ds.write(image.transpose(2, 0, 1))
-        t0 = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "droneseg", "predict", str(args.model),
-                               *[str(Path(tmp) / f"{i}.tif") for i in ids], "--out", f"{tmp}/pred", "--vector", "none"],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(done.stderr[-3000:])
-        predict_s = time.monotonic() - t0
+        predict_s = droneseg("predict", args.model, *[Path(tmp) / f"{i}.tif" for i in ids], "--out", f"{tmp}/pred",
+                             "--vector", "none")
         agree = total = 0
         ours_m, theirs_m = np.zeros((k, k), np.int64), np.zeros((k, k), np.int64)
         t0 = time.monotonic()

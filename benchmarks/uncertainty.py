@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from common import droneseg
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,18 +43,9 @@ def main() -> None:
     ids = read_split_file(args.data / "splits" / f"{args.split}.txt")
     by_id = {s.id: s.image for s in find_layout(args.data).samples}
     with tempfile.TemporaryDirectory(prefix="droneseg-uncertainty-") as tmp:
-        t0 = time.monotonic()
-        done = subprocess.run([sys.executable, "-m", "droneseg", "predict", str(args.model),
-                               *[str(by_id[i]) for i in ids], "--out", f"{tmp}/pred", "--uncertainty"],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(done.stderr[-3000:])
-        predict_s = time.monotonic() - t0
-        done = subprocess.run([sys.executable, "-m", "droneseg", "evaluate", str(args.model), "--data", str(args.data),
-                               "--split", args.split, "--out", f"{tmp}/eval", "--figures", "0"],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(done.stderr[-3000:])
+        predict_s = droneseg("predict", args.model, *[by_id[i] for i in ids], "--out", f"{tmp}/pred", "--uncertainty")
+        droneseg("evaluate", args.model, "--data", args.data, "--split", args.split, "--out", f"{tmp}/eval",
+                 "--figures", "0")
         with open(f"{tmp}/pred/label_next.csv") as fh:
             shares = {Path(r["photo"]).stem: float(r["uncertain_share"]) for r in csv.DictReader(fh)}
         per_image = next(Path(f"{tmp}/eval").rglob("per_image.csv"))

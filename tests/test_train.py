@@ -62,6 +62,7 @@ def test_train_writes_the_whole_run_folder_and_one_truth(synth_root, tmp_path):
     assert result.exit_code == 0, result.output
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["miou"] == summary["val_miou_native"]
+    assert summary["val_per_image_miou"] == again["per_image"]["per_image_miou"], "per-image mIoU beside the pooled"
     assert again["context"]["training"].startswith("trained 2 epochs") and "stopped by max_epochs" in again["context"]["training"]
     # the model card says what the run's own files say: classes, scale, per-class IoU of its final evaluation
     card = json.loads((run / "model_card.json").read_text())
