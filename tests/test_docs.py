@@ -293,6 +293,10 @@ NUMBERS = [
       for name, key in (("torch", "torch"), ("onnx (ONNX Runtime)", "onnx"), ("openvino (OpenVINO, f32)", "openvino"))],
     Numbers("docs/benchmarks.md", "The three agree to 1e-6", "backends.json", lambda d: [
         f"{r(ratio(d, 'onnx'), 2)}x torch's", f"OpenVINO's {r(ratio(d, 'openvino'), 2)}x"]),
+    *[Numbers("docs/benchmarks.md", f"| {name}, orthomosaic |", f"ortho-backend-{key}.json", lambda d: [
+        f"| {r(d['results']['full']['seconds'])} s (network {r(d['results']['full']['stages_s']['infer'])} s) |",
+        f"| {d['results']['full']['peak_rss_mb']} MB |"])
+      for name, key in (("torch", "torch"), ("onnx (ONNX Runtime)", "onnx"), ("openvino (OpenVINO, f32)", "openvino"))],
     # the results table: in the README, the docs' home page and Benchmarks
     *[Numbers(page, where, src, fn) for page in ("README.md", "docs/index.md", "docs/benchmarks.md")
       for where, src, fn in RESULTS_TABLE],
