@@ -28,7 +28,7 @@ test: $(STAMP)
 		"the report rendering and cluster template tests will skip; as root, make test installs them"
 	@# the docs site (mkdocs.yml) first: a broken link or anchor fails here (not --quiet: it hides strict's warnings)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir $(abspath $(VENV))/site
-	$(BIN)/python -m pytest -q --doctest-modules droneseg tests
+	$(BIN)/python -m pytest -q --durations=20 --doctest-modules droneseg tests
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/cache.py

@@ -39,6 +39,13 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "full-1024": ("full", ["data.long_side=1024"]),
     "full-1024-crop512": ("full", ["data.long_side=1024", "data.crop=512", "data.batch_size=2"]),
     "full-crop256-b8": ("full", ["data.crop=256", "data.batch_size=8"]),
+    # step 15, against `full` as shipped (FPN-Lite0, 768, 256² x 8, EMA, rare crops 0.5), one change each
+    "step15-full": ("full", []),
+    "step15-epoch1000": ("full", ["data.samples_per_epoch=1000"]),  # half the validations
+    "step15-crop192-b14": ("full", ["data.crop=192", "data.batch_size=14"]),  # same pixels per step
+    "step15-lite1": ("full", ["model.weights=lite1"]),
+    "step15-lite2": ("full", ["model.weights=lite2"]),
+    "step15-smooth0.1": ("full", ["loss.label_smoothing=0.1"]),
     # the shipped presets, as they are
     "full": ("full", []),
     "six": ("six", []),

@@ -400,7 +400,7 @@ BatchOpt = Annotated[Optional[int], typer.Option("--batch", min=1, help="Tiles p
 BlendOpt = Annotated[Optional[str], typer.Option("--blend", help="gaussian or cosine tile weights.", rich_help_panel="Inference (default: model.json)")]
 TtaOpt = Annotated[Optional[bool], typer.Option("--tta/--no-tta", help="Average over flips.", show_default=False, rich_help_panel="Inference (default: model.json)")]
 LumaOpt = Annotated[Optional[str], typer.Option("--luma-threshold", help="luma scheme: split each map at its mean or median.", rich_help_panel="Inference (default: model.json)")]
-BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="torch, onnx (ONNX Runtime on RUN/model.onnx, exported if missing) or openvino (OpenVINO on the same file; the openvino extra); an .onnx MODEL runs on onnx unless openvino is asked for.", show_default=False)]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="torch, onnx (ONNX Runtime on RUN/model.onnx, exported if missing), onnx-int8 (ONNX Runtime on RUN/model-int8.onnx, from export --format int8) or openvino (OpenVINO on RUN/model.onnx; the openvino extra); an .onnx MODEL runs on onnx unless openvino is asked for.", show_default=False)]
 NumberingOpt = Annotated[str, typer.Option("--numbering", help="Mask values: auto (dataset's for one-to-one schemes, else the scheme's 0..K-1), dataset, scheme.")]
 DeviceOpt = Annotated[Optional[str], typer.Option("--device", help="cpu, cuda, cuda:1 … (default: cuda if present).")]
 ModelArg = Annotated[Path, typer.Argument(help="Run folder (or its model.json), or an exported model.onnx.", show_default=False)]
@@ -514,19 +514,33 @@ def _count(n: int, word: str) -> str:
 @command("export")
 def export_cmd(
     model: Annotated[Path, typer.Argument(help="Run folder (or its model.json).", show_default=False)],
-    format: Annotated[str, typer.Option("--format", help="onnx: for droneseg's onnx backend (any size, logits); qgis: one file for QGIS's Deepness plugin and WebODM's GeoDeep (fixed square tiles, probabilities, their metadata).")] = "onnx",
-    out: Annotated[Optional[Path], typer.Option("--out", help="File or folder (default RUN/model.onnx, where --backend onnx looks; RUN/model-qgis.onnx for qgis).")] = None,
+    format: Annotated[str, typer.Option("--format", help="onnx: for droneseg's onnx backend (any size, logits); int8: the same in 8-bit integers for --backend onnx-int8, calibrated on --data's train split and checked class by class on its val split; qgis: one file for QGIS's Deepness plugin and WebODM's GeoDeep (fixed square tiles, probabilities, their metadata).")] = "onnx",
+    out: Annotated[Optional[Path], typer.Option("--out", help="File or folder (default RUN/model.onnx, where --backend onnx looks; RUN/model-int8.onnx for int8; RUN/model-qgis.onnx for qgis).")] = None,
     opset: Annotated[int, typer.Option("--opset", help="ONNX operator set version to write (11 to the exporter's newest, 20 with torch 2.14).")] = 17,
     gsd: Annotated[Optional[float], typer.Option("--gsd", help="qgis: metres of ground per pixel at the model's working size (default: model.json's gsd, from training with --gsd).", show_default=False)] = None,
     tile: Annotated[Optional[int], typer.Option("--tile", help="qgis: tile side in pixels (default: the model's inference tile).", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option("--data", help="int8: the dataset the model was trained on (calibration tiles from its train split, the parity check on its val split).", show_default=False)] = None,
+    calibration: Annotated[int, typer.Option("--calibration", help="int8: calibration tiles (one per training photo, in turn).")] = 32,
+    check: Annotated[int, typer.Option("--check", help="int8: val photos labelled by both models for the parity check.")] = 10,
 ) -> None:
-    """Export to ONNX with the model's description as metadata, checking parity with PyTorch."""
+    """Export to ONNX with the model's description as metadata, checking parity with PyTorch (int8: class by class
+    with the float model)."""
     from droneseg.export import FORMATS, export
 
-    if format not in FORMATS:
-        raise typer.BadParameter(f"unknown format {format!r}; choose from {list(FORMATS)}")
+    formats = [*FORMATS, "int8"]
+    if format not in formats:
+        raise typer.BadParameter(f"unknown format {format!r}; choose from {formats}")
     if format != "qgis" and (gsd is not None or tile is not None):
         raise typer.BadParameter("--gsd and --tile are for --format qgis")
+    if format == "int8":
+        if data is None:
+            raise typer.BadParameter("--format int8 needs --data (the dataset the model was trained on)")
+        from droneseg.quantize import quantize
+
+        typer.echo(str(quantize(model, data, out, calibration=calibration, check=check, progress=sys.stderr.isatty())))
+        return
+    if data is not None:
+        raise typer.BadParameter("--data is for --format int8")
     result = export(model, out, opset=opset, format=format, gsd=gsd, tile=tile)
     typer.echo(str(result))
 

@@ -86,7 +86,7 @@ def trained_on(info: ModelInfo, layout: Layout, model_dir: Path | None) -> bool:
     return same
 
 
-def _find(data: DataSource, info: ModelInfo, model_dir: Path | None, split: str
+def find_split(data: DataSource, info: ModelInfo, model_dir: Path | None, split: str
           ) -> tuple[Layout, bool, list[str], str, Path]:
     """The layout to score, whether the model was trained on it, and the split's (ids, name, file).
 
@@ -201,7 +201,7 @@ def _evaluate(session: ModelSession, data: DataSource, split: str, inference: In
     scheme = session.scheme
     written = scheme.written(numbering)  # checked also when no mask is saved: a wrong option is an error
     settings = session.settings(inference)
-    layout, same, ids, split_name, split_file = _find(data, info, model_dir, split)
+    layout, same, ids, split_name, split_file = find_split(data, info, model_dir, split)
     all_samples = select(layout.samples, ids, split_file)
     # under DDP (the end of training, torchrun, srun) each rank scores its shard
     folder = _output_folder(out, model_dir, split_name) if rank == 0 else None

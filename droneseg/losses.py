@@ -40,6 +40,8 @@ class LossConfig(BaseModel):
         default="none", description="from training pixel frequencies f: inverse 1/f, median median(f)/f, sqrt 1/sqrt(f)")
     focal_gamma: float = Field(default=2.0, ge=0.0)
     ohem_keep: float = Field(default=0.25, gt=0.0, le=1.0, description="share of the hardest valid pixels ohem keeps")
+    label_smoothing: float = Field(default=0.0, ge=0.0, lt=1.0, description="ce only: the target puts this share of "
+                                   "its mass evenly on all classes (Szegedy et al. 2016), as F.cross_entropy's")
 
     @field_validator("terms")
     @classmethod
@@ -70,9 +72,20 @@ def _label_logp(logits: Tensor, labels: Tensor) -> Tensor:
 
 def cross_entropy(logits: Tensor, labels: Tensor, valid: Tensor, weight: Tensor | None, cfg: LossConfig) -> Tensor:
     """Mean (class-weighted) negative log-likelihood over valid pixels: sum w_y (-log p_y) / sum w_y, as
-    ``F.cross_entropy(weight=..., ignore_index=...)``."""
+    ``F.cross_entropy(weight=..., ignore_index=...)``. With label smoothing e (Szegedy et al. 2016, "Rethinking the
+    Inception architecture"): (1 - e) times that, plus e/K sum_k w_k (-log p_k) summed over valid pixels and divided
+    by the same sum w_y, which is ``F.cross_entropy(..., label_smoothing=e)``'s definition."""
     w = _pixel_weights(labels, valid, weight)
-    return -(w * _label_logp(logits, labels)).sum() / w.sum().clamp_min(1e-12)
+    total = w.sum().clamp_min(1e-12)
+    e = cfg.label_smoothing
+    if not e:
+        return -(w * _label_logp(logits, labels)).sum() / total
+    logp = F.log_softmax(logits, dim=1)  # (B, K, H, W)
+    nll = -(w * logp.gather(1, labels[:, None])[:, 0]).sum()
+    k = logits.shape[1]
+    per_class = logp if weight is None else logp * weight.view(1, k, 1, 1)
+    smooth = -(per_class.sum(dim=1) * valid).sum() / k
+    return ((1.0 - e) * nll + e * smooth) / total
 
 
 def ohem(logits: Tensor, labels: Tensor, valid: Tensor, weight: Tensor | None, cfg: LossConfig) -> Tensor:

@@ -6,7 +6,9 @@ Contract
   by name (:data:`BACKENDS`): ``torch`` runs the safetensors weights in PyTorch; ``onnx`` runs ONNX Runtime on
   ``model.onnx`` next to ``model.json`` (a temporary export when there is none; refused when it was exported
   from other weights) or on the ``.onnx`` file given, whose metadata carries the model's description; ``openvino``
-  compiles the same ONNX file with OpenVINO's CPU runtime, checked against ONNX Runtime when it opens.
+  compiles the same ONNX file with OpenVINO's CPU runtime, checked against ONNX Runtime when it opens;
+  ``onnx-int8`` runs ONNX Runtime on ``model-int8.onnx`` (:mod:`droneseg.quantize`, checked class by class when
+  it was written; never made on the fly: it needs the training data).
 * :meth:`ModelSession.tiler` gives the :class:`~droneseg.tiler.Tiler` for inference settings;
   :meth:`ModelSession.settings` applies the command line's :class:`~droneseg.tiler.InferenceOverrides` to the
   model's own settings. Validation during training (:func:`net_session`), ``evaluate``, ``predict`` and the
@@ -15,7 +17,7 @@ Contract
   ONNX Runtime, which takes and returns host arrays). Nothing here imports Lightning.
 
 >>> sorted(BACKENDS)
-['onnx', 'openvino', 'torch']
+['onnx', 'onnx-int8', 'openvino', 'torch']
 """
 
 from __future__ import annotations
@@ -76,17 +78,22 @@ def _torch_session(model: Path, device: torch.device) -> ModelSession:
     return ModelSession(net, info.scheme, info.inference, device, "torch", info, resolve_model_path(model), net)
 
 
-def _onnx_bytes_for(model: Path) -> tuple[bytes, Path, Path | None]:
-    """(the ONNX model, the file it came from, the run folder or None) for a run folder or a ``.onnx`` file."""
+def _onnx_bytes_for(model: Path, name: str = "model.onnx") -> tuple[bytes, Path, Path | None]:
+    """(the ONNX model, the file it came from, the run folder or None) for a run folder (its file ``name``) or a
+    ``.onnx`` file. A run without ``model.onnx`` gets a temporary export; one without ``model-int8.onnx`` is refused
+    (the int8 export needs the training data)."""
     if model.suffix.lower() == ".onnx":
         if not model.is_file():
             raise DataError(f"{model}: no such file")
         folder = model.parent if (model.parent / "model.json").is_file() else None
         return model.read_bytes(), model, folder
     folder = resolve_model_path(model)
-    path = folder / "model.onnx"
+    path = folder / name
     if path.is_file():
         return path.read_bytes(), path, folder
+    if name != "model.onnx":
+        raise DataError(f"{path}: no such file; write it with `droneseg export {folder} --format int8 --data DATA` "
+                        "(DATA: the dataset the model was trained on, for calibration and the parity check)")
     from droneseg.export import export
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -111,6 +118,16 @@ def _onnx_session(model: Path, device: torch.device) -> ModelSession:
 
     require_onnx()
     return _ort_session(model, device, *_onnx_bytes_for(model))
+
+
+def _onnx_int8_session(model: Path, device: torch.device) -> ModelSession:
+    from droneseg.extras import require_onnx
+    from droneseg.quantize import INT8_FILE
+
+    require_onnx()
+    session = _ort_session(model, device, *_onnx_bytes_for(model, INT8_FILE))
+    session.backend = "onnx-int8"
+    return session
 
 
 def _ort_session(model: Path, device: torch.device, data: bytes, path: Path, folder: Path | None) -> ModelSession:
@@ -190,7 +207,7 @@ def _openvino_session(model: Path, device: torch.device) -> ModelSession:
 
 
 BACKENDS: dict[str, Callable[[Path, torch.device], ModelSession]] = {
-    "torch": _torch_session, "onnx": _onnx_session, "openvino": _openvino_session}
+    "torch": _torch_session, "onnx": _onnx_session, "onnx-int8": _onnx_int8_session, "openvino": _openvino_session}
 """Backend name -> opener of a run folder or exported file on a device."""
 
 
@@ -205,5 +222,6 @@ def open_session(model: str | Path, backend: str | None = None, device: str | No
     if backend not in BACKENDS:
         raise DataError(f"unknown backend {backend!r}; choose from {sorted(BACKENDS)}")
     if is_onnx_file and backend not in ("onnx", "openvino"):
-        raise DataError(f"{model}: an exported ONNX file runs on the onnx or openvino backend, not {backend!r}")
+        raise DataError(f"{model}: an exported ONNX file runs on the onnx or openvino backend, not {backend!r} "
+                        "(an int8 file runs on onnx)")
     return BACKENDS[backend](model, device_for(device, local_rank))

@@ -63,7 +63,7 @@ def iou(v: float) -> str:
 
 def results_row(d: dict) -> list[str]:
     """What the results table says of one 30-minute recipe JSON, whatever the scheme."""
-    return [f"**{r(d['val_miou_native'], 3)}**", f"pixel accuracy {pct(d['pixel_accuracy'])} %",
+    return [f"**{r(d['val_miou_native'], 3)}** | {r(d['per_image_miou'], 3)} |", f"pixel accuracy {pct(d['pixel_accuracy'])} %",
             f"{r(d['wall_s'])} s wall, {d['epochs']} epochs at {r(d['images_per_s'], 1)} img/s"]
 
 

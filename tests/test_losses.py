@@ -121,3 +121,20 @@ def test_dense_losses_equal_the_per_pixel_reference_on_a_random_batch():
     present = onehot.sum(0) > 0
     ref = 1 - (2 * (probs * onehot).sum(0) / (probs.sum(0) + onehot.sum(0)))[present].mean()
     assert float(build_loss(LossConfig(terms={"dice": 1.0}), IGNORE)(logits, target)[0]) == pytest.approx(float(ref), rel=1e-6)
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["unweighted", "class-weighted"])
+def test_label_smoothing_is_torchs(weighted: bool):
+    """With and without class weights, ignored pixels included: the value of F.cross_entropy(label_smoothing=0.1)."""
+    gen = torch.Generator().manual_seed(1)
+    logits = torch.randn(2, 4, 5, 6, generator=gen)
+    target = torch.randint(0, 4, (2, 5, 6), generator=gen)
+    target[0, 0] = IGNORE
+    w = torch.tensor([0.5, 1.0, 2.0, 4.0]) if weighted else None
+    ours = build_loss(LossConfig(terms={"ce": 1.0}, label_smoothing=0.1), IGNORE, class_weights=w)(logits, target)[0]
+    ref = torch.nn.functional.cross_entropy(logits, target, weight=w, ignore_index=IGNORE, label_smoothing=0.1)
+    assert float(ours) == pytest.approx(float(ref), rel=1e-6)
+    # by hand, one pixel, two classes, p = (0.2, 0.8), label 1: 0.9 (-ln 0.8) + 0.1 (-ln 0.2 - ln 0.8) / 2
+    one = build_loss(LossConfig(terms={"ce": 1.0}, label_smoothing=0.1), IGNORE)(_logits([[0.2, 0.8]]),
+                                                                                 torch.tensor([[[1]]]))[0]
+    assert float(one) == pytest.approx(-0.9 * math.log(0.8) - 0.05 * (math.log(0.2) + math.log(0.8)), rel=1e-6)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 from helpers import ShapeRecorder, save_tiny_model, scene
@@ -36,11 +37,14 @@ def test_predict_writes_masks_colours_and_overlays_at_photo_size_in_dataset_numb
     for stem, size in (("a", (150, 100)), ("b", (90, 120))):
         mask, color = Image.open(tmp_path / "out" / f"{stem}.png"), Image.open(tmp_path / "out" / f"{stem}_color.png")
         overlay = Image.open(tmp_path / "out" / f"{stem}_overlay.jpg")
-        assert (mask.mode, color.mode, overlay.mode) == ("L", "RGB", "RGB")
+        # the colour mask is a palette PNG: every reader expands it to the class colours
+        assert (mask.mode, color.mode, overlay.mode) == ("L", "P", "RGB")
         assert mask.size == color.size == overlay.size == size
         source = np.asarray(mask)
         assert set(np.unique(source)) <= set(scheme.write_as.tolist())  # dataset indices: no 0, no 23
-        assert np.array_equal(np.asarray(color), scheme.table.index_to_rgb(source))
+        assert np.array_equal(np.asarray(color.convert("RGB")), scheme.table.index_to_rgb(source))
+        assert np.array_equal(cv2.imread(str(tmp_path / "out" / f"{stem}_color.png"))[..., ::-1],
+                              scheme.table.index_to_rgb(source))  # OpenCV too
     assert ClassTable.from_csv(tmp_path / "out" / "class_dict.csv") == scheme.table  # full maps one to one
 
 
@@ -60,7 +64,7 @@ def test_grouping_schemes_write_their_own_classes_with_a_class_table(tmp_path, s
     scheme = get_scheme(scheme_name)
     written = ClassTable.from_csv(tmp_path / "out" / "class_dict.csv")
     mask = np.asarray(Image.open(tmp_path / "out" / "p.png"))
-    color = np.asarray(Image.open(tmp_path / "out" / "p_color.png"))
+    color = np.asarray(Image.open(tmp_path / "out" / "p_color.png").convert("RGB"))
     assert np.array_equal(color, written.colors[mask])  # every pixel in its class table colour
     if numbering == "dataset":
         assert written == scheme.table and set(np.unique(mask)) <= set(scheme.write_as.tolist())
@@ -183,7 +187,7 @@ def test_luma_model_writes_a_zero_one_mask_in_black_and_white(tmp_path):
     predict(model, [tmp_path / "p.png"], tmp_path / "out", progress=False, inference=InferenceOverrides(tile=32))
     mask = np.asarray(Image.open(tmp_path / "out" / "p.png"))
     assert set(np.unique(mask)) == {0, 1}
-    color = np.asarray(Image.open(tmp_path / "out" / "p_color.png"))
+    color = np.asarray(Image.open(tmp_path / "out" / "p_color.png").convert("RGB"))
     assert np.array_equal(color, np.repeat(mask[..., None] * 255, 3, axis=2))
 
 

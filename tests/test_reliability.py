@@ -502,8 +502,10 @@ def test_transparent_pixels_get_no_class_and_no_area(synth_root, tmp_path, capsy
     assert result.code == 0, result.err
     mask = np.asarray(Image.open(tmp_path / "pred" / "ortho.png"))
     assert (mask[:, :40] == 255).all() and (mask[:, 40:] != 255).all()
-    colour = Image.open(tmp_path / "pred" / "ortho_color.png")
-    assert colour.mode == "RGBA" and (np.asarray(colour)[:, :40, 3] == 0).all()
+    colour = Image.open(tmp_path / "pred" / "ortho_color.png")  # a palette PNG whose tRNS hides the nodata index
+    assert colour.mode == "P" and colour.info["transparency"] == 255
+    alpha = np.asarray(colour.convert("RGBA"))[..., 3]
+    assert (alpha[:, :40] == 0).all() and (alpha[:, 40:] == 255).all()
     with (tmp_path / "pred" / "class_areas.csv").open() as fh:
         pixels = sum(int(r["pixels"]) for r in csv.DictReader(fh))
     assert pixels == 64 * (96 - 40)

