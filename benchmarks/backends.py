@@ -1,6 +1,7 @@
 """The inference backends side by side with one trained model: seconds and peak RSS per 6000x4000 photo of
 ``droneseg predict``, and (with ``--data``) the val mIoU and seconds of ``droneseg evaluate``, for ``torch``,
-``onnx`` (ONNX Runtime) and ``openvino``. Each backend runs in its own process (its peak RSS is its own).
+``onnx`` (ONNX Runtime), ``onnx-int8`` (ONNX Runtime on the int8 export, written first with ``--data`` when the run
+has none) and ``openvino``. Each backend runs in its own process (its peak RSS is its own).
 
     python benchmarks/backends.py --model RUN [--data ../shared/data/semantic-drone-dev] [--photos 2]
         [--backend torch --backend onnx ...] [--out benchmarks/results/backends.json]
@@ -13,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from common import PHOTO, in_child, machine, peak_rss_mb
 
-BACKENDS = ("torch", "onnx", "openvino")
+BACKENDS = ("torch", "onnx", "onnx-int8", "openvino")
 
 
 def child(config: dict) -> dict:
@@ -43,6 +45,58 @@ def child(config: dict) -> dict:
     return row
 
 
+def _int8_file(model: Path, data: Path | None) -> Path:
+    """RUN/model-int8.onnx, written (and timed) first when missing."""
+    from droneseg.quantize import INT8_FILE, quantize
+
+    path = model / INT8_FILE
+    if not path.is_file():
+        if data is None:
+            raise SystemExit(f"{path} is missing: give --data to write it, or leave out --backend onnx-int8")
+        result = quantize(model, data)
+        print(f"{result} in {result.seconds:.0f} s", flush=True)
+    return path
+
+
+def compare(model: Path, data: Path | None, photos: int = 2, backends: tuple[str, ...] = BACKENDS) -> dict:
+    """Every backend of ``backends`` on ``model``, each in its own process -> the report (see the module doc)."""
+    import numpy as np
+    import onnxruntime
+    import openvino
+    from PIL import Image
+
+    from droneseg.data.synthetic import render_scene
+    from droneseg.export import export
+
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "photos"
+        folder.mkdir()
+        photo = Image.fromarray(render_scene(1500, 1000, np.random.default_rng(0))[0]).resize(
+            PHOTO, Image.Resampling.BICUBIC)
+        for i in range(photos):
+            photo.save(folder / f"photo{i}.jpg", quality=92)
+        exported = export(model)  # RUN/model.onnx, which onnx and openvino both run
+        int8 = None
+        if "onnx-int8" in backends:
+            import onnx
+
+            meta = {p.key: p.value for p in onnx.load(str(_int8_file(model, data))).metadata_props}
+            int8 = json.loads(meta["quantization"])
+        results = []
+        for backend in backends:
+            cfg = {"model": str(model), "photos": str(folder), "out": f"{tmp}/{backend}", "backend": backend,
+                   "data": str(data) if data else None}
+            row = in_child(__file__, cfg, timeout=1800)
+            results.append(row)
+            print(json.dumps(row), flush=True)
+    return {"what": __doc__.splitlines()[0], "machine": {**machine(), "onnxruntime": onnxruntime.__version__,
+                                                          "openvino": openvino.__version__},
+            "model": str(model), "photo_size": list(PHOTO), "photos_per_backend": photos,
+            "onnx_parity_max_abs_diff": exported.max_abs_diff, "int8": int8, "results": results,
+            "total_seconds": round(time.perf_counter() - t_start, 1)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, help="a trained run folder (required)")
@@ -57,37 +111,8 @@ def main() -> None:
         return
     if args.model is None:
         ap.error("--model RUN is required")
-    import numpy as np
-    from PIL import Image
-
-    from droneseg.data.synthetic import render_scene
-    from droneseg.export import export
-
-    t_start = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        photos = Path(tmp) / "photos"
-        photos.mkdir()
-        photo = Image.fromarray(render_scene(1500, 1000, np.random.default_rng(0))[0]).resize(
-            PHOTO, Image.Resampling.BICUBIC)
-        for i in range(args.photos):
-            photo.save(photos / f"photo{i}.jpg", quality=92)
-        exported = export(args.model)  # RUN/model.onnx, which onnx and openvino both run
-        results = []
-        for backend in args.backend or BACKENDS:
-            cfg = {"model": str(args.model), "photos": str(photos), "out": f"{tmp}/{backend}", "backend": backend,
-                   "data": str(args.data) if args.data else None}
-            row = in_child(__file__, cfg, timeout=1800)
-            results.append(row)
-            print(json.dumps(row), flush=True)
-    import onnxruntime
-    import openvino
-
-    report = {"what": __doc__.splitlines()[0], "command": "python benchmarks/backends.py " + " ".join(
-        a for a in __import__("sys").argv[1:]), "machine": {**machine(), "onnxruntime": onnxruntime.__version__,
-                                                              "openvino": openvino.__version__},
-              "model": str(args.model), "photo_size": list(PHOTO), "photos_per_backend": args.photos,
-              "onnx_parity_max_abs_diff": exported.max_abs_diff, "results": results,
-              "total_seconds": round(time.perf_counter() - t_start, 1)}
+    report = {"command": "python benchmarks/backends.py " + " ".join(sys.argv[1:]),
+              **compare(args.model, args.data, args.photos, tuple(args.backend or BACKENDS))}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {args.out}")

@@ -23,6 +23,8 @@ from pathlib import Path
 
 from common import in_child, machine, peak_rss_mb, timing_model
 
+CACHE = Path(os.environ.get("DRONESEG_CACHE", Path.home() / ".cache/droneseg"))
+
 
 def child(config: dict) -> dict:
     t0 = time.perf_counter()
@@ -44,6 +46,35 @@ def child(config: dict) -> dict:
             "polygons_mb": round(os.path.getsize(files["polygons"]) / 2**20, 1)}
 
 
+def bench(models: dict[str, str], size: int = 20000, gsd: float = 0.02, render_gsd: float = 0.05,
+          model_gsd: float = 0.05, strip: int = 4096, backend: str = "torch", cache: Path = CACHE) -> dict:
+    """``predict`` of each model (NAME -> run folder; none: the random timing U-Net) on the synthetic orthomosaic of
+    ``size``² pixels at ``gsd``, in its own process -> the report (see the module doc)."""
+    from droneseg.geo.scene import write_synthetic_ortho
+
+    ortho = cache / f"bench-ortho-{size}-{gsd:g}-{render_gsd:g}.tif"
+    made_s = None
+    if not ortho.is_file():
+        ortho.parent.mkdir(parents=True, exist_ok=True)
+        t = time.perf_counter()
+        write_synthetic_ortho(ortho, (size, size), gsd=gsd, render_gsd=render_gsd, seed=0)
+        made_s = round(time.perf_counter() - t, 1)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        if not models:
+            models = {"unet-random": str(timing_model(Path(tmp) / "model", long_side=None)[0])}
+        for name, run in models.items():
+            print(f"{name}: predicting {ortho.name} on {backend}", file=sys.stderr, flush=True)
+            results[name] = {"run": run, **in_child(__file__, {"model": run, "ortho": str(ortho), "strip": strip,
+                                                               "backend": backend, "model_gsd": model_gsd,
+                                                               "out": f"{tmp}/{name}"}, timeout=7200)}
+            print(json.dumps(results[name]), file=sys.stderr, flush=True)
+    return {"benchmark": "ortho", "machine": machine(),
+            "ortho": {"size": [size, size], "gsd_m": gsd, "render_gsd_m": render_gsd,
+                      "file_mb": round(ortho.stat().st_size / 2**20), "written_in_s": made_s},
+            "model_gsd_m": model_gsd, "strip": strip, "backend": backend, "results": results}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--child")
@@ -53,38 +84,16 @@ def main() -> None:
     ap.add_argument("--render-gsd", type=float, default=0.05, help="metres per pixel the ground is drawn at")
     ap.add_argument("--model-gsd", type=float, default=0.05, help="metres per working pixel of the models")
     ap.add_argument("--strip", type=int, default=4096)
-    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "openvino"])
-    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("DRONESEG_CACHE", Path.home() / ".cache/droneseg")))
+    ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "openvino"])
+    ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ortho.json")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(child(json.loads(args.child))))
         return
-    from droneseg.geo.scene import write_synthetic_ortho
-
-    ortho = args.cache / f"bench-ortho-{args.size}-{args.gsd:g}-{args.render_gsd:g}.tif"
-    made_s = None
-    if not ortho.is_file():
-        ortho.parent.mkdir(parents=True, exist_ok=True)
-        t = time.perf_counter()
-        write_synthetic_ortho(ortho, (args.size, args.size), gsd=args.gsd, render_gsd=args.render_gsd, seed=0)
-        made_s = round(time.perf_counter() - t, 1)
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        models = dict(m.split("=", 1) for m in args.model)
-        if not models:
-            models = {"unet-random": str(timing_model(Path(tmp) / "model", long_side=None)[0])}
-        for name, run in models.items():
-            print(f"{name}: predicting {ortho.name}", file=sys.stderr, flush=True)
-            results[name] = {"run": run, **in_child(__file__, {"model": run, "ortho": str(ortho), "strip": args.strip,
-                                                               "backend": args.backend,
-                                                               "model_gsd": args.model_gsd, "out": f"{tmp}/{name}"},
-                                                      timeout=7200)}
-            print(json.dumps(results[name]), file=sys.stderr, flush=True)
-    report = {"benchmark": "ortho", "command": " ".join(["python", *sys.argv]), "machine": machine(),
-              "ortho": {"size": [args.size, args.size], "gsd_m": args.gsd, "render_gsd_m": args.render_gsd,
-                        "file_mb": round(ortho.stat().st_size / 2**20), "written_in_s": made_s},
-              "model_gsd_m": args.model_gsd, "strip": args.strip, "backend": args.backend, "results": results}
+    report = bench(dict(m.split("=", 1) for m in args.model), args.size, args.gsd, args.render_gsd, args.model_gsd,
+                   args.strip, args.backend, args.cache)
+    report = {"benchmark": "ortho", "command": " ".join(["python", *sys.argv]), **report}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(json.dumps(report, indent=1))

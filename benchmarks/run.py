@@ -11,9 +11,14 @@ the same run with a large matrix product:
 * the loader: augmented crops per second one loader process makes for the ``full-gpu`` preset (512² crops of
   1500 px photos), what each worker of a GPU node adds;
 * the cache: build and read cost per photo;
-* ``evaluate`` and ``predict``: seconds per 6000x4000 photo and peak RSS, with the ``full`` preset's network.
+* ``evaluate`` and ``predict``: seconds per 6000x4000 photo and peak RSS, with the ``full`` preset's network;
+* with ``--model RUN`` (a trained model, e.g. of the ``full`` preset): every inference backend side by side
+  (``backends.py``: seconds and peak RSS per 6000x4000 photo; with the dev set, each backend's val mIoU and
+  ``evaluate`` seconds) and the 20,000² orthomosaic benchmark (``ortho.py``) per backend.
 
-    python benchmarks/run.py [--quick]      # --quick: fewer steps and photos, under 5 minutes on 2 cores
+    python benchmarks/run.py [--quick] [--model RUN [--backend NAME ...]]
+        # --quick: fewer steps and photos, under 5 minutes on 2 cores (the backends run on 1 photo, the
+        # orthomosaic at 4000²)
 """
 
 from __future__ import annotations
@@ -24,7 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import backends as backends_bench
 import evaluate as evaluate_bench
+import ortho as ortho_bench
 import training
 from common import PHOTO, fp32_peak_gflops, in_child, machine
 
@@ -112,6 +119,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps and photos: under 5 minutes on 2 cores")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--model", type=Path, help="a trained run: every backend side by side, and the orthomosaic per backend")
+    ap.add_argument("--backend", action="append", choices=backends_bench.BACKENDS)
     args = ap.parse_args()
     out = args.out or Path(__file__).parent / "results" / ("run-quick.json" if args.quick else "run.json")
     steps, n_train, photos = (3, 12, 1) if args.quick else (12, 60, 2)
@@ -135,6 +144,15 @@ def main() -> None:
               flush=True)
         report["cache"] = bench_cache(data, 3 if args.quick else 10)
         report["inference"] = bench_inference(large, root, photos)
+    if args.model is not None:
+        chosen = tuple(args.backend or backends_bench.BACKENDS)
+        dev = DEV if (DEV / "original_images").is_dir() else None
+        report["backends"] = backends_bench.compare(args.model, dev, 1 if args.quick else 2, chosen)
+        report["ortho_backends"] = {b: ortho_bench.bench({"full": str(args.model)}, 4000 if args.quick else 20000,
+                                                         backend=b) for b in chosen}
+        print("[backends] " + ", ".join(f"{b}: {r['seconds_per_photo']} s/photo" for b, r in zip(
+            chosen, report["backends"]["results"])) + "; orthomosaic " + ", ".join(
+            f"{b}: {o['results']['full']['seconds']} s" for b, o in report["ortho_backends"].items()), flush=True)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")

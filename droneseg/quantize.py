@@ -4,7 +4,8 @@ class by class against the float model before it is written.
 Contract
 --------
 * Static post-training quantisation (ONNX Runtime's ``quantize_static``; Jacob et al. 2018, "Quantization and
-  training of neural networks for efficient integer-arithmetic-only inference"): weights int8 per output channel,
+  training of neural networks for efficient integer-arithmetic-only inference") of the convolutions
+  (:data:`QUANTIZED_OPS`): weights int8 per output channel,
   activations uint8 per tensor, ranges from min/max over ``calibration`` tiles of the model's inference tile size,
   cut at seeded places from the working-size photos of the run's ``train`` split (never val), as QDQ nodes that
   ONNX Runtime fuses into integer kernels. The graph's input and output are the ``onnx`` format's (float pixels in
@@ -41,6 +42,10 @@ INT8_FILE = "model-int8.onnx"
 MIN_PIXEL_AGREEMENT = 0.98
 MIN_CLASS_AGREEMENT = 0.90
 MIN_CLASS_SHARE = 1e-3  # classes rarer than this in the float labels are reported, not judged: too few pixels
+# convolutions only: quantising every op also quantised the FPN decoder's shape arithmetic, and ONNX Runtime then
+# failed on mismatched map sizes ("broadcast an axis by a dimension other than 1. 42 by 46"). Weights use 7 bits
+# (reduce_range), as ONNX Runtime advises on x86 CPUs without VNNI, whose u8·s8 instruction saturates
+QUANTIZED_OPS = ("Conv",)
 
 
 @dataclass
@@ -128,7 +133,13 @@ def quantize(model: str | Path, data, out: Path | None = None, calibration: int 
 
     require("onnx", "onnx", "onnxruntime", what="int8 export and the onnx-int8 backend")
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from droneseg.session import open_session
@@ -162,7 +173,8 @@ def quantize(model: str | Path, data, out: Path | None = None, calibration: int 
         quant_pre_process(str(float_file), str(ready), skip_symbolic_shape=True)
         quantize_static(str(ready), str(int8_file), Tiles(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
+                        reduce_range=True)
         proto = onnx.load(str(int8_file))
         float_proto = onnx.load(str(float_file), load_external_data=False)
         val_images, val_ids = _split_images(data, info, model_dir, "val", check, progress)
@@ -182,7 +194,9 @@ def quantize(model: str | Path, data, out: Path | None = None, calibration: int 
     del proto.metadata_props[:]
     for prop in float_proto.metadata_props:
         proto.metadata_props.add(key=prop.key, value=prop.value)
-    record = {"method": "ONNX Runtime quantize_static, QDQ, int8 weights per channel, uint8 activations, MinMax",
+    record = {"method": "ONNX Runtime quantize_static, QDQ, int8 weights per channel (7-bit range), uint8 "
+                        "activations, MinMax",
+              "quantized_ops": list(QUANTIZED_OPS),
               "calibration_tiles": len(tiles), "tile": info.inference.tile, "photos_checked": val_ids,
               "pixel_agreement": pixels, "class_agreement": classes, "too_rare_to_judge": rare}
     proto.metadata_props.add(key="quantization", value=json.dumps(record))
