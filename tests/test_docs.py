@@ -222,6 +222,12 @@ def ratio(d: dict, key: str) -> float:
     return infer[key] / infer["torch"]
 
 
+def photo_ratio(d: dict, key: str) -> float:
+    """A backend's seconds per photo over torch's."""
+    seconds = {x["backend"]: x["seconds_per_photo"] for x in d["results"]}
+    return seconds[key] / seconds["torch"]
+
+
 @dataclass(frozen=True)
 class Numbers:
     """The paragraph or table row of ``page`` that contains ``where`` holds every string ``expect`` makes of the
@@ -244,7 +250,15 @@ RESULTS_TABLE = [
 ]
 RECIPE_ROWS = ["unet-lite0", "fpn-lite0", "fpn-lite0-sqrt-lr2e-3", "full", "full-ema", "full-crop256-b8",
                "full-rare0.8", "full-ohem", "full-1024", "full-lovasz"]
+STEP15_ROWS = ["step15-full", "step15-epoch1000", "step15-crop192-b14", "step15-lite2", "step15-smooth0.1",
+               "step15-lite1"]
 OLD = "benchmarks/results/recipes"
+
+
+def step15_row(d: dict) -> list[str]:
+    """A row of step 15's ranking: pooled and per-image mIoU, optimiser steps, img/s."""
+    return [f"| {r(d['val_miou_native'], 3)} | {r(d['per_image_miou'], 3)} | {d['budget_detail']['done_steps']} | "
+            f"{r(d['images_per_s'], 2)} |"]
 
 def finetune_row(key: str):
     def expect(d: dict) -> list[str]:
@@ -292,7 +306,9 @@ NUMBERS = [
     *[Numbers("docs/benchmarks.md", f"| {name} |", "backends.json", backend_row(key))
       for name, key in (("torch", "torch"), ("onnx (ONNX Runtime)", "onnx"), ("openvino (OpenVINO, f32)", "openvino"))],
     Numbers("docs/benchmarks.md", "The three agree to 1e-6", "backends.json", lambda d: [
-        f"{r(ratio(d, 'onnx'), 2)}x torch's", f"OpenVINO's {r(ratio(d, 'openvino'), 2)}x"]),
+        f"network {r(ratio(d, 'onnx'), 2)}x torch's", f"OpenVINO's {r(ratio(d, 'openvino'), 2)}x",
+        f"ONNX Runtime takes {r(photo_ratio(d, 'onnx'), 2)}x torch's seconds per photo",
+        f"OpenVINO {r(photo_ratio(d, 'openvino'), 2)}x", f"run and {r(d['results'][0]['write_s'], 2)} s now"]),
     *[Numbers("docs/benchmarks.md", f"| {name}, orthomosaic |", f"ortho-backend-{key}.json", lambda d: [
         f"| {r(d['results']['full']['seconds'])} s (network {r(d['results']['full']['stages_s']['infer'])} s) |",
         f"| {d['results']['full']['peak_rss_mb']} MB |"])
@@ -304,6 +320,7 @@ NUMBERS = [
     Numbers("docs/benchmarks.md", "Door (21 of 250 training photos", "recipes/full-30m.json",
             lambda d: [f"this run made {d['epochs']} epochs at {r(d['images_per_s'], 1)} img/s"]),
     *[Numbers("docs/benchmarks.md", f"`{name}-8m.json`", f"recipes/{name}-8m.json", recipe_row) for name in RECIPE_ROWS],
+    *[Numbers("docs/benchmarks.md", f"`{name}-8m.json`", f"recipes/{name}-8m.json", step15_row) for name in STEP15_ROWS],
     Numbers("docs/benchmarks.md", "`full-1024-8m.json`", "recipes/full-1024-8m.json",
             lambda d: [f"returned after {r(d['wall_s'])} s"]),
     # "Measured on this code"

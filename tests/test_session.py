@@ -84,7 +84,21 @@ def test_the_inference_options_travel_as_one_object_and_name_the_bad_one(model):
 
 
 def test_every_backend_is_in_the_registry():
-    assert sorted(BACKENDS) == ["onnx", "openvino", "torch"]
+    assert sorted(BACKENDS) == ["onnx", "onnx-int8", "openvino", "torch"]
+
+
+def test_the_default_backend_is_onnx_where_the_run_holds_its_export_else_torch(model, tmp_path, capsys):
+    """The fastest verified backend where it is ready (CPU, ONNX Runtime, an up-to-date model.onnx); torch otherwise,
+    and a stale model.onnx is said, never fatal, when nobody asked for onnx."""
+    assert open_session(model, device="cpu").backend == "onnx"
+    assert open_session(model, "torch", device="cpu").backend == "torch"
+    bare = save_tiny_model(tmp_path / "bare", scheme="six", long_side=None)
+    assert open_session(bare, device="cpu").backend == "torch"
+    stale = save_tiny_model(tmp_path / "stale", scheme="paved", long_side=None)
+    shutil.copy(model / "model.onnx", stale / "model.onnx")  # another model's export
+    assert open_session(stale, device="cpu").backend == "torch"
+    err = capsys.readouterr().err
+    assert "exported from other weights" in err and "running on torch" in err
 
 
 def test_the_openvino_backend_predicts_the_labels_of_torch_on_a_run_and_on_a_file_alone(model, tmp_path):
