@@ -305,6 +305,8 @@ NUMBERS = [
         f"{r(d['miou_geodeep'], 3)} through GeoDeep, {r(d['miou_predict'], 3)} through `droneseg predict`"]),
     *[Numbers("docs/benchmarks.md", f"| {name} |", "backends.json", backend_row(key))
       for name, key in (("torch", "torch"), ("onnx (ONNX Runtime)", "onnx"), ("openvino (OpenVINO, f32)", "openvino"))],
+    Numbers("docs/prediction.md", "Without `--backend`, a run", "backends.json", lambda d: [
+        f"{r(photo_ratio(d, 'onnx'), 2)}x torch's seconds per 6000x4000 photo"]),
     Numbers("docs/benchmarks.md", "The three agree to 1e-6", "backends.json", lambda d: [
         f"network {r(ratio(d, 'onnx'), 2)}x torch's", f"OpenVINO's {r(ratio(d, 'openvino'), 2)}x",
         f"ONNX Runtime takes {r(photo_ratio(d, 'onnx'), 2)}x torch's seconds per photo",
