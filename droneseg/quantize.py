@@ -37,8 +37,8 @@ from tqdm import tqdm
 from droneseg.artifact import read_info, resolve_model_path
 from droneseg.classes import DataError
 from droneseg.files import atomic_save
+from droneseg.session import INT8_FILE, open_session
 
-INT8_FILE = "model-int8.onnx"
 MIN_PIXEL_AGREEMENT = 0.98
 MIN_CLASS_AGREEMENT = 0.90
 MIN_CLASS_SHARE = 1e-3  # classes rarer than this in the float labels are reported, not judged: too few pixels
@@ -141,8 +141,6 @@ def quantize(model: str | Path, data, out: Path | None = None, calibration: int 
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from droneseg.session import open_session
 
     t0 = time.perf_counter()
     model_dir = resolve_model_path(model)

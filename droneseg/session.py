@@ -120,9 +120,12 @@ def _onnx_session(model: Path, device: torch.device) -> ModelSession:
     return _ort_session(model, device, *_onnx_bytes_for(model))
 
 
+INT8_FILE = "model-int8.onnx"
+"""The int8 export in a run folder (:mod:`droneseg.quantize` writes it), which ``--backend onnx-int8`` runs."""
+
+
 def _onnx_int8_session(model: Path, device: torch.device) -> ModelSession:
     from droneseg.extras import require_onnx
-    from droneseg.quantize import INT8_FILE
 
     require_onnx()
     session = _ort_session(model, device, *_onnx_bytes_for(model, INT8_FILE))
