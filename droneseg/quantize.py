@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from droneseg.artifact import read_info, resolve_model_path
+from droneseg.artifact import ModelInfo, read_info, resolve_model_path
 from droneseg.classes import DataError
 from droneseg.files import atomic_save
 from droneseg.session import INT8_FILE, open_session
@@ -108,7 +108,8 @@ def _calibration_tiles(images: list[np.ndarray], tile: int, count: int, seed: in
     return tiles
 
 
-def _split_images(data, info, model_dir: Path, split: str, limit: int, progress: bool) -> tuple[list, list[str]]:
+def _split_images(data: str | Path, info: ModelInfo, model_dir: Path, split: str, limit: int, progress: bool
+                  ) -> tuple[list[np.ndarray], list[str]]:
     """Working-size (h, w, 3) uint8 images of the first ``limit`` photos of ``split`` (the run's split when ``data``
     is the dataset it trained on) and their ids."""
     from droneseg.data.cache import build_cache
@@ -118,11 +119,14 @@ def _split_images(data, info, model_dir: Path, split: str, limit: int, progress:
 
     layout, _, ids, _, split_file = find_split(DataSource.of(data), info, model_dir, split)
     samples = select(layout.samples, ids, split_file)[:limit]
+    if not samples:
+        raise DataError(f"{data}: no photo in its {split} split, which the int8 export needs "
+                        f"({'calibration' if split == 'train' else 'the parity check'})")
     entries = build_cache(samples, layout.table, info.long_side, image_filter=info.image_filter, progress=progress)
     return [entry.load()[0] for entry in entries], [s.id for s in samples]
 
 
-def quantize(model: str | Path, data, out: Path | None = None, calibration: int = 32, check: int = 10,
+def quantize(model: str | Path, data: str | Path, out: Path | None = None, calibration: int = 32, check: int = 10,
              progress: bool = False) -> QuantizeResult:
     """Write the int8 model of ``model`` (a run folder or its model.json) calibrated on ``data`` (the dataset it
     trained on; see the module contract) to ``out`` (a file, or a folder for ``model-int8.onnx``; default the run

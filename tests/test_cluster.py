@@ -228,8 +228,27 @@ def _finish(procs: list[subprocess.Popen]) -> list[int]:
     return codes
 
 
+def _oar_job(job_id: str, run_dir: Path, data: Path, nodefile: Path) -> subprocess.Popen:
+    """An OAR job: one process per node (here one node, 2 devices: Lightning starts the second)."""
+    env = _clean_env(OAR_JOB_ID=job_id, OAR_NODEFILE=str(nodefile), OAR_JOB_NAME="seg", MASTER_PORT=str(_free_port()))
+    return subprocess.Popen(_cli("train", "-c", "demo", "--data", str(data), "--run-dir", str(run_dir), *TINY,
+                                 "--max-epochs", EPOCHS, "--devices", "2", "--set", "train.final_eval=false"),
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(synth_root, tmp_path_factory) -> Path:
+    """The uninterrupted two-rank training the requeued SLURM and OAR jobs must reproduce, trained once: every
+    random draw is keyed by seed, epoch and position, so the launcher does not change what is trained."""
+    root = tmp_path_factory.mktemp("uninterrupted")
+    nodefile = root / "nodefile"
+    nodefile.write_text("localhost\nlocalhost\n")
+    assert _finish([_oar_job("10", root / "ref", synth_root, nodefile)]) == [0]
+    return root / "ref"
+
+
 @pytest.mark.slow
-def test_slurm_requeue_saves_requeues_and_the_requeued_job_resumes(synth_root, tmp_path):
+def test_slurm_requeue_saves_requeues_and_the_requeued_job_resumes(synth_root, tmp_path, uninterrupted):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
@@ -237,9 +256,6 @@ def test_slurm_requeue_saves_requeues_and_the_requeued_job_resumes(synth_root, t
     log = tmp_path / "scontrol.log"
     cmd = _cli("train", "-c", "demo", "--data", str(synth_root), "--out", str(tmp_path / "runs"), *TINY,
                "--max-epochs", EPOCHS, "--devices", "2", "--set", "train.final_eval=false")
-    assert _finish(_srun("4243", cmd, bin_dir, log)) == [0, 0]  # the uninterrupted reference
-    ref = tmp_path / "runs" / "demo-job4243"
-
     procs = _srun("4242", cmd, bin_dir, log)
     run = _wait_for_epochs(lambda: (tmp_path / "runs").glob("demo-job4242"), 2, procs)
     for p in procs:  # sbatch --signal=SIGUSR1@90 signals every task
@@ -254,25 +270,19 @@ def test_slurm_requeue_saves_requeues_and_the_requeued_job_resumes(synth_root, t
     # the requeued job: the same script, the same job id
     assert _finish(_srun("4242", cmd, bin_dir, log, restart=1)) == [0, 0]
     assert json.loads((run / "train_summary.json").read_text())["epochs"] == int(EPOCHS)
-    _same_training(run, ref)
+    _same_training(run, uninterrupted)
 
 
 @pytest.mark.slow
-def test_oar_checkpoint_signal_exits_99_and_the_resubmitted_job_resumes(synth_root, tmp_path):
+def test_oar_checkpoint_signal_exits_99_and_the_resubmitted_job_resumes(synth_root, tmp_path, uninterrupted):
     """OAR: one process per node (here one node, 2 devices: Lightning starts the second); SIGUSR2 reaches the job
     script's process only; the ranks agree, save and exit 99; the resubmitted job (a new id) resumes --run-dir."""
     nodefile = tmp_path / "nodefile"
     nodefile.write_text("localhost\nlocalhost\n")  # one line per reserved core
 
     def job(job_id: str, run_dir: Path) -> subprocess.Popen:
-        env = _clean_env(OAR_JOB_ID=job_id, OAR_NODEFILE=str(nodefile), OAR_JOB_NAME="seg",
-                         MASTER_PORT=str(_free_port()))
-        return subprocess.Popen(_cli("train", "-c", "demo", "--data", str(synth_root), "--run-dir", str(run_dir),
-                                     *TINY, "--max-epochs", EPOCHS, "--devices", "2",
-                                     "--set", "train.final_eval=false"),
-                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return _oar_job(job_id, run_dir, synth_root, nodefile)
 
-    assert _finish([job("10", tmp_path / "ref")]) == [0]
     run = tmp_path / "runs" / "seg"
     proc = job("11", run)
     _wait_for_epochs(lambda: [run] if run.is_dir() else [], 2, [proc])
@@ -282,7 +292,7 @@ def test_oar_checkpoint_signal_exits_99_and_the_resubmitted_job_resumes(synth_ro
     assert (run / "checkpoints" / "last.ckpt").is_file() and not (run / "train_summary.json").exists()
     assert _finish([job("12", run)]) == [0]  # idempotent resubmission: a new job id, the same --run-dir
     assert json.loads((run / "train_summary.json").read_text())["epochs"] == int(EPOCHS)
-    _same_training(run, tmp_path / "ref")
+    _same_training(run, uninterrupted)
 
 
 @pytest.mark.slow

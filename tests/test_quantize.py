@@ -131,3 +131,10 @@ def test_cli_int8_needs_data(tiny_run, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["export", str(tiny_run), "--format", "int8"])
     assert stop.value.code and "--format int8 needs --data" in capsys.readouterr().err
+
+
+def test_int8_export_of_a_dataset_without_val_photos_says_so(tiny_run, synth_copy):
+    (synth_copy / "splits" / "val.txt").write_text("")
+    with pytest.raises(DataError, match=r"val"):
+        q.quantize(tiny_run, synth_copy, calibration=1, check=1)
+    assert not (tiny_run / q.INT8_FILE).exists()
