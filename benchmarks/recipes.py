@@ -48,6 +48,7 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
     "step15-smooth0.1": ("full", ["loss.label_smoothing=0.1"]),
     # the shipped presets, as they are
     "full": ("full", []),
+    "full-long": ("full-long", []),
     "six": ("six", []),
     "paved": ("paved", []),
 }

@@ -164,6 +164,7 @@ PRESETS: dict[str, str] = {
     "demo": "the classic small U-Net on the demo's synthetic scenes, six classes, ~2 minutes on 2 cores",
     "full": "every class of your class table (unlabeled/conflicting ignored: the 22 real classes of the Semantic "
             "Drone Dataset): FPN on EfficientNet-Lite0, the CPU recipe",
+    "full-long": "the full CPU recipe with a 2-hour budget (--max-time overrides it) and 1000 crops an epoch",
     "full-gpu": "the full preset for long GPU training (1500 px, 512² crops, bf16)",
     "six": "paved-area, dirt, grass, roof, water, other (the original project's 6-class mode)",
     "finetune": "tens of labelled photos: start from a trained run (--init RUN) or ImageNet, encoder frozen for "

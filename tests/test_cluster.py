@@ -20,6 +20,7 @@ from helpers import TINY_TRAIN
 from safetensors.torch import load_file
 
 from droneseg.classes import DataError
+from droneseg.cli import main
 from droneseg.cluster import ClusterEnv, cpu_threads, detect, master_port, oar_nodes, prepare
 
 # end-to-end runs in subprocesses: a hung one fails after 300 s with its traceback (pyproject: 120 s)
@@ -133,10 +134,22 @@ def test_torchrun_threads_get_their_share_of_the_cores():
     assert cpu_threads(ClusterEnv(None, "lightning", None, 0, 0, 1), cores=16, environ={"OMP_NUM_THREADS": "1"}) is None
 
 
+def _in_process(capsys, monkeypatch, *argv: str) -> tuple[int, str, str]:
+    """The real entry point in this process, without any launcher's or scheduler's variables: code, stdout, stderr
+    (for single-process runs: it saves the seconds of a new interpreter importing torch and Lightning)."""
+    for key in set(os.environ) - set(_clean_env()):
+        monkeypatch.delenv(key)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(list(argv))
+    out, err = capsys.readouterr()
+    return (stop.value.code or 0), out, err
+
+
 # -- torchrun ----------------------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_torchrun_two_ranks_validate_each_image_once_as_one_process_would(synth_root, tmp_path):
+def test_torchrun_two_ranks_validate_each_image_once_as_one_process_would(synth_root, tmp_path, capsys, monkeypatch):
     """2 gloo ranks under torchrun: the val split sharded without padding, the pooled confusion matrix equal to one
     process validating the same checkpoint, the final evaluation sharded and equal to a one-process evaluate."""
     out = tmp_path / "runs"
@@ -159,9 +172,9 @@ def test_torchrun_two_ranks_validate_each_image_once_as_one_process_would(synth_
     metrics = json.loads((run / "eval" / "val" / "metrics.json").read_text())
     assert metrics["context"]["ranks"] == 2 and metrics["context"]["images"] == n_val
     assert sorted(p.name for p in (run / "eval").iterdir()) == ["val"]
-    again = subprocess.run(_cli("evaluate", str(run), "--data", str(synth_root), "--out", str(tmp_path / "one")),
-                           capture_output=True, text=True, timeout=600, env=_clean_env())
-    assert again.returncode == 0, again.stderr[-2000:]
+    code, _, err = _in_process(capsys, monkeypatch, "evaluate", str(run), "--data", str(synth_root), "--out",
+                               str(tmp_path / "one"))
+    assert code == 0, err[-2000:]
     one = json.loads((tmp_path / "one" / "metrics.json").read_text())
     assert one["miou"] == metrics["miou"] and one["pixel_accuracy"] == metrics["pixel_accuracy"]
     assert [c["support"] for c in one["per_class"]] == [c["support"] for c in metrics["per_class"]]
@@ -238,13 +251,29 @@ def _oar_job(job_id: str, run_dir: Path, data: Path, nodefile: Path) -> subproce
 
 @pytest.fixture(scope="module")
 def uninterrupted(synth_root, tmp_path_factory) -> Path:
-    """The uninterrupted two-rank training the requeued SLURM and OAR jobs must reproduce, trained once: every
-    random draw is keyed by seed, epoch and position, so the launcher does not change what is trained."""
-    root = tmp_path_factory.mktemp("uninterrupted")
-    nodefile = root / "nodefile"
-    nodefile.write_text("localhost\nlocalhost\n")
-    assert _finish([_oar_job("10", root / "ref", synth_root, nodefile)]) == [0]
-    return root / "ref"
+    """The uninterrupted two-rank training the requeued SLURM and OAR jobs must reproduce, trained once, as on a
+    laptop: ``--devices 2`` and no scheduler (Lightning starts the second process), with its final evaluation.
+    Every random draw is keyed by seed, epoch and position, so the launcher does not change what is trained."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    r = subprocess.run(_cli("train", "-c", "demo", "--data", str(synth_root), "--out", str(out), *TINY,
+                            "--max-epochs", EPOCHS, "--devices", "2"),
+                       capture_output=True, text=True, timeout=600, env=_clean_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    (run,) = out.iterdir()
+    return run
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_train_with_ddp_into_one_run_folder(uninterrupted):
+    """``--devices 2`` on a machine without a scheduler: Lightning starts the second process itself (gloo); both
+    ranks agree on one run folder (the fixture's output folder holds only it), rank 0 alone writes the log, and the
+    final evaluation runs sharded over both."""
+    summary = json.loads((uninterrupted / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["epochs"] == int(EPOCHS)
+    assert [int(row["epoch"]) for row in _rows(uninterrupted)] == list(range(int(EPOCHS)))
+    metrics = json.loads((uninterrupted / "eval" / "val" / "metrics.json").read_text())
+    assert metrics["context"]["ranks"] == 2
+    assert metrics["context"]["images"] == len((uninterrupted / "splits" / "val.txt").read_text().split())
 
 
 @pytest.mark.slow
@@ -296,29 +325,26 @@ def test_oar_checkpoint_signal_exits_99_and_the_resubmitted_job_resumes(synth_ro
 
 
 @pytest.mark.slow
-def test_a_finished_run_is_extended_and_keeps_its_earlier_model(synth_root, tmp_path):
+def test_a_finished_run_is_extended_and_keeps_its_earlier_model(synth_root, tmp_path, capsys, monkeypatch):
     common = ["-c", "demo", "--data", str(synth_root), *TINY, "--set", "train.final_eval=false"]
-    r = subprocess.run(_cli("train", *common, "--out", str(tmp_path), "--max-epochs", "2"), capture_output=True,
-                       text=True, timeout=600, env=_clean_env())
-    assert r.returncode == 0, r.stderr[-2000:]
-    run = Path(r.stdout.strip().splitlines()[-1])
+    code, out, err = _in_process(capsys, monkeypatch, "train", *common, "--out", str(tmp_path), "--max-epochs", "2")
+    assert code == 0, err[-2000:]
+    run = Path(out.strip().splitlines()[-1])
     before = (run / "model.safetensors").read_bytes()
-    again = subprocess.run(_cli("train", "--resume", str(run), "--max-epochs", "3"), capture_output=True, text=True,
-                           timeout=600, env=_clean_env())
-    assert again.returncode == 0, again.stderr[-2000:]
+    code, _, err = _in_process(capsys, monkeypatch, "train", "--resume", str(run), "--max-epochs", "3")
+    assert code == 0, err[-2000:]
     assert [int(row["epoch"]) for row in _rows(run)] == [0, 1, 2]
     assert json.loads((run / "train_summary.json").read_text())["epochs"] == 3
     assert (run / "previous" / "1" / "model.safetensors").read_bytes() == before
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["max_epochs"] == 3
-    refused = subprocess.run(_cli("train", "--resume", str(run), "--set", "train.lr=1"), capture_output=True,
-                             text=True, timeout=120, env=_clean_env())
-    assert refused.returncode == 2 and "only --max-epochs and --max-time" in refused.stderr
+    code, _, err = _in_process(capsys, monkeypatch, "train", "--resume", str(run), "--set", "train.lr=1")
+    assert code == 2 and "only --max-epochs and --max-time" in err
 
 
 # -- prediction at survey scale ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_two_rank_predict_writes_each_photo_once_and_one_class_area_table(tmp_path):
+def test_two_rank_predict_writes_each_photo_once_and_one_class_area_table(tmp_path, capsys, monkeypatch):
     from helpers import save_tiny_model, scene
     from PIL import Image
 
@@ -338,9 +364,8 @@ def test_two_rank_predict_writes_each_photo_once_and_one_class_area_table(tmp_pa
     for i in range(5):
         for suffix in (".png", "_color.png", "_overlay.jpg"):
             assert (tmp_path / "out" / f"p{i}{suffix}").is_file()
-    one = subprocess.run(_cli("predict", str(model), str(photos), "--out", str(tmp_path / "one")),
-                         capture_output=True, text=True, timeout=600, env=_clean_env())
-    assert one.returncode == 0, one.stderr[-2000:]
+    code, _, err = _in_process(capsys, monkeypatch, "predict", str(model), str(photos), "--out", str(tmp_path / "one"))
+    assert code == 0, err[-2000:]
     # one table for the whole list, in its order, equal to what one process writes
     assert (tmp_path / "out" / "class_areas.csv").read_text() == (tmp_path / "one" / "class_areas.csv").read_text()
     assert not (tmp_path / "one" / "predict_ranks.json").exists()

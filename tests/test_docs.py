@@ -245,6 +245,7 @@ class Numbers:
 
 RESULTS_TABLE = [
     ("| `full` (22 classes) |", "recipes/full-30m.json", full_row),
+    ("| `full-long` (22 classes, 2 hours) |", "recipes/full-long-2h.json", full_row),
     ("| `six` |", "recipes/six-30m.json", six_row),
     ("| `paved` |", "recipes/paved-30m.json", paved_row),
 ]
@@ -319,6 +320,15 @@ NUMBERS = [
     *[Numbers(page, where, src, fn) for page in ("README.md", "docs/index.md", "docs/benchmarks.md")
       for where, src, fn in RESULTS_TABLE],
     Numbers("docs/benchmarks.md", "Per-class IoU of `full`:", "recipes/full-30m.json", per_class),
+    # what two hours buy
+    Numbers("docs/benchmarks.md", "`full-long-2h.json` |", "recipes/full-long-2h.json", step15_row),
+    Numbers("docs/benchmarks.md", "Per-class IoU of `full-long`:", "recipes/full-long-2h.json", per_class),
+    Numbers("docs/benchmarks.md", "Four times the budget buys", "recipes/full-long-2h.json", lambda d: [
+        f"{d['budget_detail']['done_steps']} here", f"door 0.046 -> {iou(d['per_class_iou']['door'])}",
+        f"fence-pole (0.13 -> {iou(d['per_class_iou']['fence-pole'])})", "Peak RSS 3.5 GB"]),
+    Numbers("docs/benchmarks.md", "Four times the budget buys", "recipes/full-30m.json", lambda d: [
+        f"results table ({r(d['val_miou_native'], 3)}", f"{d['budget_detail']['done_steps']} optimiser steps there",
+        f"door {iou(d['per_class_iou']['door'])} ->", f"fence-pole ({iou(d['per_class_iou']['fence-pole'])} ->"]),
     Numbers("docs/benchmarks.md", "Door (21 of 250 training photos", "recipes/full-30m.json",
             lambda d: [f"this run made {d['epochs']} epochs at {r(d['images_per_s'], 1)} img/s"]),
     *[Numbers("docs/benchmarks.md", f"`{name}-8m.json`", f"recipes/{name}-8m.json", recipe_row) for name in RECIPE_ROWS],

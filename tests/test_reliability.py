@@ -585,29 +585,43 @@ def fault_sigint_during_training(tmp_path, capsys, uninterrupted, monkeypatch):
 
 
 _SAVER = """
-import sys, torch
+import json, os, random, sys, time
+import torch
 from pathlib import Path
 from droneseg.engine.checkpoints import AtomicCheckpointIO
-io, path = AtomicCheckpointIO(), Path(sys.argv[1])
-for step in range(10**6):
-    io.save_checkpoint({"global_step": step, "w": torch.full((2_000_000,), float(step))}, path)
-    print(step, flush=True)
+torch.set_num_threads(1)  # no OpenMP pool in this process: its forks stay safe
+io, path, rng, seen = AtomicCheckpointIO(), Path(sys.argv[1]), random.Random(0), []
+for trial in range(4):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the saver that is killed: a loop of saves, each step's tensor holding the step
+        os.close(read)
+        for step in range(10**6):
+            io.save_checkpoint({"global_step": step, "w": torch.full((2_000_000,), float(step))}, path)
+            if step == 0:
+                os.write(write, b"1")
+        os._exit(0)
+    os.close(write)
+    os.read(read, 1)  # one save done
+    time.sleep(rng.uniform(0.0, 0.3))
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    os.close(read)
+    ckpt = torch.load(path, weights_only=True)
+    seen.append([int(ckpt["global_step"]), bool((ckpt["w"] == ckpt["global_step"]).all())])
+print(json.dumps(seen))
 """
 
 
 def fault_sigkill_during_checkpoint_save(tmp_path, capsys, uninterrupted, monkeypatch):
-    """SIGKILL at random moments of a loop of 8 MB checkpoint saves: the checkpoint on disk always loads whole
-    (its tensor holds its own step), and the next save clears the killed save's temporary file."""
+    """SIGKILL at random moments of a loop of 8 MB checkpoint saves (4 times; the savers are forks of one process,
+    which imports torch once): the checkpoint on disk always loads whole (its tensor holds its own step), and the
+    next save clears the killed save's temporary file."""
     path = tmp_path / "checkpoints" / "last.ckpt"
-    rng = np.random.default_rng(0)
-    for _ in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", _SAVER, str(path)], stdout=subprocess.PIPE, text=True)
-        proc.stdout.readline()  # one save done
-        time.sleep(float(rng.uniform(0.0, 0.3)))
-        proc.kill()
-        proc.wait()
-        ckpt = torch.load(path, weights_only=True)
-        assert (ckpt["w"] == ckpt["global_step"]).all()
+    r = subprocess.run([sys.executable, "-c", _SAVER, str(path)], capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stderr[-2000:]
+    seen = json.loads(r.stdout)
+    assert len(seen) == 4 and all(whole for _, whole in seen), seen
     from droneseg.engine.checkpoints import AtomicCheckpointIO
 
     AtomicCheckpointIO().save_checkpoint({"global_step": -1}, path)
