@@ -2,15 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
+from droneseg import cli
 from droneseg.artifact import ModelInfo, save_model
 from droneseg.data.synthetic import render_scene
 from droneseg.models import ModelConfig, build_model
 from droneseg.schemes import get_scheme
+
+
+def exit_code(*argv: str | Path) -> int:
+    """The real entry point (``droneseg ARGV``), in this process -> its exit code."""
+    with pytest.raises(SystemExit) as stop:
+        cli.main([str(a) for a in argv])
+    code = stop.value.code
+    return code if isinstance(code, int) else (0 if code is None else 1)
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(capsys, *argv: str | Path) -> Result:
+    """The real entry point, in this process: exit code, stdout, stderr (what it printed, read through ``capsys``)."""
+    capsys.readouterr()
+    code = exit_code(*argv)
+    out, err = capsys.readouterr()
+    return Result(code, out, err)
+
 
 TINY_TRAIN = ["--set", "model.channels=[8,16]", "--set", "data.crop=48", "--set", "data.batch_size=2",
               "--set", "data.samples_per_epoch=4", "--set", "data.workers=0", "--set", "data.long_side=null",

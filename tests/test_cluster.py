@@ -16,11 +16,10 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import TINY_TRAIN
+from helpers import TINY_TRAIN, run_cli
 from safetensors.torch import load_file
 
 from droneseg.classes import DataError
-from droneseg.cli import main
 from droneseg.cluster import ClusterEnv, cpu_threads, detect, master_port, oar_nodes, prepare
 
 # end-to-end runs in subprocesses: a hung one fails after 300 s with its traceback (pyproject: 120 s)
@@ -135,15 +134,12 @@ def test_torchrun_threads_get_their_share_of_the_cores():
 
 
 def _in_process(capsys, monkeypatch, *argv: str) -> tuple[int, str, str]:
-    """The real entry point in this process, without any launcher's or scheduler's variables: code, stdout, stderr
-    (for single-process runs: it saves the seconds of a new interpreter importing torch and Lightning)."""
+    """:func:`helpers.run_cli` without any launcher's or scheduler's variables: code, stdout, stderr (for
+    single-process runs: it saves the seconds of a new interpreter importing torch and Lightning)."""
     for key in set(os.environ) - set(_clean_env()):
         monkeypatch.delenv(key)
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main(list(argv))
-    out, err = capsys.readouterr()
-    return (stop.value.code or 0), out, err
+    r = run_cli(capsys, *argv)
+    return r.code, r.out, r.err
 
 
 # -- torchrun ----------------------------------------------------------------------------------------------------
@@ -241,12 +237,10 @@ def _finish(procs: list[subprocess.Popen]) -> list[int]:
     return codes
 
 
-def _oar_job(job_id: str, run_dir: Path, data: Path, nodefile: Path) -> subprocess.Popen:
-    """An OAR job: one process per node (here one node, 2 devices: Lightning starts the second)."""
-    env = _clean_env(OAR_JOB_ID=job_id, OAR_NODEFILE=str(nodefile), OAR_JOB_NAME="seg", MASTER_PORT=str(_free_port()))
-    return subprocess.Popen(_cli("train", "-c", "demo", "--data", str(data), "--run-dir", str(run_dir), *TINY,
-                                 "--max-epochs", EPOCHS, "--devices", "2", "--set", "train.final_eval=false"),
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _two_rank_training(data: Path, *where: str) -> list[str]:
+    """The command of the two-rank training every requeue test compares with the uninterrupted one: ``where`` is
+    ``--out DIR`` or ``--run-dir DIR``, and the final evaluation is left to the reference."""
+    return _cli("train", "-c", "demo", "--data", str(data), *where, *TINY, "--max-epochs", EPOCHS, "--devices", "2")
 
 
 @pytest.fixture(scope="module")
@@ -255,9 +249,8 @@ def uninterrupted(synth_root, tmp_path_factory) -> Path:
     laptop: ``--devices 2`` and no scheduler (Lightning starts the second process), with its final evaluation.
     Every random draw is keyed by seed, epoch and position, so the launcher does not change what is trained."""
     out = tmp_path_factory.mktemp("uninterrupted")
-    r = subprocess.run(_cli("train", "-c", "demo", "--data", str(synth_root), "--out", str(out), *TINY,
-                            "--max-epochs", EPOCHS, "--devices", "2"),
-                       capture_output=True, text=True, timeout=600, env=_clean_env())
+    r = subprocess.run(_two_rank_training(synth_root, "--out", str(out)), capture_output=True, text=True,
+                       timeout=600, env=_clean_env())
     assert r.returncode == 0, r.stderr[-3000:]
     (run,) = out.iterdir()
     return run
@@ -283,8 +276,7 @@ def test_slurm_requeue_saves_requeues_and_the_requeued_job_resumes(synth_root, t
     (bin_dir / "scontrol").write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
     (bin_dir / "scontrol").chmod(0o755)
     log = tmp_path / "scontrol.log"
-    cmd = _cli("train", "-c", "demo", "--data", str(synth_root), "--out", str(tmp_path / "runs"), *TINY,
-               "--max-epochs", EPOCHS, "--devices", "2", "--set", "train.final_eval=false")
+    cmd = _two_rank_training(synth_root, "--out", str(tmp_path / "runs"), "--set", "train.final_eval=false")
     procs = _srun("4242", cmd, bin_dir, log)
     run = _wait_for_epochs(lambda: (tmp_path / "runs").glob("demo-job4242"), 2, procs)
     for p in procs:  # sbatch --signal=SIGUSR1@90 signals every task
@@ -309,8 +301,12 @@ def test_oar_checkpoint_signal_exits_99_and_the_resubmitted_job_resumes(synth_ro
     nodefile = tmp_path / "nodefile"
     nodefile.write_text("localhost\nlocalhost\n")  # one line per reserved core
 
-    def job(job_id: str, run_dir: Path) -> subprocess.Popen:
-        return _oar_job(job_id, run_dir, synth_root, nodefile)
+    def job(job_id: str, run_dir: Path) -> subprocess.Popen:  # one process per node: Lightning starts the second
+        env = _clean_env(OAR_JOB_ID=job_id, OAR_NODEFILE=str(nodefile), OAR_JOB_NAME="seg",
+                         MASTER_PORT=str(_free_port()))
+        return subprocess.Popen(_two_rank_training(synth_root, "--run-dir", str(run_dir), "--set",
+                                                   "train.final_eval=false"),
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     run = tmp_path / "runs" / "seg"
     proc = job("11", run)

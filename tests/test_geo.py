@@ -23,10 +23,9 @@ rasterio = pytest.importorskip("rasterio", reason="the geo extra is not installe
 pyogrio = pytest.importorskip("pyogrio")
 shapely = pytest.importorskip("shapely")
 
-from helpers import gdal_attribute_table, save_tiny_model, tiny_net  # noqa: E402
+from helpers import exit_code, gdal_attribute_table, save_tiny_model, tiny_net  # noqa: E402
 from rasterio.windows import Window  # noqa: E402
 
-from droneseg import cli  # noqa: E402
 from droneseg.classes import ClassTable  # noqa: E402
 from droneseg.errors import DataError, UserError  # noqa: E402
 from droneseg.geo import is_ortho, require  # noqa: E402
@@ -70,12 +69,6 @@ def textured(tmp_path_factory) -> dict[str, Path]:
     write_synthetic_ortho(root / "t2.tif", SIZE2, gsd=0.02, render_gsd=0.05, seed=4)
     return {"5cm": root / "t5.tif", "2cm": root / "t2.tif"}
 
-
-def run_cli(*argv: str | Path) -> int:
-    """The real entry point, in this process -> its exit code."""
-    with pytest.raises(SystemExit) as stop:
-        cli.main([str(a) for a in argv])
-    return stop.value.code or 0
 
 
 def read(path: Path, band: int = 1) -> np.ndarray:
@@ -336,7 +329,7 @@ def test_tiles_outside_the_valid_area_are_not_inferred(flat, tmp_path):
 def test_predict_cli_on_an_orthomosaic_writes_every_output(textured, tmp_path, capsys):
     model = save_tiny_model(tmp_path / "model", long_side=None)
     out = tmp_path / "pred"
-    code = run_cli("predict", model, textured["5cm"], "--out", out, "--vector", "geojson", "--confidence",
+    code = exit_code("predict", model, textured["5cm"], "--out", out, "--vector", "geojson", "--confidence",
                    "--strip", "256")
     captured = capsys.readouterr()
     assert code == 0, captured.err
@@ -350,7 +343,7 @@ def test_predict_cli_on_an_orthomosaic_writes_every_output(textured, tmp_path, c
 
 def test_model_gsd_scales_the_working_resolution(textured, tmp_path):
     model = save_tiny_model(tmp_path / "model", long_side=None, gsd=0.1)
-    code = run_cli("predict", model, textured["2cm"], "--out", tmp_path / "p", "--vector", "none")
+    code = exit_code("predict", model, textured["2cm"], "--out", tmp_path / "p", "--vector", "none")
     assert code == 0
     meta = json.loads((tmp_path / "p" / "t2_class_areas.json").read_text())
     assert meta["working_scale"] == pytest.approx([0.2, 0.2]) and meta["model_gsd_source"] == "model.json"
@@ -366,7 +359,7 @@ def test_bad_orthomosaics_are_named_and_skipped(flat, tmp_path, capsys):
         data = ds.read([1, 2, 3]).astype(np.float32)
     with rasterio.open(floats, "w", **profile) as dst:
         dst.write(data)
-    code = run_cli("predict", model, bad_vrt, floats, flat["5cm"][0], "--out", tmp_path / "p", "--model-gsd", "0.05",
+    code = exit_code("predict", model, bad_vrt, floats, flat["5cm"][0], "--out", tmp_path / "p", "--model-gsd", "0.05",
                    "--vector", "none")
     err = capsys.readouterr().err
     assert code == 1
@@ -464,11 +457,11 @@ def test_a_folder_predicted_into_itself_twice_does_not_segment_its_own_outputs(f
     folder.mkdir()
     shutil.copy(flat["5cm"][0], folder / "o5.tif")
     for _ in range(2):
-        assert run_cli("predict", model, folder, "--out", folder, "--model-gsd", "0.05", "--confidence") == 0
+        assert exit_code("predict", model, folder, "--out", folder, "--model-gsd", "0.05", "--confidence") == 0
         assert "1 orthomosaic segmented" in capsys.readouterr().out
     assert not list(folder.glob("*_classes_classes.tif")) and not list(folder.glob("*_confidence_classes.tif"))
     # a class map given on purpose is refused as one, by name
-    assert run_cli("predict", model, labels_path(flat["5cm"][0]), "--out", tmp_path / "p", "--model-gsd",
+    assert exit_code("predict", model, labels_path(flat["5cm"][0]), "--out", tmp_path / "p", "--model-gsd",
                    "0.05") == 1
     assert "one band with a colour table: a class map, not imagery" in capsys.readouterr().err
 
@@ -476,7 +469,7 @@ def test_a_folder_predicted_into_itself_twice_does_not_segment_its_own_outputs(f
 @pytest.mark.slow
 def test_grouping_scheme_areas_and_polygons_name_the_schemes_classes_in_any_numbering(textured, tmp_path):
     model = save_tiny_model(tmp_path / "model", scheme="six", long_side=None)
-    assert run_cli("predict", model, textured["5cm"], "--out", tmp_path / "p", "--model-gsd", "0.05",
+    assert exit_code("predict", model, textured["5cm"], "--out", tmp_path / "p", "--model-gsd", "0.05",
                    "--numbering", "dataset") == 0
     rows = json.loads((tmp_path / "p" / "t5_class_areas.json").read_text())["classes"]
     assert [r["class"] for r in rows] == list(get_scheme("six").names)
@@ -489,7 +482,7 @@ def test_grouping_scheme_areas_and_polygons_name_the_schemes_classes_in_any_numb
                                           ("--model-gsd", "inf")])
 def test_ortho_options_are_checked_before_any_work(flat, tmp_path, capsys, option, value):
     model = save_tiny_model(tmp_path / "model", long_side=None)
-    assert run_cli("predict", model, flat["5cm"][0], "--out", tmp_path / "p", option, value) == 2
+    assert exit_code("predict", model, flat["5cm"][0], "--out", tmp_path / "p", option, value) == 2
     assert f"{option} must be a positive number" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
 
@@ -510,7 +503,7 @@ def test_gdal_causes_and_control_points_are_named(flat, tmp_path, capsys):
     with rasterio.open(gcp, "w", driver="GTiff", width=64, height=64, count=3, dtype="uint8") as dst:
         dst.write(np.zeros((3, 64, 64), np.uint8))
         dst.gcps = (points, rasterio.crs.CRS.from_epsg(4326))
-    assert run_cli("predict", model, vrt, gcp, "--out", tmp_path / "p", "--model-gsd", "0.05") == 1
+    assert exit_code("predict", model, vrt, gcp, "--out", tmp_path / "p", "--model-gsd", "0.05") == 1
     err = capsys.readouterr().err
     assert "gone.tif" in err and "See previous exception" not in err
     assert f"{gcp}: georeferenced by 3 ground control points only" in err
@@ -574,7 +567,7 @@ def test_a_tiff_with_a_world_file_is_an_orthomosaic(flat, tmp_path):
     (tmp_path / "in" / "ortho.tif.aux.xml").write_text(f"<PAMDataset><SRS>{crs.to_wkt()}</SRS></PAMDataset>\n")
     assert is_ortho(plain)
     model = save_tiny_model(tmp_path / "model", scheme="six", long_side=None)
-    assert run_cli("predict", model, plain, "--out", tmp_path / "p", "--model-gsd", "0.05", "--vector", "none") == 0
+    assert exit_code("predict", model, plain, "--out", tmp_path / "p", "--model-gsd", "0.05", "--vector", "none") == 0
     with rasterio.open(tmp_path / "p" / "ortho_classes.tif") as out:
         assert out.crs == crs and out.transform.almost_equals(transform)
 
@@ -583,9 +576,9 @@ def test_outputs_of_an_earlier_run_with_other_options_are_named(flat, tmp_path, 
     src, _ = flat["5cm"]
     model = save_tiny_model(tmp_path / "model", scheme="six", long_side=None)
     out = tmp_path / "p"
-    assert run_cli("predict", model, src, "--out", out, "--model-gsd", "0.05", "--confidence", "--vector", "none") == 0
+    assert exit_code("predict", model, src, "--out", out, "--model-gsd", "0.05", "--confidence", "--vector", "none") == 0
     capsys.readouterr()
-    assert run_cli("predict", model, src, "--out", out, "--model-gsd", "0.05", "--vector", "none") == 0
+    assert exit_code("predict", model, src, "--out", out, "--model-gsd", "0.05", "--vector", "none") == 0
     err = capsys.readouterr().err
     assert f"{out / 'o5_confidence.tif'} is left from an earlier run" in err
     assert "_classes.tif is left" not in err
@@ -665,10 +658,10 @@ def test_nodata_option_that_cannot_apply_is_refused(tmp_path, nodata, alpha, say
 def test_nodata_option_on_the_command_line(tmp_path, capsys):
     model = save_tiny_model(tmp_path / "model", long_side=None)
     src = _white_roof(tmp_path)
-    assert run_cli("predict", model, src, "--out", tmp_path / "p", "--nodata", "white") == 2
+    assert exit_code("predict", model, src, "--out", tmp_path / "p", "--nodata", "white") == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--nodata must be none or a number (a pixel value), got 'white'" in err
-    assert run_cli("predict", model, src, "--out", tmp_path / "p", "--model-gsd", "0.05", "--vector", "none",
+    assert exit_code("predict", model, src, "--out", tmp_path / "p", "--model-gsd", "0.05", "--vector", "none",
                    "--nodata", "none") == 0
     assert "marks about" not in capsys.readouterr().err
     meta = json.loads((tmp_path / "p" / "white roof #2_class_areas.json").read_text())

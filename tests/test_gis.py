@@ -16,9 +16,8 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-from helpers import save_tiny_model, scene
+from helpers import exit_code, save_tiny_model, scene
 
-from droneseg import cli
 from droneseg.artifact import load_model
 from droneseg.errors import DataError
 from droneseg.export import PARITY_TOL, QGIS_FILE, export
@@ -35,11 +34,6 @@ from droneseg.geo.scene import write_synthetic_ortho  # noqa: E402
 TILE = 128
 pytestmark = pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider'")  # GeoDeep asks for it
 
-
-def run_cli(*argv: str | Path) -> int:
-    with pytest.raises(SystemExit) as stop:
-        cli.main([str(a) for a in argv])
-    return stop.value.code or 0
 
 
 @pytest.fixture(scope="module")
@@ -126,15 +120,15 @@ def test_a_model_without_a_gsd_needs_one_and_luma_is_refused(tmp_path, capsys):
     plain = save_tiny_model(tmp_path / "plain", scheme="six", long_side=None)
     with pytest.raises(DataError, match="no GSD.*--gsd METRES"):
         export(plain, format="qgis")
-    code = run_cli("export", plain, "--format", "qgis", "--gsd", "0.05", "--tile", "64", "--out", tmp_path / "x.onnx")
+    code = exit_code("export", plain, "--format", "qgis", "--gsd", "0.05", "--tile", "64", "--out", tmp_path / "x.onnx")
     assert code == 0, capsys.readouterr().err
     _, config = create_session(str(tmp_path / "x.onnx"))
     assert (config["resolution"], config["tiles_size"]) == (5.0, 64)
     assert (tmp_path / "x.MODEL_CARD.md").is_file(), "an export outside its run carries the model card beside it"
-    assert run_cli("export", plain, "--gsd", "0.05") == 2, "--gsd is for --format qgis only"
+    assert exit_code("export", plain, "--gsd", "0.05") == 2, "--gsd is for --format qgis only"
     capsys.readouterr()
     luma = save_tiny_model(tmp_path / "luma", scheme="luma", long_side=None, gsd=0.1)
-    code = run_cli("export", luma, "--format", "qgis")
+    code = exit_code("export", luma, "--format", "qgis")
     err = capsys.readouterr().err
     assert code == 2 and "luma scheme" in err and len(err.strip().splitlines()) == 1
     assert not (luma / QGIS_FILE).exists()
@@ -150,7 +144,7 @@ def test_geodeep_on_an_orthomosaic_agrees_with_droneseg_predict(survey_run, tmp_
     export(survey_run, format="qgis")
     ortho = tmp_path / "other.tif"
     write_synthetic_ortho(ortho, (800, 600), gsd=0.1, seed=9)  # ground the model never saw
-    assert run_cli("predict", survey_run, ortho, "--out", tmp_path / "pred", "--vector", "none") == 0
+    assert exit_code("predict", survey_run, ortho, "--out", tmp_path / "pred", "--vector", "none") == 0
     capsys.readouterr()
     with rasterio.open(tmp_path / "pred" / "other_classes.tif") as ds:
         written, nodata = ds.read(1), ds.nodata

@@ -30,33 +30,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_TRAIN, save_tiny_model
+from helpers import TINY_TRAIN, run_cli, save_tiny_model
 from PIL import Image
 
-from droneseg.cli import main
 from droneseg.data.synthetic import write_synthetic
 
 # end-to-end runs in subprocesses: a hung one fails after 300 s with its traceback (pyproject: 120 s)
 pytestmark = pytest.mark.timeout(300)
 
 TINY = [*TINY_TRAIN, "--set", "train.final_eval=false"]
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def run_cli(capsys, *argv: str | Path) -> Result:
-    """The real entry point, in this process: exit code, stdout, stderr."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stop:
-        main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    code = stop.value.code
-    return Result(code if isinstance(code, int) else (0 if code is None else 1), out, err)
 
 
 def digest(*roots: Path) -> dict[str, str]:

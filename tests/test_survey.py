@@ -16,9 +16,8 @@ shapely = pytest.importorskip("shapely")
 
 import pyogrio.raw  # noqa: E402
 import yaml  # noqa: E402
-from helpers import TINY_TRAIN  # noqa: E402
+from helpers import TINY_TRAIN, exit_code  # noqa: E402
 
-from droneseg import cli  # noqa: E402
 from droneseg.data.layout import DataSource, SurveyOptions  # noqa: E402
 from droneseg.geo.scene import TABLE, labels_path, write_synthetic_ortho, write_synthetic_survey  # noqa: E402
 from droneseg.geo.survey import load_survey, render_block  # noqa: E402
@@ -26,11 +25,6 @@ from droneseg.geo.survey import load_survey, render_block  # noqa: E402
 GSD = 0.1
 SIZE = (960, 720)
 
-
-def run_cli(*argv: str | Path) -> int:
-    with pytest.raises(SystemExit) as stop:
-        cli.main([str(a) for a in argv])
-    return stop.value.code or 0
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +143,7 @@ def test_labels_that_cannot_be_used_are_one_line_naming_file_layer_and_feature(s
     geom = {"line.gpkg": shapely.LineString([(x0 + 1, y0 - 1), (x0 + 20, y0 - 20)])}.get(labels, box)
     value = {"unknown.gpkg": "spaceship"}.get(labels, "roof")
     write_labels(survey.parent / labels, [geom], [value], crs=None if labels == "nocrs.gpkg" else "EPSG:32633")
-    assert run_cli("check-data", "--data", survey) == 2
+    assert exit_code("check-data", "--data", survey) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and message in err, err
 
@@ -169,13 +163,13 @@ def test_lines_are_drawn_as_wide_as_line_width_and_broken_geometries_are_repaire
     assert fence_px == pytest.approx(600 * 4, rel=0.1)  # 60 m long, 0.4 m wide at 10 cm
     grass_px = sum((render_block(b.block)[1] == TABLE.index("grass")).sum() for b in layout.samples)
     assert grass_px == pytest.approx(2 * 100 * 100, rel=0.05)  # the bow tie's two triangles: 2 x 100 m² / 2
-    run_cli("check-data", "--data", survey)
+    exit_code("check-data", "--data", survey)
     out = capsys.readouterr().out
     assert "1 invalid geometries repaired" in out and "feature 3: empty geometry; skipped" in out
 
 
 def test_check_data_summarises_a_survey(synth, capsys):
-    assert run_cli("check-data", "--data", synth) in (0, 1)
+    assert exit_code("check-data", "--data", synth) in (0, 1)
     out = capsys.readouterr().out
     assert "survey " in out and "labelled area by split (m²): train" in out and "% of it labelled" in out
 
@@ -187,14 +181,14 @@ def test_train_and_evaluate_on_a_survey(synth, tmp_path, capsys):
     run did and gives the final evaluation's number."""
     args = ["train", "-c", "demo", "--data", synth, "--out", tmp_path / "runs", *TINY_TRAIN, "--max-epochs", "2",
             "--set", "inference.tile=96", "--set", "data.crop=96"]
-    assert run_cli(*args) == 0
+    assert exit_code(*args) == 0
     run = Path(capsys.readouterr().out.strip().splitlines()[-1])
     info = json.loads((run / "model.json").read_text())
     assert info["gsd"] == GSD and info["long_side"] is None and info["extra"]["survey_grid"]["buffer_px"] == 96
     layers = [str(r[0]) for r in pyogrio.list_layers(run / "splits" / "blocks.gpkg")]
     assert layers[:1] == ["blocks"] and (run / "splits" / "blocks.png").is_file()
     summary = json.loads((run / "train_summary.json").read_text())
-    assert run_cli("evaluate", run, "--data", synth, "--out", tmp_path / "again") == 0
+    assert exit_code("evaluate", run, "--data", synth, "--out", tmp_path / "again") == 0
     again = json.loads((tmp_path / "again" / "metrics.json").read_text())
     assert again["miou"] == summary["val_miou_native"]
     val = (run / "splits" / "val.txt").read_text().split()
@@ -212,11 +206,11 @@ def test_train_and_evaluate_on_a_survey(synth, tmp_path, capsys):
     (other.parent / "o_labels.gpkg").unlink()
     write_labels(other.parent / "o_labels.gpkg", [everything], ["grass"])
     capsys.readouterr()
-    assert run_cli("evaluate", run, "--data", other, "--out", tmp_path / "other-eval") == 2
+    assert exit_code("evaluate", run, "--data", other, "--out", tmp_path / "other-eval") == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "its class table differs from the one the model was trained with" in err
     # predict reads a new orthomosaic at the GSD the model learnt, with no --model-gsd
-    assert run_cli("predict", run, synth.parent / "o.tif", "--out", tmp_path / "seg", "--vector", "none") == 0
+    assert exit_code("predict", run, synth.parent / "o.tif", "--out", tmp_path / "seg", "--vector", "none") == 0
     areas = json.loads((tmp_path / "seg" / "o_class_areas.json").read_text())
     assert areas["model_gsd_m"] == GSD and areas["model_gsd_source"] == "model.json"
 
@@ -259,7 +253,7 @@ def test_geographic_and_non_square_rasters_give_the_true_areas(tmp_path, kind):
 def test_overlapping_rasters_are_said_to_split_independently(synth, tmp_path, capsys):
     survey = copy_survey(synth, tmp_path, rasters=["o.tif", "again.tif"])
     shutil.copy(survey.parent / "o.tif", survey.parent / "again.tif")
-    run_cli("check-data", "--data", survey)
+    exit_code("check-data", "--data", survey)
     out = capsys.readouterr().out
     assert "again.tif overlap: their blocks are drawn to splits independently" in out and "gdalbuildvrt" in out
 
@@ -329,7 +323,7 @@ def test_line_width_is_refused_for_a_layer_in_degrees(synth, tmp_path, capsys):
     survey = copy_survey(synth, tmp_path, labels="fence.geojson", line_width=0.5)
     write_labels(survey.parent / "fence.geojson", [shapely.LineString([(15.0, 46.0), (15.0001, 46.0)])], ["fence"],
                  crs="EPSG:4326")
-    assert run_cli("check-data", "--data", survey) == 2
+    assert exit_code("check-data", "--data", survey) == 2
     assert "line_width is in metres and this layer is not in a metric CRS" in capsys.readouterr().err
 
 
@@ -355,6 +349,6 @@ def test_check_data_says_how_much_a_rasters_nodata_value_masks(synth, tmp_path, 
         profile.pop("photometric", None)
         with rasterio.open(survey.parent / "rgb.tif", "w", **profile) as dst:
             dst.write(src.read([1, 2, 3]))
-    run_cli("check-data", "--data", survey)
+    exit_code("check-data", "--data", survey)
     out = capsys.readouterr().out
     assert "warning: " in out and "rgb.tif: its declared nodata value 0 marks about" in out
