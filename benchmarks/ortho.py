@@ -9,13 +9,19 @@ preview. Models: ``NAME=RUN_FOLDER`` (repeatable); none given: the random timing
 
     python benchmarks/ortho.py --model demo=runs/demo-… --model full=runs/full-… [--size 20000] [--gsd 0.02]
         [--backend onnx]  (model.onnx beside model.json, or a temporary export)
+        [--tile 1024 --overlap 0.125 --batch 1]  (tile geometry, tiles per forward pass; default: the model's
+        inference settings in model.json)
+        [--profile]  (under cProfile: the seconds of the stages in PROFILED, inside the steps' own timings; the
+        profiler's overhead makes the run itself about a tenth slower)
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import json
 import os
+import pstats
 import sys
 import tempfile
 import time
@@ -24,32 +30,58 @@ from pathlib import Path
 from common import in_child, machine, peak_rss_mb, timing_model
 
 CACHE = Path(os.environ.get("DRONESEG_CACHE", Path.home() / ".cache/droneseg"))
+PROFILED = {  # stage -> (file, function) whose cumulative seconds it is, with --profile
+    "network": ("droneseg/tiler.py", "_infer"),  # every backend's forward passes of the tiles
+    "read_working_scale": ("droneseg/geo/raster.py", "read_working"),  # GDAL: read and average to the working grid
+    "upsample_argmax": ("droneseg/tiler.py", "upsampled_argmax"),  # working logits -> full-resolution labels
+    "preview": ("droneseg/geo/outputs.py", "write_preview"),
+    "polygons": ("droneseg/geo/outputs.py", "write_polygons"),
+}
 
 
 def child(config: dict) -> dict:
     t0 = time.perf_counter()
     from droneseg.geo.options import OrthoOptions
     from droneseg.predict import predict
+    from droneseg.tiler import InferenceConfig, InferenceOverrides
 
     baseline = peak_rss_mb()
     t1 = time.perf_counter()
+    geometry = InferenceOverrides(tile=config.get("tile"), overlap=config.get("overlap"), batch=config.get("batch"))
+    saved = json.loads((Path(config["model"]) / "model.json").read_text())["inference"]
+    used = geometry.apply(InferenceConfig.model_validate(saved)).model_dump(include={"tile", "overlap", "batch"})
+    profiler = cProfile.Profile() if config.get("profile") else None
+    if profiler is not None:
+        profiler.enable()
     s = predict(config["model"], [Path(config["ortho"])], Path(config["out"]), progress=False,
-                backend=config.get("backend", "torch"),
+                backend=config.get("backend", "torch"), inference=geometry,
                 ortho=OrthoOptions(model_gsd=config["model_gsd"], vector="gpkg", strip=config["strip"]))
+    profile = {}
+    if profiler is not None:
+        profiler.disable()
+        stats = pstats.Stats(profiler).stats  # (file, line, function) -> (calls, calls, own s, cumulative s, callers)
+        profile = {"profile_s": {stage: round(sum(v[3] for (f, _, fn), v in stats.items()
+                                                  if f.endswith(file) and fn == function), 1)
+                                 for stage, (file, function) in PROFILED.items()}}
     (result,) = s.orthos.values()
     files = result["files"]
     return {"seconds": round(time.perf_counter() - t1, 1), "stages_s": result["seconds"],
             "tiles": result["tiles"], "tiles_skipped": result["tiles_skipped"], "polygons": result["polygons"],
-            "working_scale": result["working_scale"], "peak_rss_mb": round(peak_rss_mb()),
+            "working_scale": result["working_scale"], **used,
+            "peak_rss_mb": round(peak_rss_mb()),
             "rss_after_imports_mb": round(baseline), "import_s": round(t1 - t0, 2),
             "class_cog_mb": round(os.path.getsize(files["classes"]) / 2**20, 1),
-            "polygons_mb": round(os.path.getsize(files["polygons"]) / 2**20, 1)}
+            "polygons_mb": round(os.path.getsize(files["polygons"]) / 2**20, 1), **profile}
 
 
 def bench(models: dict[str, str], size: int = 20000, gsd: float = 0.02, render_gsd: float = 0.05,
-          model_gsd: float = 0.05, strip: int = 4096, backend: str = "torch", cache: Path = CACHE) -> dict:
+          model_gsd: float = 0.05, strip: int = 4096, backend: str = "torch", cache: Path = CACHE,
+          tile: int | None = None, overlap: float | None = None, batch: int | None = None,
+          profile: bool = False) -> dict:
     """``predict`` of each model (NAME -> run folder; none: the random timing U-Net) on the synthetic orthomosaic of
-    ``size``² pixels at ``gsd``, in its own process -> the report (see the module doc)."""
+    ``size``² pixels at ``gsd``, in its own process -> the report (see the module doc). ``tile``, ``overlap``,
+    ``batch``: the tile geometry and tiles per forward pass (None: the model's). ``profile``: under cProfile, with
+    the seconds of the stages in :data:`PROFILED`."""
     from droneseg.geo.scene import write_synthetic_ortho
 
     ortho = cache / f"bench-ortho-{size}-{gsd:g}-{render_gsd:g}.tif"
@@ -67,12 +99,16 @@ def bench(models: dict[str, str], size: int = 20000, gsd: float = 0.02, render_g
             print(f"{name}: predicting {ortho.name} on {backend}", file=sys.stderr, flush=True)
             results[name] = {"run": run, **in_child(__file__, {"model": run, "ortho": str(ortho), "strip": strip,
                                                                "backend": backend, "model_gsd": model_gsd,
+                                                               "tile": tile, "overlap": overlap, "batch": batch,
+                                                               "profile": profile,
                                                                "out": f"{tmp}/{name}"}, timeout=7200)}
             print(json.dumps(results[name]), file=sys.stderr, flush=True)
     return {"benchmark": "ortho", "machine": machine(),
             "ortho": {"size": [size, size], "gsd_m": gsd, "render_gsd_m": render_gsd,
                       "file_mb": round(ortho.stat().st_size / 2**20), "written_in_s": made_s},
-            "model_gsd_m": model_gsd, "strip": strip, "backend": backend, "results": results}
+            "model_gsd_m": model_gsd, "strip": strip, "backend": backend,
+            "inference_overrides": {"tile": tile, "overlap": overlap, "batch": batch}, "profiled": profile,
+            "results": results}
 
 
 def main() -> None:
@@ -85,6 +121,10 @@ def main() -> None:
     ap.add_argument("--model-gsd", type=float, default=0.05, help="metres per working pixel of the models")
     ap.add_argument("--strip", type=int, default=4096)
     ap.add_argument("--backend", default="torch", choices=["torch", "onnx", "onnx-int8", "openvino"])
+    ap.add_argument("--tile", type=int, help="tile side at working scale (default: the model's)")
+    ap.add_argument("--overlap", type=float, help="tile overlap share (default: the model's)")
+    ap.add_argument("--batch", type=int, help="tiles per forward pass (default: the model's)")
+    ap.add_argument("--profile", action="store_true", help="under cProfile: the seconds of the main stages")
     ap.add_argument("--cache", type=Path, default=CACHE)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "ortho.json")
     args = ap.parse_args()
@@ -92,7 +132,7 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
     report = bench(dict(m.split("=", 1) for m in args.model), args.size, args.gsd, args.render_gsd, args.model_gsd,
-                   args.strip, args.backend, args.cache)
+                   args.strip, args.backend, args.cache, args.tile, args.overlap, args.batch, args.profile)
     report = {"benchmark": "ortho", "command": " ".join(["python", *sys.argv]), **report}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")

@@ -1,6 +1,7 @@
 """Recipe search: train named recipes on the dev set under a wall-clock budget, one after the other, and record
 each as JSON under ``benchmarks/results/recipes/`` (config, val mIoU at native resolution, per-class IoU,
-images/s, epochs, wall time). Never uses any photo outside the dataset given.
+images/s, epochs, wall time, the working-size validation after each epoch). Never uses any photo outside the
+dataset given.
 
     python benchmarks/recipes.py --data ../shared/data/semantic-drone-dev --budget 10m NAME [NAME ...]
 
@@ -54,6 +55,17 @@ RECIPES: dict[str, tuple[str, list[str]]] = {
 }
 
 
+def val_curve(run: Path) -> list[dict]:
+    """The run's validation after each epoch, from its ``logs/metrics.csv``: ``epoch``, ``elapsed_s`` (seconds
+    since training started) and ``val_miou`` (pooled, at the working size: what early stopping watches, not the
+    final native-resolution figure)."""
+    import csv
+
+    with open(run / "logs" / "metrics.csv", newline="") as f:
+        return [{"epoch": int(row["epoch"]), "elapsed_s": round(float(row["elapsed_s"]), 1),
+                 "val_miou": round(float(row["val_miou"]), 4)} for row in csv.DictReader(f) if row.get("val_miou")]
+
+
 def run_recipe(name: str, data: Path, budget: str, out: Path, runs: Path) -> dict:
     preset, overrides = RECIPES[name]
     cmd = [sys.executable, "-m", "droneseg", "train", "-c", preset, "--data", str(data), "--max-time", budget,
@@ -74,7 +86,8 @@ def run_recipe(name: str, data: Path, budget: str, out: Path, runs: Path) -> dic
         "classes_below_0.01": sum(1 for c in metrics["per_class"] if c["present"] and (c["iou"] or 0) < 0.01),
         "images_per_s": summary["images_per_s"], "epochs": summary["epochs"], "stopped_by": summary["stopped_by"],
         "schedule": summary["schedule"], "budget_detail": summary.get("budget"),
-        "final_eval_s": summary.get("final_eval_s"), "wall_s": round(wall, 1), "command_s": summary["command_s"],
+        "val_curve": val_curve(run), "final_eval_s": summary.get("final_eval_s"), "wall_s": round(wall, 1),
+        "command_s": summary["command_s"],
         "peak_rss_mb": summary["peak_rss_mb"], "config": (run / "config.yaml").read_text(), "machine": machine(),
     }
     out.mkdir(parents=True, exist_ok=True)

