@@ -334,7 +334,8 @@ def ortho_profile(d: dict) -> list[str]:
             f"working grid (GDAL) {r(p['read_working_scale'])} s",
             f"full-resolution labels {r(p['upsample_argmax'])} s",
             f"class raster) {r(rest)} s", f"polygons {r(p['polygons'])} s", f"the COG {r(st['cog'])} s",
-            f"the preview {r(p['preview'])} s", f"area count {r(st['sieve_count'])} s"]
+            f"the preview {r(p['preview'])} s", f"area count {r(st['sieve_count'])} s",
+            f"the network's {r(p['network'])} s and the {r(o['seconds'] - p['network'])} s around it"]
 
 
 def after_the_preview_change(d: dict) -> list[str]:
@@ -343,6 +344,16 @@ def after_the_preview_change(d: dict) -> list[str]:
     return [f"took {r(ortho_tail(after), 1)} s against {r(ortho_tail(before), 1)} s in the suite's run",
             f"the whole job {r(after['seconds'])} s against {r(before['seconds'])} s",
             f"the strips took {r(after['stages_s']['infer'] - before['stages_s']['infer'])} s longer"]
+
+
+def int8_row(prefix: str):
+    """A row of the int8 table: pixel agreement, the worst class and its IoU, passed or not."""
+    def expect(d: dict) -> list[str]:
+        (v,) = [v for k, v in d["variants"].items() if k.startswith(prefix)]
+        return [f"| {pct(v['pixel_agreement'], 2)} % | {v['worst_class']} {r(v['worst_class_iou'], 3)} | "
+                f"{'yes' if v['passed'] else 'no'} |"]
+
+    return expect
 
 
 def finetune_row(key: str):
@@ -411,6 +422,13 @@ NUMBERS = [
     Numbers("docs/benchmarks.md", "Tile geometry does not buy it either", "ortho-onnx-tile512.json", ortho_budget),
     Numbers("docs/benchmarks.md", "Where the time goes, from the same job", "ortho-onnx-profile.json", ortho_profile),
     Numbers("docs/benchmarks.md", "Where the time goes, from the same job", "run.json", after_the_preview_change),
+    *[Numbers("docs/benchmarks.md", f"| {name}", "int8.json", int8_row(name)) for name in (
+        "every convolution int8", "first and last convolution float", "the same, ranges from the 99.999th percentile",
+        "the first three and the last convolution float")],
+    Numbers("docs/benchmarks.md", "Keeping the convolution that sees the pixels", "int8.json", lambda d: [
+        f"a batch of {['one', 'two', 'three', 'four'][d['speed']['batch'] - 1]} {d['speed']['tile']}² tiles in "
+        f"{r(d['speed']['int8_s_per_batch'], 3)} s against {r(d['speed']['float_s_per_batch'], 3)} s in float, "
+        f"{r(d['speed']['int8_speedup'], 2)}x faster"]),
     # the results table: in the README, the docs' home page and Benchmarks
     *[Numbers(page, where, src, fn) for page in ("README.md", "docs/index.md", "docs/benchmarks.md")
       for where, src, fn in RESULTS_TABLE],
