@@ -32,6 +32,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
@@ -40,6 +41,9 @@ from droneseg.artifact import ModelInfo, read_info, resolve_model_path
 from droneseg.classes import DataError
 from droneseg.files import atomic_save
 from droneseg.session import INT8_FILE, open_session
+
+if TYPE_CHECKING:
+    import onnx
 
 MIN_PIXEL_AGREEMENT = 0.98
 MIN_CLASS_AGREEMENT = 0.90
@@ -95,7 +99,7 @@ def agreement(reference: list[np.ndarray], candidate: list[np.ndarray], names: l
     return float(inter.sum() / total), judged, rare
 
 
-def float_ends(graph_model) -> list[str]:
+def float_ends(graph_model: onnx.ModelProto) -> list[str]:
     """Names of the first and the last of the :data:`QUANTIZED_OPS` nodes of an ONNX model (its graph in
     topological order): the convolution that sees the pixels and the one that writes the logits, which stay float.
     With every convolution int8, a trained `full` model's int8 labels agreed with its float labels on 73.5 % of

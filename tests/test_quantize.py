@@ -77,6 +77,11 @@ def test_int8_export_writes_a_checked_file_the_onnx_int8_backend_runs(int8_run):
     assert record["calibration_tiles"] == 4 and len(record["photos_checked"]) == 2
     assert json.loads(meta["class_names"])[0] == "paved-area" and "weights_sha256" in meta
     assert any(n.op_type == "QuantizeLinear" for n in proto.graph.node)  # integer, not a renamed float copy
+    # the first convolution (the pixels) and the last (the logits) stay float: no dequantised weights feed them
+    convs = [n for n in proto.graph.node if n.op_type == "Conv"]
+    made_by = {o: n.op_type for n in proto.graph.node for o in n.output}
+    assert [c.name for c in convs if made_by.get(c.input[1]) != "DequantizeLinear"] == record["kept_float"]
+    assert len(record["kept_float"]) == 2 and len(convs) > 2
     session = open_session(run, "onnx-int8")
     assert session.backend == "onnx-int8"
     labels = session.tiler().labels(np.zeros((64, 96, 3), np.uint8), (64, 96))
