@@ -420,8 +420,8 @@ NUMBERS = [
     *[Numbers("docs/benchmarks.md", "Tile geometry does not buy it either", f"ortho-onnx-tile{t}.json", ortho_geometry)
       for t in (512, 1024)],
     Numbers("docs/benchmarks.md", "Tile geometry does not buy it either", "ortho-onnx-tile512.json", ortho_budget),
-    Numbers("docs/benchmarks.md", "Where the time goes, from the same job", "ortho-onnx-profile.json", ortho_profile),
-    Numbers("docs/benchmarks.md", "Where the time goes, from the same job", "run.json", after_the_preview_change),
+    Numbers("docs/benchmarks.md", "Where the time goes, from the orthomosaic job", "ortho-onnx-profile.json", ortho_profile),
+    Numbers("docs/benchmarks.md", "Where the time goes, from the orthomosaic job", "run.json", after_the_preview_change),
     *[Numbers("docs/benchmarks.md", f"| {name}", "int8.json", int8_row(name)) for name in (
         "every convolution int8", "first and last convolution float", "the same, ranges from the 99.999th percentile",
         "the first three and the last convolution float")],
