@@ -74,43 +74,26 @@ def parity(model: Path, data: Path, which: str, method: str) -> dict:
 
 
 def speed(model: Path, tile: int, batch: int, repeats: int = 3) -> dict:
-    """Seconds per batch of ``batch`` tiles of ``tile``² for the float and the int8 ONNX model."""
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    import onnxruntime.quantization as oq
-    from onnxruntime.quantization.shape_inference import quant_pre_process
+    """Seconds per batch of ``batch`` tiles of ``tile``² for the float and the int8 ONNX model, each in the
+    ONNX Runtime session droneseg opens for it."""
+    import torch
 
     from droneseg.export import export
-    from droneseg.quantize import QUANTIZED_OPS, float_ends
+    from droneseg.quantize import write_int8
+    from droneseg.session import open_session
 
-    rng = np.random.default_rng(0)
-    x = rng.random((batch, 3, tile, tile), dtype=np.float32)
+    x = torch.rand((batch, 3, tile, tile), generator=torch.Generator().manual_seed(0))
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
-        f, ready, q8 = (f"{tmp}/{n}.onnx" for n in ("float", "ready", "int8"))
+        f, q8 = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         export(model, f)
-        quant_pre_process(f, ready, skip_symbolic_shape=True)
-
-        class Tiles(oq.CalibrationDataReader):
-            def __init__(self) -> None:
-                self._it = iter([{"image": x[:1]} for _ in range(4)])
-
-            def get_next(self) -> dict | None:
-                return next(self._it, None)
-
-        oq.quantize_static(ready, q8, Tiles(), quant_format=oq.QuantFormat.QDQ, per_channel=True,
-                           activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
-                           op_types_to_quantize=list(QUANTIZED_OPS), reduce_range=True,
-                           nodes_to_exclude=float_ends(onnx.load(ready)))
+        write_int8(f, q8, [x[:1].numpy()] * 4)  # the export's settings; ranges from random tiles
         for name, path in (("float", f), ("int8", q8)):
-            options = ort.SessionOptions()
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as droneseg's sessions
-            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-            session.run(None, {"image": x})
+            run = open_session(path, "onnx").run
+            run(x)
             t = time.perf_counter()
             for _ in range(repeats):
-                session.run(None, {"image": x})
+                run(x)
             out[f"{name}_s_per_batch"] = round((time.perf_counter() - t) / repeats, 3)
     out["int8_speedup"] = round(out["float_s_per_batch"] / out["int8_s_per_batch"], 2)
     return {"tile": tile, "batch": batch, **out}

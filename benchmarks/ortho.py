@@ -41,15 +41,15 @@ PROFILED = {  # stage -> (file, function) whose cumulative seconds it is, with -
 
 def child(config: dict) -> dict:
     t0 = time.perf_counter()
+    from droneseg.artifact import read_info
     from droneseg.geo.options import OrthoOptions
     from droneseg.predict import predict
-    from droneseg.tiler import InferenceConfig, InferenceOverrides
+    from droneseg.tiler import InferenceOverrides
 
     baseline = peak_rss_mb()
     t1 = time.perf_counter()
     geometry = InferenceOverrides(tile=config.get("tile"), overlap=config.get("overlap"), batch=config.get("batch"))
-    saved = json.loads((Path(config["model"]) / "model.json").read_text())["inference"]
-    used = geometry.apply(InferenceConfig.model_validate(saved)).model_dump(include={"tile", "overlap", "batch"})
+    used = geometry.apply(read_info(Path(config["model"])).inference).model_dump(include={"tile", "overlap", "batch"})
     profiler = cProfile.Profile() if config.get("profile") else None
     if profiler is not None:
         profiler.enable()

@@ -59,11 +59,10 @@ def val_curve(run: Path) -> list[dict]:
     """The run's validation after each epoch, from its ``logs/metrics.csv``: ``epoch``, ``elapsed_s`` (seconds
     since training started) and ``val_miou`` (pooled, at the working size: what early stopping watches, not the
     final native-resolution figure)."""
-    import csv
+    from droneseg.report.plots import read_metrics_csv
 
-    with open(run / "logs" / "metrics.csv", newline="") as f:
-        return [{"epoch": int(row["epoch"]), "elapsed_s": round(float(row["elapsed_s"]), 1),
-                 "val_miou": round(float(row["val_miou"]), 4)} for row in csv.DictReader(f) if row.get("val_miou")]
+    return [{"epoch": int(row["epoch"]), "elapsed_s": round(row["elapsed_s"], 1), "val_miou": round(row["val_miou"], 4)}
+            for row in read_metrics_csv(run / "logs" / "metrics.csv") if row.get("val_miou") is not None]
 
 
 def run_recipe(name: str, data: Path, budget: str, out: Path, runs: Path) -> dict:

@@ -148,6 +148,40 @@ def _split_images(data: str | Path, info: ModelInfo, model_dir: Path, split: str
     return [entry.load()[0] for entry in entries], [s.id for s in samples]
 
 
+def write_int8(float_file: Path, int8_file: Path, tiles: list[np.ndarray]) -> list[str]:
+    """The int8 graph of the float ONNX file ``float_file`` written to ``int8_file`` as the module contract says
+    (QDQ, the convolutions but :func:`float_ends`, ranges from min/max over ``tiles``: float32 (1, 3, t, t) in
+    [0, 1]), unchecked; -> the names of the convolutions kept float. Needs the ``onnx`` extra."""
+    import onnx
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Tiles(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._next = iter(tiles)
+
+        def get_next(self) -> dict | None:
+            x = next(self._next, None)
+            return None if x is None else {"image": x}
+
+    with tempfile.TemporaryDirectory(prefix="droneseg-int8-") as tmp:
+        ready = Path(tmp) / "ready.onnx"
+        # shape inference and graph fusions first, as ONNX Runtime's quantisation guide advises
+        quant_pre_process(str(float_file), str(ready), skip_symbolic_shape=True)
+        kept_float = float_ends(onnx.load(str(ready)))
+        quantize_static(str(ready), str(int8_file), Tiles(), quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
+                        reduce_range=True, nodes_to_exclude=kept_float)
+    return kept_float
+
+
 def quantize(model: str | Path, data: str | Path, out: Path | None = None, calibration: int = 32, check: int = 10,
              progress: bool = False) -> QuantizeResult:
     """Write the int8 model of ``model`` (a run folder or its model.json) calibrated on ``data`` (the dataset it
@@ -159,14 +193,6 @@ def quantize(model: str | Path, data: str | Path, out: Path | None = None, calib
 
     require("onnx", "onnx", "onnxruntime", what="int8 export and the onnx-int8 backend")
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     t0 = time.perf_counter()
     model_dir = resolve_model_path(model)
@@ -182,24 +208,10 @@ def quantize(model: str | Path, data: str | Path, out: Path | None = None, calib
     tiles = _calibration_tiles(train_images, info.inference.tile, calibration)
     del train_images
 
-    class Tiles(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._next = iter(tiles)
-
-        def get_next(self) -> dict | None:
-            x = next(self._next, None)
-            return None if x is None else {"image": x}
-
     with tempfile.TemporaryDirectory(prefix="droneseg-int8-") as tmp:
-        float_file, ready, int8_file = (Path(tmp) / n for n in ("float.onnx", "ready.onnx", "int8.onnx"))
+        float_file, int8_file = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
         export(model_dir, float_file)
-        # shape inference and graph fusions first, as ONNX Runtime's quantisation guide advises
-        quant_pre_process(str(float_file), str(ready), skip_symbolic_shape=True)
-        kept_float = float_ends(onnx.load(str(ready)))
-        quantize_static(str(ready), str(int8_file), Tiles(), quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTIZED_OPS),
-                        reduce_range=True, nodes_to_exclude=kept_float)
+        kept_float = write_int8(float_file, int8_file, tiles)
         proto = onnx.load(str(int8_file))
         float_proto = onnx.load(str(float_file), load_external_data=False)
         val_images, val_ids = _split_images(data, info, model_dir, "val", check, progress)

@@ -265,10 +265,16 @@ def test_geographic_crs_areas_are_measured_on_an_equal_area_projection(tmp_path)
 
 
 def _variant(src: Path, dst: Path, kind: str) -> None:
-    """Rewrite an RGBA GeoTIFF as RGB with a nodata value, RGB with an internal mask, or 12-bit in 16-bit samples."""
+    """Rewrite an RGBA GeoTIFF as RGB with a nodata value, RGB with an internal mask, 12-bit in 16-bit samples, or
+    RGBA with white under alpha 0 (what lies there must never tint a colour)."""
     with rasterio.open(src) as ds:
         rgba, profile = ds.read(), ds.profile
     rgb, alpha = rgba[:3], rgba[3]
+    if kind == "white-collar":
+        rgb[:, alpha == 0] = 255
+        with rasterio.open(dst, "w", **profile) as out:
+            out.write(rgba)
+        return
     profile.update(count=3, photometric="RGB")
     if kind == "nodata":
         rgb = np.where(alpha > 0, np.maximum(rgb, 1), 0)  # 0 only in the collar
@@ -320,13 +326,6 @@ def test_the_preview_picture_is_the_working_read_at_a_fraction_of_its_cost(textu
         with rasterio.open(tmp_path / "o.tif", "r+") as ds:
             ds.build_overviews([2, 4], rasterio.enums.Resampling.average)
         src = tmp_path / "o.tif"
-    elif kind == "white-collar":  # what lies under alpha 0 never tints a colour
-        with rasterio.open(src) as ds:
-            rgba, profile = ds.read(), ds.profile
-        rgba[:3, rgba[3] == 0] = 255
-        with rasterio.open(tmp_path / "w.tif", "w", **profile) as out:
-            out.write(rgba)
-        src = tmp_path / "w.tif"
     elif kind != "rgba":
         _variant(src, tmp_path / f"{kind}.tif", kind)
         src = tmp_path / f"{kind}.tif"
